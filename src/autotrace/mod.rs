@@ -1,0 +1,1 @@
+//! DeepFlow auto-tracing (placeholder until the engine lands).
