@@ -4,3 +4,4 @@
 //! `FlowStore` trait over ClickHouse or the embedded SQLite store).
 
 pub mod autotrace;
+pub mod store;
