@@ -1,7 +1,13 @@
 //! deepflow-tempo: Grafana Tempo's query API over DeepFlow's auto-tracing.
 //!
-//! Layering: `api` (HTTP handlers) → `service` → pure engines (`autotrace`) → `store` (the
-//! `FlowStore` trait over ClickHouse or the embedded SQLite store).
+//! Layering: `api` (HTTP handlers) → service → pure engines (`autotrace`) → `store` (the
+//! `FlowStore` trait over ClickHouse or the embedded SQLite store). `config` and `server` wire
+//! the process; `load` imports rows.
 
+pub mod api;
 pub mod autotrace;
+pub mod config;
+pub mod error;
+pub mod load;
+pub mod server;
 pub mod store;

@@ -1,1 +1,247 @@
-fn main() {}
+//! The `deepflow-tempo` command line: `serve`, `schema`, `load`.
+
+use clap::{Args, Parser, Subcommand};
+use deepflow_tempo::api::AppState;
+use deepflow_tempo::config::{Config, FlagOverrides, KEYS};
+use deepflow_tempo::store::model::OrgId;
+use deepflow_tempo::store::SchemaOptions;
+use deepflow_tempo::{load, server};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "deepflow-tempo", version, about = "Grafana Tempo's query API over DeepFlow's auto-tracing", after_long_help = config_help())]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Configuration flags; each overrides its key from the file and the environment.
+#[derive(Args, Debug, Default)]
+struct ConfigFlags {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// `listen`: address:port of the HTTP API [default: 0.0.0.0:3200].
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// `store`: embedded | clickhouse [default: embedded].
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// `log`: log filter [default: info].
+    #[arg(long, global = true)]
+    log: Option<String>,
+    /// `embedded.path`: SQLite file or :memory: [default: ./data/deepflow-tempo.db].
+    #[arg(long, global = true, value_name = "PATH")]
+    embedded_path: Option<String>,
+    /// `clickhouse.url` [default: http://127.0.0.1:8123].
+    #[arg(long, global = true, value_name = "URL")]
+    clickhouse_url: Option<String>,
+    /// `clickhouse.user` [default: default].
+    #[arg(long, global = true)]
+    clickhouse_user: Option<String>,
+    /// `clickhouse.password`.
+    #[arg(long, global = true)]
+    clickhouse_password: Option<String>,
+    /// `clickhouse.database` [default: flow_log].
+    #[arg(long, global = true)]
+    clickhouse_database: Option<String>,
+    /// `clickhouse.dictionary_database` [default: flow_tag].
+    #[arg(long, global = true)]
+    clickhouse_dictionary_database: Option<String>,
+    /// `clickhouse.timeout`, seconds [default: 30].
+    #[arg(long, global = true, value_name = "SECONDS")]
+    clickhouse_timeout: Option<String>,
+}
+
+impl ConfigFlags {
+    fn overrides(&self) -> FlagOverrides {
+        let mut f = FlagOverrides::default();
+        let mut put = |key: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                f.set(key, serde_json::Value::from(v.clone()));
+            }
+        };
+        put("listen", &self.listen);
+        put("store", &self.store);
+        put("log", &self.log);
+        put("embedded.path", &self.embedded_path);
+        put("clickhouse.url", &self.clickhouse_url);
+        put("clickhouse.user", &self.clickhouse_user);
+        put("clickhouse.password", &self.clickhouse_password);
+        put("clickhouse.database", &self.clickhouse_database);
+        put(
+            "clickhouse.dictionary_database",
+            &self.clickhouse_dictionary_database,
+        );
+        if let Some(t) = &self.clickhouse_timeout {
+            // A number when it is one, so a bad value is reported by the key's own check.
+            let v = t
+                .parse::<u64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| t.clone().into());
+            f.set("clickhouse.timeout", v);
+        }
+        f
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the Tempo query API (and DeepFlow's tracing API) over the configured store.
+    Serve,
+    /// Print DeepFlow's DDL for the configured store, or create it with --apply (tests, demos).
+    Schema {
+        /// Create the tables instead of printing them.
+        #[arg(long)]
+        apply: bool,
+        /// Drop DeepFlow's 72-hour TTL after creating the table (for historical fixtures).
+        #[arg(long)]
+        without_ttl: bool,
+        /// Organisation (1 = default databases; N uses NNNN_flow_log).
+        #[arg(long, default_value = "1")]
+        org: OrgId,
+    },
+    /// Import JSON Lines of l7_flow_log rows (DeepFlow column names) into the configured store.
+    Load {
+        /// File to read, or - for standard input.
+        file: String,
+        /// The file is a JSON document of name tables (devices, pods, subnets, gprocesses,
+        /// vtap_ports) instead of rows.
+        #[arg(long)]
+        names: bool,
+        /// Rows per insert batch.
+        #[arg(long, default_value = "10000")]
+        batch: usize,
+        /// Organisation.
+        #[arg(long, default_value = "1")]
+        org: OrgId,
+    },
+}
+
+fn config_help() -> String {
+    let mut s =
+        String::from("Configuration keys (defaults < --config FILE < environment < flags):\n");
+    for (key, env, default, what) in KEYS {
+        s.push_str(&format!(
+            "  {key:<32} {env:<38} default {default}\n      {what}\n"
+        ));
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(
+        cli.config.config.as_deref(),
+        std::env::vars(),
+        &cli.config.overrides(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("deepflow-tempo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("deepflow-tempo: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.command, cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deepflow-tempo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, cfg: Config) -> Result<(), String> {
+    match command {
+        Command::Serve => serve(cfg).await,
+        Command::Schema {
+            apply,
+            without_ttl,
+            org,
+        } => {
+            let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
+            if apply {
+                store
+                    .apply_schema(org, SchemaOptions { without_ttl })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                eprintln!("schema applied to the {} store", store.kind());
+            } else {
+                for st in store.schema_ddl(org) {
+                    println!("{st};\n");
+                }
+            }
+            Ok(())
+        }
+        Command::Load {
+            file,
+            names,
+            batch,
+            org,
+        } => {
+            let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
+            let reader: Box<dyn std::io::Read> = if file == "-" {
+                Box::new(std::io::stdin())
+            } else {
+                Box::new(
+                    std::fs::File::open(&file).map_err(|e| format!("cannot open {file}: {e}"))?,
+                )
+            };
+            if names {
+                let n = load::load_names(store.as_ref(), org, reader)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                eprintln!("loaded {n} name rows into the {} store", store.kind());
+            } else {
+                let progress = std::io::stderr().is_terminal();
+                let stats = load::load_rows(
+                    store.as_ref(),
+                    org,
+                    std::io::BufReader::new(reader),
+                    batch.max(1),
+                    progress,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                eprintln!(
+                    "loaded {} rows in {} batches into the {} store",
+                    stats.rows,
+                    stats.batches,
+                    store.kind()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> Result<(), String> {
+    let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
+    let (srv, addrs) = server::bind(
+        AppState {
+            store: store.clone(),
+        },
+        &cfg.listen,
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    tracing::info!(store = %store.kind(), addrs = ?addrs, "deepflow-tempo serving");
+    srv.await.map_err(|e| e.to_string())
+}

@@ -1,2 +1,292 @@
-//! The store layer: the only place that reads or writes rows.
+//! The store layer: the only place that reads or writes rows, and the only place SQL exists.
+//!
+//! `FlowStore` is a typed, async trait with two implementations: [`clickhouse::ClickHouseStore`]
+//! over DeepFlow's ClickHouse, and [`sqlite::SqliteStore`], the embedded store. Callers describe
+//! reads with [`FlowQuery`] / [`Filter`]; each implementation compiles them to SQL with every
+//! value bound as a parameter. Nothing outside this module builds SQL text.
+
+pub mod clickhouse;
 pub mod model;
+pub mod schema;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use model::{FlowMeta, FlowRecord, L7FlowLogRow, NameTables, OrgId};
+use std::sync::Arc;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached (connection refused, engine down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered with an error.
+    #[error("store query failed: {0}")]
+    Query(String),
+    /// The query did not finish within the configured timeout.
+    #[error("store query timed out after {0} s")]
+    Timeout(u64),
+    /// The input cannot be stored (bad value, schema missing).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which store implementation is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Embedded,
+    Clickhouse,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Clickhouse => "clickhouse",
+        })
+    }
+}
+
+/// An inclusive window on the `time` column (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub start_s: u32,
+    pub end_s: u32,
+}
+
+impl TimeWindow {
+    pub fn new(start_s: u32, end_s: u32) -> Self {
+        TimeWindow { start_s, end_s }
+    }
+
+    /// The smallest window holding the `time` of every `_id` (`_id >> 32`).
+    pub fn covering_ids(ids: &[u64]) -> Option<TimeWindow> {
+        let min = ids.iter().map(|&id| model::id_time_s(id)).min()?;
+        let max = ids.iter().map(|&id| model::id_time_s(id)).max()?;
+        Some(TimeWindow::new(min, max))
+    }
+}
+
+/// Columns a [`Filter`] may name. Only these identifiers ever reach SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Col {
+    Id,
+    Type,
+    SignalSource,
+    AgentId,
+    Protocol,
+    L7Protocol,
+    ObservationPoint,
+    ReqTcpSeq,
+    RespTcpSeq,
+    SyscallTraceIdRequest,
+    SyscallTraceIdResponse,
+    XRequestId0,
+    XRequestId1,
+    TraceId,
+    TraceId2,
+    SpanId,
+    ParentSpanId,
+    RequestId,
+    FlowId,
+    ResponseStatus,
+    ResponseDuration,
+    AppService,
+    Endpoint,
+    RequestResource,
+    RequestType,
+    RequestDomain,
+}
+
+impl Col {
+    /// The column's name in DeepFlow's schema (identical in both stores).
+    pub fn name(self) -> &'static str {
+        match self {
+            Col::Id => "_id",
+            Col::Type => "type",
+            Col::SignalSource => "signal_source",
+            Col::AgentId => "agent_id",
+            Col::Protocol => "protocol",
+            Col::L7Protocol => "l7_protocol",
+            Col::ObservationPoint => "observation_point",
+            Col::ReqTcpSeq => "req_tcp_seq",
+            Col::RespTcpSeq => "resp_tcp_seq",
+            Col::SyscallTraceIdRequest => "syscall_trace_id_request",
+            Col::SyscallTraceIdResponse => "syscall_trace_id_response",
+            Col::XRequestId0 => "x_request_id_0",
+            Col::XRequestId1 => "x_request_id_1",
+            Col::TraceId => "trace_id",
+            Col::TraceId2 => "_trace_id_2",
+            Col::SpanId => "span_id",
+            Col::ParentSpanId => "parent_span_id",
+            Col::RequestId => "request_id",
+            Col::FlowId => "flow_id",
+            Col::ResponseStatus => "response_status",
+            Col::ResponseDuration => "response_duration",
+            Col::AppService => "app_service",
+            Col::Endpoint => "endpoint",
+            Col::RequestResource => "request_resource",
+            Col::RequestType => "request_type",
+            Col::RequestDomain => "request_domain",
+        }
+    }
+
+    /// Whether the column holds text (else an integer).
+    pub fn is_text(self) -> bool {
+        matches!(
+            self,
+            Col::ObservationPoint
+                | Col::XRequestId0
+                | Col::XRequestId1
+                | Col::TraceId
+                | Col::TraceId2
+                | Col::SpanId
+                | Col::ParentSpanId
+                | Col::AppService
+                | Col::Endpoint
+                | Col::RequestResource
+                | Col::RequestType
+                | Col::RequestDomain
+        )
+    }
+}
+
+/// A row predicate. Both stores compile it to SQL with bound values only.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// Every row.
+    True,
+    /// No row.
+    False,
+    /// An integer column is one of the values. An empty list matches nothing.
+    IntIn(Col, Vec<u64>),
+    /// A text column is one of the values. An empty list matches nothing.
+    StrIn(Col, Vec<String>),
+    /// Either trace id column (`trace_id`, `_trace_id_2`) is one of the values.
+    TraceIdIn(Vec<String>),
+    /// All of the filters.
+    And(Vec<Filter>),
+    /// Any of the filters.
+    Or(Vec<Filter>),
+}
+
+impl Filter {
+    pub fn ids(ids: impl IntoIterator<Item = u64>) -> Filter {
+        Filter::IntIn(Col::Id, ids.into_iter().collect())
+    }
+
+    /// `self AND other`, flattening nested conjunctions.
+    pub fn and(self, other: Filter) -> Filter {
+        match (self, other) {
+            (Filter::True, f) | (f, Filter::True) => f,
+            (Filter::And(mut a), Filter::And(b)) => {
+                a.extend(b);
+                Filter::And(a)
+            }
+            (Filter::And(mut a), f) => {
+                a.push(f);
+                Filter::And(a)
+            }
+            (f, g) => Filter::And(vec![f, g]),
+        }
+    }
+}
+
+/// Row order of a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Whatever order the store produces.
+    #[default]
+    Unordered,
+    /// `start_time` ascending, then `_id`.
+    StartTimeAsc,
+}
+
+/// A read: a window on `time`, a filter, a row limit and an order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowQuery {
+    /// Inclusive window on `time`. `None` with an `_id` filter derives it from the ids.
+    pub window: Option<TimeWindow>,
+    pub filter: Filter,
+    /// At most this many rows (also capped by the store's configured maximum).
+    pub limit: Option<u64>,
+    pub order: Order,
+}
+
+impl FlowQuery {
+    pub fn new(filter: Filter) -> Self {
+        FlowQuery {
+            window: None,
+            filter,
+            limit: None,
+            order: Order::Unordered,
+        }
+    }
+
+    pub fn window(mut self, window: TimeWindow) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    pub fn limit(mut self, limit: u64) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    pub fn order(mut self, order: Order) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// The window to apply: the given one, or for a pure `_id` filter the ids' own times, so a
+    /// lookup by `_id` never scans the whole table.
+    pub fn effective_window(&self) -> Option<TimeWindow> {
+        if self.window.is_some() {
+            return self.window;
+        }
+        match &self.filter {
+            Filter::IntIn(Col::Id, ids) => TimeWindow::covering_ids(ids),
+            _ => None,
+        }
+    }
+}
+
+/// Options of `schema --apply`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchemaOptions {
+    /// Drop DeepFlow's 72-hour TTL after creating the table, so rows with historical
+    /// timestamps (test fixtures) are kept.
+    pub without_ttl: bool,
+}
+
+/// Typed reads and writes over `l7_flow_log` and the name tables of one organisation.
+#[async_trait]
+pub trait FlowStore: Send + Sync {
+    fn kind(&self) -> StoreKind;
+
+    /// A trivial query: `Ok` when the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Search-phase metadata (the FLOWMETA columns) of the matching rows.
+    async fn select_meta(&self, org: OrgId, query: &FlowQuery) -> StoreResult<Vec<FlowMeta>>;
+
+    /// Full records of the matching rows, display names resolved.
+    async fn select_records(&self, org: OrgId, query: &FlowQuery) -> StoreResult<Vec<FlowRecord>>;
+
+    /// Insert rows into `l7_flow_log` (all or nothing per call).
+    async fn insert_rows(&self, org: OrgId, rows: &[L7FlowLogRow]) -> StoreResult<()>;
+
+    /// Insert name-table rows (devices, pods, subnets, processes, capture ports).
+    async fn insert_names(&self, org: OrgId, names: &NameTables) -> StoreResult<()>;
+
+    /// Create DeepFlow's tables for the organisation (idempotent).
+    async fn apply_schema(&self, org: OrgId, options: SchemaOptions) -> StoreResult<()>;
+
+    /// The DDL `apply_schema` runs, for `schema` to print.
+    fn schema_ddl(&self, org: OrgId) -> Vec<String>;
+}
+
+pub type SharedStore = Arc<dyn FlowStore>;

@@ -427,12 +427,9 @@ pub struct FlowRecord {
     pub process_id_0: i32,
     pub process_id_1: i32,
     pub observation_point: String,
-    pub is_ipv4: u8,
-    /// IP address strings of each side (`IPv4NumToString` / `IPv6NumToString`).
-    pub ip4_0: String,
-    pub ip4_1: String,
-    pub ip6_0: String,
-    pub ip6_1: String,
+    /// The querier's `ip_0` / `ip_1`: the address string of each side (IPv4 or IPv6).
+    pub ip_0: String,
+    pub ip_1: String,
     pub client_port: u16,
     pub server_port: u16,
     pub subnet_id_0: u16,
@@ -504,11 +501,10 @@ impl FlowRecord {
 
     /// `ip_0` / `ip_1`.
     pub fn ip(&self, side: u8) -> &str {
-        match (side, self.is_ipv4 == 1) {
-            (0, true) => &self.ip4_0,
-            (0, false) => &self.ip6_0,
-            (_, true) => &self.ip4_1,
-            (_, false) => &self.ip6_1,
+        if side == 0 {
+            &self.ip_0
+        } else {
+            &self.ip_1
         }
     }
 
@@ -651,7 +647,7 @@ pub struct PodName {
 }
 
 /// An (id → name) row: `flow_tag.ch_subnet` and `flow_tag.ch_gprocess` (extra columns default).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clickhouse::Row)]
 #[serde(default)]
 pub struct IdName {
     pub id: u64,

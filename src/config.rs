@@ -1,0 +1,385 @@
+//! Configuration: built-in defaults < TOML file (`--config`) < environment (`DFT_…`, `__` for
+//! nesting) < command-line flags. Owns key names, defaults and validation; knows nothing of
+//! how the values are used.
+
+use crate::store::StoreKind;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The whole configuration. Every key is documented in README.md ("Configuration").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `listen`: address and port the HTTP server binds.
+    pub listen: String,
+    /// `store`: `embedded` (SQLite file) or `clickhouse` (DeepFlow's ClickHouse).
+    pub store: StoreKind,
+    /// `log`: log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
+    pub log: String,
+    pub embedded: EmbeddedConfig,
+    pub clickhouse: ClickHouseConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedConfig {
+    /// `embedded.path`: SQLite file (created if missing) or `:memory:`.
+    pub path: String,
+    /// `embedded.max_rows`: most rows one read returns.
+    pub max_rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// `clickhouse.url`: ClickHouse HTTP interface.
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    /// `clickhouse.database`: flow database (org N reads `NNNN_<database>`).
+    pub database: String,
+    /// `clickhouse.dictionary_database`: DeepFlow's name dictionaries.
+    pub dictionary_database: String,
+    /// `clickhouse.timeout`: query timeout in seconds.
+    pub timeout: u64,
+    /// `clickhouse.max_rows`: most rows one query returns (DeepFlow's querier uses 10000).
+    pub max_rows: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:3200".into(),
+            store: StoreKind::Embedded,
+            log: "info".into(),
+            embedded: EmbeddedConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
+        }
+    }
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            path: "./data/deepflow-tempo.db".into(),
+            max_rows: 10_000,
+        }
+    }
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: "http://127.0.0.1:8123".into(),
+            user: "default".into(),
+            password: String::new(),
+            database: "flow_log".into(),
+            dictionary_database: "flow_tag".into(),
+            timeout: 30,
+            max_rows: 10_000,
+        }
+    }
+}
+
+/// Every key with its environment variable, default and meaning (for `--help` and README).
+pub const KEYS: &[(&str, &str, &str, &str)] = &[
+    (
+        "listen",
+        "DFT_LISTEN",
+        "0.0.0.0:3200",
+        "address:port of the HTTP API",
+    ),
+    ("store", "DFT_STORE", "embedded", "embedded | clickhouse"),
+    (
+        "log",
+        "DFT_LOG",
+        "info",
+        "log filter (error, warn, info, debug, trace or a directive)",
+    ),
+    (
+        "embedded.path",
+        "DFT_EMBEDDED__PATH",
+        "./data/deepflow-tempo.db",
+        "SQLite file of the embedded store (created if missing) or :memory:",
+    ),
+    (
+        "embedded.max_rows",
+        "DFT_EMBEDDED__MAX_ROWS",
+        "10000",
+        "most rows one embedded read returns",
+    ),
+    (
+        "clickhouse.url",
+        "DFT_CLICKHOUSE__URL",
+        "http://127.0.0.1:8123",
+        "ClickHouse HTTP interface",
+    ),
+    (
+        "clickhouse.user",
+        "DFT_CLICKHOUSE__USER",
+        "default",
+        "ClickHouse user",
+    ),
+    (
+        "clickhouse.password",
+        "DFT_CLICKHOUSE__PASSWORD",
+        "(empty)",
+        "ClickHouse password",
+    ),
+    (
+        "clickhouse.database",
+        "DFT_CLICKHOUSE__DATABASE",
+        "flow_log",
+        "flow database; org N uses NNNN_<database>",
+    ),
+    (
+        "clickhouse.dictionary_database",
+        "DFT_CLICKHOUSE__DICTIONARY_DATABASE",
+        "flow_tag",
+        "DeepFlow's name dictionaries; org N uses NNNN_<name>",
+    ),
+    (
+        "clickhouse.timeout",
+        "DFT_CLICKHOUSE__TIMEOUT",
+        "30",
+        "query timeout, seconds",
+    ),
+    (
+        "clickhouse.max_rows",
+        "DFT_CLICKHOUSE__MAX_ROWS",
+        "10000",
+        "most rows one ClickHouse query returns",
+    ),
+];
+
+/// A configuration error: the key and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Values given on the command line (only the ones present override).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlagOverrides(pub serde_json::Map<String, serde_json::Value>);
+
+impl FlagOverrides {
+    /// Set `key` (dotted) to `value`.
+    pub fn set(&mut self, key: &str, value: serde_json::Value) {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap_or(key);
+        let mut map = &mut self.0;
+        for p in parts {
+            map = map
+                .entry(p.to_string())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()))
+                .as_object_mut()
+                .expect("configuration sections are objects");
+        }
+        map.insert(last.to_string(), value);
+    }
+}
+
+impl Config {
+    /// Load with the full precedence chain. `env` is the process environment (a parameter so
+    /// tests can pass their own).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &FlagOverrides,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::new(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("DFT_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            let value: figment::value::Value = raw
+                .parse()
+                .unwrap_or_else(|_| figment::value::Value::from(raw.clone()));
+            fig = fig.merge(Serialized::defaults(figment::util::nest(&key, value)));
+        }
+        fig = fig.merge(Serialized::defaults(&flags.0));
+        let cfg: Config = fig.extract().map_err(figment_error)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Semantic checks the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::new(
+                "listen",
+                format!("{:?} is not an address:port ({e})", self.listen),
+            )
+        })?;
+        if self.embedded.path.trim().is_empty() {
+            return Err(ConfigError::new("embedded.path", "must not be empty"));
+        }
+        if self.embedded.max_rows == 0 {
+            return Err(ConfigError::new("embedded.max_rows", "must be at least 1"));
+        }
+        let url = &self.clickhouse.url;
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() <= "http://".len()
+        {
+            return Err(ConfigError::new(
+                "clickhouse.url",
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+        for (key, v) in [
+            ("clickhouse.database", &self.clickhouse.database),
+            (
+                "clickhouse.dictionary_database",
+                &self.clickhouse.dictionary_database,
+            ),
+        ] {
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{v:?} must be a plain identifier (letters, digits, _)"),
+                ));
+            }
+        }
+        if self.clickhouse.timeout == 0 {
+            return Err(ConfigError::new(
+                "clickhouse.timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.clickhouse.max_rows == 0 {
+            return Err(ConfigError::new(
+                "clickhouse.max_rows",
+                "must be at least 1",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| {
+            ConfigError::new("log", format!("{:?} is not a log filter ({e})", self.log))
+        })?;
+        Ok(())
+    }
+}
+
+fn figment_error(e: figment::Error) -> ConfigError {
+    let key = if e.path.is_empty() {
+        "configuration".to_string()
+    } else {
+        e.path.join(".")
+    };
+    // Name the layer the bad value came from.
+    let source = match e.metadata.as_ref().map(|m| m.name.as_ref()) {
+        Some(n) if n.contains("figment::value") => " (from the environment)".to_string(),
+        Some(n) if n.contains("serde_json") => " (from a command-line flag)".to_string(),
+        Some(n) if n.contains("TOML") => " (from the configuration file)".to_string(),
+        _ => String::new(),
+    };
+    ConfigError::new(key, format!("{}{source}", e.kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, env(&[]), &FlagOverrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen, "0.0.0.0:3200");
+        assert_eq!(c.store, StoreKind::Embedded);
+    }
+
+    #[test]
+    fn precedence_defaults_file_env_flags() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "listen = \"127.0.0.1:1\"\nstore = \"clickhouse\"\n[clickhouse]\nurl = \"http://file:1\"\ntimeout = 7\n[embedded]\npath = \"/tmp/x.db\"").unwrap();
+        let e = env(&[
+            ("DFT_LISTEN", "127.0.0.1:2"),
+            ("DFT_CLICKHOUSE__URL", "http://env:2"),
+            ("OTHER", "x"),
+        ]);
+        let mut flags = FlagOverrides::default();
+        flags.set("listen", "127.0.0.1:3".into());
+        let c = Config::load(Some(f.path()), e, &flags).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3"); // flag beats env and file
+        assert_eq!(c.clickhouse.url, "http://env:2"); // env beats file
+        assert_eq!(c.clickhouse.timeout, 7); // file beats default
+        assert_eq!(c.store, StoreKind::Clickhouse);
+        assert_eq!(c.embedded.path, "/tmp/x.db");
+        assert_eq!(c.clickhouse.database, "flow_log"); // default kept
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::load(
+            None,
+            env(&[("DFT_CLICKHOUSE__TIMEOUT", "soon")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "clickhouse.timeout");
+        let err = Config::load(
+            None,
+            env(&[("DFT_STORE", "mysql")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "store");
+        let err = Config::load(
+            None,
+            env(&[("DFT_LISTEN", "nowhere")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "listen");
+        let err = Config::load(
+            None,
+            env(&[("DFT_CLICKHOUSE__DATABASE", "x; DROP")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "clickhouse.database");
+        let err = Config::load(
+            None,
+            env(&[("DFT_CLICKHOUSE__URL", "ftp://x")]),
+            &FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "clickhouse.url");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[clickhouse]\nurll = \"http://x\"").unwrap();
+        let err = Config::load(Some(f.path()), env(&[]), &FlagOverrides::default()).unwrap_err();
+        assert!(err.key.starts_with("clickhouse"), "{err}");
+        assert!(err.to_string().contains("urll"), "{err}");
+    }
+}

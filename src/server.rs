@@ -1,0 +1,52 @@
+//! Process wiring: open the configured store, build the actix-web server.
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{SharedStore, StoreKind, StoreResult};
+use actix_web::{web, App, HttpServer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Open the store the configuration names. The embedded store creates its file and schema;
+/// ClickHouse is only connected (nothing is created there).
+pub async fn open_store(cfg: &Config) -> StoreResult<SharedStore> {
+    Ok(match cfg.store {
+        StoreKind::Embedded => {
+            Arc::new(SqliteStore::open(&cfg.embedded.path, cfg.embedded.max_rows).await?)
+        }
+        StoreKind::Clickhouse => Arc::new(ClickHouseStore::new(clickhouse_settings(cfg))?),
+    })
+}
+
+pub fn clickhouse_settings(cfg: &Config) -> ClickHouseSettings {
+    ClickHouseSettings {
+        url: cfg.clickhouse.url.clone(),
+        user: cfg.clickhouse.user.clone(),
+        password: cfg.clickhouse.password.clone(),
+        database: cfg.clickhouse.database.clone(),
+        dictionary_database: cfg.clickhouse.dictionary_database.clone(),
+        timeout: Duration::from_secs(cfg.clickhouse.timeout),
+        max_rows: cfg.clickhouse.max_rows,
+    }
+}
+
+/// Bind the HTTP server on `listen` (port 0 picks a free one) and return it unstarted with
+/// the addresses it bound.
+pub fn bind(
+    state: AppState,
+    listen: &str,
+) -> std::io::Result<(actix_web::dev::Server, Vec<SocketAddr>)> {
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(actix_web::middleware::Compress::default())
+            .configure(api::configure)
+    })
+    .bind(listen)?;
+    let addrs = server.addrs();
+    Ok((server.run(), addrs))
+}

@@ -1,0 +1,375 @@
+//! `FlowStore` over DeepFlow's ClickHouse, through the official `clickhouse` crate (HTTP).
+//!
+//! Reads go to `<org db>.l7_flow_log` (DeepFlow's global table) and resolve names with the
+//! `flow_tag` dictionaries exactly as DeepFlow's querier does (`dictGet` on `device_map`,
+//! `subnet_map`, `gprocess_map`, `pod_map`, `vtap_port_map`, `tap_type_map`). Writes (only for
+//! `schema --apply` and `load`) go to `l7_flow_log_local`, as DeepFlow's ingester writes.
+//! Every user value is bound with the crate's escaping `bind`; identifiers come only from
+//! [`Col`] and from validated configuration.
+
+use super::model::{FlowMeta, FlowRecord, L7FlowLogRow, NameTables, OrgId};
+use super::schema;
+use super::{
+    Col, Filter, FlowQuery, FlowStore, Order, SchemaOptions, StoreError, StoreKind, StoreResult,
+};
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Connection settings (from the `[clickhouse]` configuration section).
+#[derive(Debug, Clone)]
+pub struct ClickHouseSettings {
+    pub url: String,
+    pub user: String,
+    pub password: String,
+    /// Base name of the flow database (`flow_log`); org N reads `NNNN_<database>`.
+    pub database: String,
+    /// Base name of the dictionary database (`flow_tag`).
+    pub dictionary_database: String,
+    pub timeout: Duration,
+    pub max_rows: u64,
+}
+
+/// The ClickHouse store.
+pub struct ClickHouseStore {
+    client: clickhouse::Client,
+    settings: ClickHouseSettings,
+}
+
+/// A value bound to one `?` of a query.
+enum BindValue {
+    U32(u32),
+    U64s(Vec<u64>),
+    Strs(Vec<String>),
+}
+
+impl From<clickhouse::error::Error> for StoreError {
+    fn from(e: clickhouse::error::Error) -> Self {
+        use clickhouse::error::Error as E;
+        match e {
+            E::Network(_) => StoreError::Unavailable(e.to_string()),
+            E::TimedOut => StoreError::Unavailable("timeout expired".into()),
+            other => StoreError::Query(other.to_string()),
+        }
+    }
+}
+
+const META_SELECT: &str = "SELECT _id, type, signal_source, req_tcp_seq, resp_tcp_seq, \
+    toUnixTimestamp64Micro(start_time) AS start_time_us, toUnixTimestamp64Micro(end_time) AS end_time_us, \
+    agent_id, protocol, syscall_trace_id_request, syscall_trace_id_response, span_id, parent_span_id, \
+    request_id, l7_protocol, trace_id, _trace_id_2, x_request_id_0, x_request_id_1, observation_point";
+
+impl ClickHouseStore {
+    pub fn new(settings: ClickHouseSettings) -> StoreResult<Self> {
+        for (key, v) in [
+            ("clickhouse.database", &settings.database),
+            (
+                "clickhouse.dictionary_database",
+                &settings.dictionary_database,
+            ),
+        ] {
+            if !is_identifier(v) {
+                return Err(StoreError::Invalid(format!(
+                    "{key}: {v:?} is not a plain identifier"
+                )));
+            }
+        }
+        let mut client = clickhouse::Client::default()
+            .with_url(settings.url.clone())
+            .with_setting(
+                "max_execution_time",
+                settings.timeout.as_secs().max(1).to_string(),
+            );
+        if !settings.user.is_empty() {
+            client = client.with_user(settings.user.clone());
+        }
+        if !settings.password.is_empty() {
+            client = client.with_password(settings.password.clone());
+        }
+        Ok(ClickHouseStore { client, settings })
+    }
+
+    fn flow_db(&self, org: OrgId) -> String {
+        org.database(&self.settings.database)
+    }
+
+    fn tag_db(&self, org: OrgId) -> String {
+        org.database(&self.settings.dictionary_database)
+    }
+
+    async fn timed<T>(
+        &self,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.settings.timeout, fut).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Timeout(self.settings.timeout.as_secs())),
+        }
+    }
+
+    /// `FROM <db>.l7_flow_log WHERE … ORDER … LIMIT ?` with its bound values.
+    fn tail(&self, org: OrgId, q: &FlowQuery) -> (String, Vec<BindValue>) {
+        let mut sql = format!(" FROM `{}`.`l7_flow_log` WHERE ", self.flow_db(org));
+        let mut binds = Vec::new();
+        if let Some(w) = q.effective_window() {
+            sql.push_str("time >= toDateTime(?) AND time <= toDateTime(?) AND ");
+            binds.push(BindValue::U32(w.start_s));
+            binds.push(BindValue::U32(w.end_s));
+        }
+        compile_filter(&q.filter, &mut sql, &mut binds);
+        if q.order == Order::StartTimeAsc {
+            sql.push_str(" ORDER BY start_time ASC, _id ASC");
+        }
+        let limit = q
+            .limit
+            .unwrap_or(self.settings.max_rows)
+            .min(self.settings.max_rows);
+        sql.push_str(&format!(" LIMIT {limit}"));
+        (sql, binds)
+    }
+
+    fn build(&self, sql: &str, binds: Vec<BindValue>) -> clickhouse::query::Query {
+        let mut query = self.client.query(sql);
+        for b in binds {
+            query = match b {
+                BindValue::U32(v) => query.bind(v),
+                BindValue::U64s(v) => query.bind(v),
+                BindValue::Strs(v) => query.bind(v),
+            };
+        }
+        query
+    }
+
+    fn record_select(&self, org: OrgId) -> String {
+        let t = self.tag_db(org);
+        let port_key = "(toUInt64(agent_id), toUInt64(capture_nic))";
+        let dev = |ty: &str, id: &str| {
+            format!("dictGet('{t}.device_map', 'name', (toUInt64({ty}), toUInt64({id})))")
+        };
+        format!(
+            "SELECT _id, time, signal_source, l7_protocol, biz_protocol, type, req_tcp_seq, resp_tcp_seq, \
+             toUnixTimestamp64Micro(start_time) AS start_time_us, toUnixTimestamp64Micro(end_time) AS end_time_us, \
+             agent_id, capture_nic, capture_nic_type, \
+             if(capture_nic_type IN (0, 1, 2), dictGet('{t}.vtap_port_map', 'name', {port_key}), '') AS capture_nic_name, \
+             dictGetOrDefault('{t}.vtap_port_map', 'device_type', {port_key}, toUInt64(0)) AS vtap_device_type, \
+             dictGetOrDefault('{t}.vtap_port_map', 'device_name', {port_key}, '') AS vtap_device_name, \
+             dictGetOrDefault('{t}.vtap_port_map', 'host_name', {port_key}, '') AS vtap_host_name, \
+             dictGetOrDefault('{t}.vtap_port_map', 'pod_node_name', {port_key}, '') AS vtap_pod_node_name, \
+             syscall_trace_id_request, syscall_trace_id_response, syscall_cap_seq_0, syscall_cap_seq_1, \
+             trace_id, _trace_id_2, span_id, parent_span_id, span_kind, x_request_id_0, x_request_id_1, \
+             flow_id, protocol, version, process_id_0, process_id_1, observation_point, \
+             if(is_ipv4 = 1, IPv4NumToString(ip4_0), IPv6NumToString(ip6_0)) AS ip_0, \
+             if(is_ipv4 = 1, IPv4NumToString(ip4_1), IPv6NumToString(ip6_1)) AS ip_1, \
+             client_port, server_port, subnet_id_0, subnet_id_1, \
+             dictGet('{t}.subnet_map', 'name', toUInt64(subnet_id_0)) AS subnet_0, \
+             dictGet('{t}.subnet_map', 'name', toUInt64(subnet_id_1)) AS subnet_1, \
+             auto_instance_type_0, auto_instance_type_1, auto_instance_id_0, auto_instance_id_1, \
+             {ai0} AS auto_instance_name_0, {ai1} AS auto_instance_name_1, \
+             auto_service_type_0, auto_service_type_1, auto_service_id_0, auto_service_id_1, \
+             {as0} AS auto_service_name_0, {as1} AS auto_service_name_1, \
+             process_kname_0, process_kname_1, gprocess_id_0, gprocess_id_1, \
+             dictGet('{t}.gprocess_map', 'name', toUInt64(gprocess_id_0)) AS gprocess_0, \
+             dictGet('{t}.gprocess_map', 'name', toUInt64(gprocess_id_1)) AS gprocess_1, \
+             pod_id_0, pod_id_1, \
+             dictGet('{t}.pod_map', 'name', toUInt64(pod_id_0)) AS pod_0, \
+             dictGet('{t}.pod_map', 'name', toUInt64(pod_id_1)) AS pod_1, \
+             pod_ns_id_0, pod_ns_id_1, pod_node_id_0, pod_node_id_1, \
+             {pn0} AS pod_node_0, {pn1} AS pod_node_1, \
+             host_id_0, host_id_1, {h0} AS host_0, {h1} AS host_1, \
+             app_service, app_instance, capture_network_type_id, \
+             dictGet('{t}.tap_type_map', 'name', toUInt64(capture_network_type_id)) AS tap, \
+             is_tls, is_async, response_status, response_duration, biz_response_code, response_code, \
+             response_exception, response_result, request_type, request_domain, request_resource, \
+             request_id, http_proxy_client, endpoint, \
+             attribute_names, attribute_values, events",
+            ai0 = dev("auto_instance_type_0", "auto_instance_id_0"),
+            ai1 = dev("auto_instance_type_1", "auto_instance_id_1"),
+            as0 = dev("auto_service_type_0", "auto_service_id_0"),
+            as1 = dev("auto_service_type_1", "auto_service_id_1"),
+            pn0 = dev("14", "pod_node_id_0"),
+            pn1 = dev("14", "pod_node_id_1"),
+            h0 = dev("6", "host_id_0"),
+            h1 = dev("6", "host_id_1"),
+        )
+    }
+
+    /// Run one DDL/DML statement.
+    pub async fn execute(&self, sql: &str) -> StoreResult<()> {
+        self.timed(self.client.query(sql).execute()).await
+    }
+
+    async fn insert_all<T: clickhouse::Row + serde::Serialize + Send + Sync>(
+        &self,
+        db: &str,
+        table: &str,
+        rows: &[T],
+    ) -> StoreResult<()>
+    where
+        for<'a> T: clickhouse::RowWrite<Value<'a> = T>,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert_unescaped::<T>(&format!("`{db}`.`{table}`"))
+            .await?;
+        for r in rows {
+            insert.write(r).await?;
+        }
+        self.timed(insert.end()).await
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn compile_filter(f: &Filter, sql: &mut String, binds: &mut Vec<BindValue>) {
+    match f {
+        Filter::True => sql.push('1'),
+        Filter::False => sql.push('0'),
+        Filter::IntIn(col, vals) => {
+            if vals.is_empty() {
+                sql.push('0');
+            } else {
+                sql.push_str(&format!("`{}` IN ?", col.name()));
+                binds.push(BindValue::U64s(vals.clone()));
+            }
+        }
+        Filter::StrIn(col, vals) => compile_str_in(col.name(), vals, sql, binds),
+        Filter::TraceIdIn(vals) => {
+            sql.push('(');
+            compile_str_in(Col::TraceId.name(), vals, sql, binds);
+            sql.push_str(" OR ");
+            compile_str_in(Col::TraceId2.name(), vals, sql, binds);
+            sql.push(')');
+        }
+        Filter::And(parts) | Filter::Or(parts) => {
+            let (joiner, empty) = if matches!(f, Filter::And(_)) {
+                (" AND ", '1')
+            } else {
+                (" OR ", '0')
+            };
+            if parts.is_empty() {
+                sql.push(empty);
+                return;
+            }
+            sql.push('(');
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(joiner);
+                }
+                compile_filter(p, sql, binds);
+            }
+            sql.push(')');
+        }
+    }
+}
+
+fn compile_str_in(col: &str, vals: &[String], sql: &mut String, binds: &mut Vec<BindValue>) {
+    if vals.is_empty() {
+        sql.push('0');
+    } else {
+        sql.push_str(&format!("`{col}` IN ?"));
+        binds.push(BindValue::Strs(vals.to_vec()));
+    }
+}
+
+#[async_trait]
+impl FlowStore for ClickHouseStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Clickhouse
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let one: u8 = self
+            .timed(self.client.query("SELECT toUInt8(1)").fetch_one::<u8>())
+            .await?;
+        if one == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Query("unexpected answer to SELECT 1".into()))
+        }
+    }
+
+    async fn select_meta(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowMeta>> {
+        let (tail, binds) = self.tail(org, q);
+        let sql = format!("{META_SELECT}{tail}");
+        self.timed(self.build(&sql, binds).fetch_all::<FlowMeta>())
+            .await
+    }
+
+    async fn select_records(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowRecord>> {
+        let (tail, binds) = self.tail(org, q);
+        let sql = format!("{}{tail}", self.record_select(org));
+        self.timed(self.build(&sql, binds).fetch_all::<FlowRecord>())
+            .await
+    }
+
+    async fn insert_rows(&self, org: OrgId, rows: &[L7FlowLogRow]) -> StoreResult<()> {
+        self.insert_all(&self.flow_db(org), "l7_flow_log_local", rows)
+            .await
+    }
+
+    async fn insert_names(&self, org: OrgId, n: &NameTables) -> StoreResult<()> {
+        let tag = self.tag_db(org);
+        self.insert_all(&tag, "ch_device", &n.devices).await?;
+        self.insert_all(&tag, "ch_pod", &n.pods).await?;
+        self.insert_all(&tag, "ch_subnet", &n.subnets).await?;
+        self.insert_all(&tag, "ch_gprocess", &n.gprocesses).await?;
+        self.insert_all(&tag, "ch_vtap_port", &n.vtap_ports).await?;
+        self.execute("SYSTEM RELOAD DICTIONARIES").await
+    }
+
+    async fn apply_schema(&self, org: OrgId, options: SchemaOptions) -> StoreResult<()> {
+        let tag = self.tag_db(org);
+        for st in schema::clickhouse_statements(
+            org,
+            &self.settings.database,
+            &self.settings.dictionary_database,
+        ) {
+            if st.is_seed {
+                continue;
+            }
+            self.execute(&st.sql).await?;
+        }
+        let seeded: u64 = self
+            .timed(
+                self.client
+                    .query(&format!("SELECT count() FROM `{tag}`.`ch_string_enum`"))
+                    .fetch_one::<u64>(),
+            )
+            .await?;
+        if seeded == 0 {
+            for st in schema::clickhouse_statements(
+                org,
+                &self.settings.database,
+                &self.settings.dictionary_database,
+            ) {
+                if st.is_seed {
+                    self.execute(&st.sql).await?;
+                }
+            }
+            self.execute("SYSTEM RELOAD DICTIONARIES").await?;
+        }
+        if options.without_ttl {
+            self.execute(&format!(
+                "ALTER TABLE `{}`.`l7_flow_log_local` REMOVE TTL",
+                self.flow_db(org)
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn schema_ddl(&self, org: OrgId) -> Vec<String> {
+        schema::clickhouse_statements(
+            org,
+            &self.settings.database,
+            &self.settings.dictionary_database,
+        )
+        .into_iter()
+        .map(|s| s.sql)
+        .collect()
+    }
+}

@@ -1,0 +1,609 @@
+//! The embedded store: DeepFlow's `l7_flow_log` and name tables in one SQLite file (sqlx).
+//!
+//! Same column names as ClickHouse; one database for every organisation (an `org_id` column).
+//! Unsigned 64-bit values are stored as their two's-complement `i64` bit pattern, so equality
+//! and `IN` on them behave as in ClickHouse. List filters bind one JSON array each
+//! (`col IN (SELECT value FROM json_each(?))`), so any number of keys is one parameter.
+
+use super::model::{FlowMeta, FlowRecord, L7FlowLogRow, NameTables, OrgId};
+use super::schema::{self, SQLITE_L7_COLUMNS};
+use super::{
+    Col, Filter, FlowQuery, FlowStore, Order, SchemaOptions, StoreError, StoreKind, StoreResult,
+};
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The embedded store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    max_rows: u64,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            other => StoreError::Query(other.to_string()),
+        }
+    }
+}
+
+const META_COLUMNS: &str = "_id, type, signal_source, req_tcp_seq, resp_tcp_seq, start_time, end_time, \
+    agent_id, protocol, syscall_trace_id_request, syscall_trace_id_response, span_id, parent_span_id, \
+    request_id, l7_protocol, trace_id, _trace_id_2, x_request_id_0, x_request_id_1, observation_point";
+
+impl SqliteStore {
+    /// Open (creating if missing) the database at `path` (`:memory:` for a private in-memory
+    /// database) and create the schema.
+    pub async fn open(path: &str, max_rows: u64) -> StoreResult<SqliteStore> {
+        let memory = path == ":memory:";
+        let opts = if memory {
+            SqliteConnectOptions::from_str("sqlite::memory:")?
+        } else {
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StoreError::Invalid(format!(
+                            "cannot create directory {}: {e}",
+                            parent.display()
+                        ))
+                    })?;
+                }
+            }
+            SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+        }
+        .busy_timeout(Duration::from_secs(10));
+        // An in-memory database lives as long as its one connection.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 4 })
+            .min_connections(if memory { 1 } else { 0 })
+            .idle_timeout(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if memory {
+                None
+            } else {
+                Some(Duration::from_secs(3600))
+            })
+            .connect_with(opts)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open embedded store {path}: {e}"))
+            })?;
+        let store = SqliteStore { pool, max_rows };
+        store
+            .apply_schema(OrgId::DEFAULT, SchemaOptions::default())
+            .await?;
+        Ok(store)
+    }
+
+    fn effective_limit(&self, q: &FlowQuery) -> u64 {
+        q.limit.unwrap_or(self.max_rows).min(self.max_rows)
+    }
+
+    /// `FROM l7_flow_log f WHERE org AND window AND filter ORDER … LIMIT …`
+    fn push_tail(&self, b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, q: &FlowQuery) {
+        b.push(" FROM l7_flow_log f WHERE f.org_id = ");
+        b.push_bind(org.0 as i64);
+        if let Some(w) = q.effective_window() {
+            b.push(" AND f.time >= ");
+            b.push_bind(w.start_s as i64);
+            b.push(" AND f.time <= ");
+            b.push_bind(w.end_s as i64);
+        }
+        b.push(" AND ");
+        push_filter(b, &q.filter);
+        match q.order {
+            Order::Unordered => {}
+            Order::StartTimeAsc => {
+                b.push(" ORDER BY f.start_time ASC, f._id ASC");
+            }
+        }
+        b.push(" LIMIT ");
+        b.push_bind(self.effective_limit(q) as i64);
+    }
+}
+
+fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, f: &Filter) {
+    match f {
+        Filter::True => {
+            b.push("1");
+        }
+        Filter::False => {
+            b.push("0");
+        }
+        Filter::IntIn(col, vals) => {
+            if vals.is_empty() {
+                b.push("0");
+            } else {
+                let json: Vec<i64> = vals.iter().map(|&v| v as i64).collect();
+                b.push(format!(
+                    "f.\"{}\" IN (SELECT value FROM json_each(",
+                    col.name()
+                ));
+                b.push_bind(serde_json::to_string(&json).unwrap_or_default());
+                b.push("))");
+            }
+        }
+        Filter::StrIn(col, vals) => push_str_in(b, col.name(), vals),
+        Filter::TraceIdIn(vals) => {
+            b.push("(");
+            push_str_in(b, Col::TraceId.name(), vals);
+            b.push(" OR ");
+            push_str_in(b, Col::TraceId2.name(), vals);
+            b.push(")");
+        }
+        Filter::And(parts) | Filter::Or(parts) => {
+            let (joiner, empty) = if matches!(f, Filter::And(_)) {
+                (" AND ", "1")
+            } else {
+                (" OR ", "0")
+            };
+            if parts.is_empty() {
+                b.push(empty);
+                return;
+            }
+            b.push("(");
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    b.push(joiner);
+                }
+                push_filter(b, p);
+            }
+            b.push(")");
+        }
+    }
+}
+
+fn push_str_in(b: &mut QueryBuilder<'_, Sqlite>, col: &str, vals: &[String]) {
+    if vals.is_empty() {
+        b.push("0");
+        return;
+    }
+    b.push(format!("f.\"{col}\" IN (SELECT value FROM json_each("));
+    b.push_bind(serde_json::to_string(vals).unwrap_or_default());
+    b.push("))");
+}
+
+fn u64_of(row: &SqliteRow, col: &str) -> Result<u64, sqlx::Error> {
+    Ok(row.try_get::<i64, _>(col)? as u64)
+}
+
+fn opt_u64_of(row: &SqliteRow, col: &str) -> Result<Option<u64>, sqlx::Error> {
+    Ok(row.try_get::<Option<i64>, _>(col)?.map(|v| v as u64))
+}
+
+fn num<T: TryFrom<i64>>(row: &SqliteRow, col: &str) -> Result<T, sqlx::Error> {
+    let v: i64 = row.try_get(col)?;
+    T::try_from(v)
+        .map_err(|_| sqlx::Error::Decode(format!("column {col}: value {v} out of range").into()))
+}
+
+fn text(row: &SqliteRow, col: &str) -> Result<String, sqlx::Error> {
+    row.try_get::<String, _>(col)
+}
+
+fn json_list(row: &SqliteRow, col: &str) -> Result<Vec<String>, sqlx::Error> {
+    let s: String = row.try_get(col)?;
+    serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(format!("column {col}: {e}").into()))
+}
+
+fn meta_from_row(row: &SqliteRow) -> Result<FlowMeta, sqlx::Error> {
+    Ok(FlowMeta {
+        _id: u64_of(row, "_id")?,
+        r#type: num(row, "type")?,
+        signal_source: num(row, "signal_source")?,
+        req_tcp_seq: num(row, "req_tcp_seq")?,
+        resp_tcp_seq: num(row, "resp_tcp_seq")?,
+        start_time_us: row.try_get("start_time")?,
+        end_time_us: row.try_get("end_time")?,
+        agent_id: num(row, "agent_id")?,
+        protocol: num(row, "protocol")?,
+        syscall_trace_id_request: u64_of(row, "syscall_trace_id_request")?,
+        syscall_trace_id_response: u64_of(row, "syscall_trace_id_response")?,
+        span_id: text(row, "span_id")?,
+        parent_span_id: text(row, "parent_span_id")?,
+        request_id: opt_u64_of(row, "request_id")?,
+        l7_protocol: num(row, "l7_protocol")?,
+        trace_id: text(row, "trace_id")?,
+        _trace_id_2: text(row, "_trace_id_2")?,
+        x_request_id_0: text(row, "x_request_id_0")?,
+        x_request_id_1: text(row, "x_request_id_1")?,
+        observation_point: text(row, "observation_point")?,
+    })
+}
+
+fn ip_string(row: &SqliteRow, side: u8) -> Result<String, sqlx::Error> {
+    let v4: i64 = row.try_get(if side == 0 { "ip4_0" } else { "ip4_1" })?;
+    let is_v4: i64 = row.try_get("is_ipv4")?;
+    if is_v4 == 1 {
+        Ok(Ipv4Addr::from(v4 as u32).to_string())
+    } else {
+        let v6: String = row.try_get(if side == 0 { "ip6_0" } else { "ip6_1" })?;
+        Ok(v6.parse::<Ipv6Addr>().map(|a| a.to_string()).unwrap_or(v6))
+    }
+}
+
+/// Name-resolving SELECT list of the full record (the embedded twin of the ClickHouse
+/// `dictGet` expressions).
+const RECORD_COLUMNS: &str = "f.*, \
+    CASE WHEN f.capture_nic_type IN (0,1,2) THEN COALESCE((SELECT name FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '') ELSE '' END AS capture_nic_name, \
+    COALESCE((SELECT device_type FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), 0) AS vtap_device_type, \
+    COALESCE((SELECT device_name FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '') AS vtap_device_name, \
+    COALESCE((SELECT host_name FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '') AS vtap_host_name, \
+    COALESCE((SELECT pod_node_name FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '') AS vtap_pod_node_name, \
+    COALESCE((SELECT name FROM ch_subnet s WHERE s.org_id = f.org_id AND s.id = f.subnet_id_0), '') AS subnet_0, \
+    COALESCE((SELECT name FROM ch_subnet s WHERE s.org_id = f.org_id AND s.id = f.subnet_id_1), '') AS subnet_1, \
+    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_instance_type_0 AND d.deviceid = f.auto_instance_id_0), '') AS auto_instance_name_0, \
+    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_instance_type_1 AND d.deviceid = f.auto_instance_id_1), '') AS auto_instance_name_1, \
+    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_service_type_0 AND d.deviceid = f.auto_service_id_0), '') AS auto_service_name_0, \
+    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_service_type_1 AND d.deviceid = f.auto_service_id_1), '') AS auto_service_name_1, \
+    COALESCE((SELECT name FROM ch_gprocess g WHERE g.org_id = f.org_id AND g.id = f.gprocess_id_0), '') AS gprocess_0, \
+    COALESCE((SELECT name FROM ch_gprocess g WHERE g.org_id = f.org_id AND g.id = f.gprocess_id_1), '') AS gprocess_1, \
+    COALESCE((SELECT name FROM ch_pod p WHERE p.org_id = f.org_id AND p.id = f.pod_id_0), '') AS pod_0, \
+    COALESCE((SELECT name FROM ch_pod p WHERE p.org_id = f.org_id AND p.id = f.pod_id_1), '') AS pod_1, \
+    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = 14 AND d.deviceid = f.pod_node_id_0), '') AS pod_node_0, \
+    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = 14 AND d.deviceid = f.pod_node_id_1), '') AS pod_node_1, \
+    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = 6 AND d.deviceid = f.host_id_0), '') AS host_0, \
+    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = 6 AND d.deviceid = f.host_id_1), '') AS host_1, \
+    COALESCE((SELECT name FROM ch_tap_type t WHERE t.org_id = f.org_id AND t.value = f.capture_network_type_id), '') AS tap";
+
+fn record_from_row(row: &SqliteRow) -> Result<FlowRecord, sqlx::Error> {
+    Ok(FlowRecord {
+        _id: u64_of(row, "_id")?,
+        time: num(row, "time")?,
+        signal_source: num(row, "signal_source")?,
+        l7_protocol: num(row, "l7_protocol")?,
+        biz_protocol: text(row, "biz_protocol")?,
+        r#type: num(row, "type")?,
+        req_tcp_seq: num(row, "req_tcp_seq")?,
+        resp_tcp_seq: num(row, "resp_tcp_seq")?,
+        start_time_us: row.try_get("start_time")?,
+        end_time_us: row.try_get("end_time")?,
+        agent_id: num(row, "agent_id")?,
+        capture_nic: num(row, "capture_nic")?,
+        capture_nic_type: num(row, "capture_nic_type")?,
+        capture_nic_name: text(row, "capture_nic_name")?,
+        vtap_device_type: u64_of(row, "vtap_device_type")?,
+        vtap_device_name: text(row, "vtap_device_name")?,
+        vtap_host_name: text(row, "vtap_host_name")?,
+        vtap_pod_node_name: text(row, "vtap_pod_node_name")?,
+        syscall_trace_id_request: u64_of(row, "syscall_trace_id_request")?,
+        syscall_trace_id_response: u64_of(row, "syscall_trace_id_response")?,
+        syscall_cap_seq_0: num(row, "syscall_cap_seq_0")?,
+        syscall_cap_seq_1: num(row, "syscall_cap_seq_1")?,
+        trace_id: text(row, "trace_id")?,
+        _trace_id_2: text(row, "_trace_id_2")?,
+        span_id: text(row, "span_id")?,
+        parent_span_id: text(row, "parent_span_id")?,
+        span_kind: row.try_get::<Option<i64>, _>("span_kind")?.map(|v| v as u8),
+        x_request_id_0: text(row, "x_request_id_0")?,
+        x_request_id_1: text(row, "x_request_id_1")?,
+        flow_id: u64_of(row, "flow_id")?,
+        protocol: num(row, "protocol")?,
+        version: text(row, "version")?,
+        process_id_0: num(row, "process_id_0")?,
+        process_id_1: num(row, "process_id_1")?,
+        observation_point: text(row, "observation_point")?,
+        ip_0: ip_string(row, 0)?,
+        ip_1: ip_string(row, 1)?,
+        client_port: num(row, "client_port")?,
+        server_port: num(row, "server_port")?,
+        subnet_id_0: num(row, "subnet_id_0")?,
+        subnet_id_1: num(row, "subnet_id_1")?,
+        subnet_0: text(row, "subnet_0")?,
+        subnet_1: text(row, "subnet_1")?,
+        auto_instance_type_0: num(row, "auto_instance_type_0")?,
+        auto_instance_type_1: num(row, "auto_instance_type_1")?,
+        auto_instance_id_0: num(row, "auto_instance_id_0")?,
+        auto_instance_id_1: num(row, "auto_instance_id_1")?,
+        auto_instance_name_0: text(row, "auto_instance_name_0")?,
+        auto_instance_name_1: text(row, "auto_instance_name_1")?,
+        auto_service_type_0: num(row, "auto_service_type_0")?,
+        auto_service_type_1: num(row, "auto_service_type_1")?,
+        auto_service_id_0: num(row, "auto_service_id_0")?,
+        auto_service_id_1: num(row, "auto_service_id_1")?,
+        auto_service_name_0: text(row, "auto_service_name_0")?,
+        auto_service_name_1: text(row, "auto_service_name_1")?,
+        process_kname_0: text(row, "process_kname_0")?,
+        process_kname_1: text(row, "process_kname_1")?,
+        gprocess_id_0: num(row, "gprocess_id_0")?,
+        gprocess_id_1: num(row, "gprocess_id_1")?,
+        gprocess_0: text(row, "gprocess_0")?,
+        gprocess_1: text(row, "gprocess_1")?,
+        pod_id_0: num(row, "pod_id_0")?,
+        pod_id_1: num(row, "pod_id_1")?,
+        pod_0: text(row, "pod_0")?,
+        pod_1: text(row, "pod_1")?,
+        pod_ns_id_0: num(row, "pod_ns_id_0")?,
+        pod_ns_id_1: num(row, "pod_ns_id_1")?,
+        pod_node_id_0: num(row, "pod_node_id_0")?,
+        pod_node_id_1: num(row, "pod_node_id_1")?,
+        pod_node_0: text(row, "pod_node_0")?,
+        pod_node_1: text(row, "pod_node_1")?,
+        host_id_0: num(row, "host_id_0")?,
+        host_id_1: num(row, "host_id_1")?,
+        host_0: text(row, "host_0")?,
+        host_1: text(row, "host_1")?,
+        app_service: text(row, "app_service")?,
+        app_instance: text(row, "app_instance")?,
+        capture_network_type_id: num(row, "capture_network_type_id")?,
+        tap: text(row, "tap")?,
+        is_tls: num(row, "is_tls")?,
+        is_async: num(row, "is_async")?,
+        response_status: num(row, "response_status")?,
+        response_duration: u64_of(row, "response_duration")?,
+        biz_response_code: text(row, "biz_response_code")?,
+        response_code: row
+            .try_get::<Option<i64>, _>("response_code")?
+            .map(|v| v as i32),
+        response_exception: text(row, "response_exception")?,
+        response_result: text(row, "response_result")?,
+        request_type: text(row, "request_type")?,
+        request_domain: text(row, "request_domain")?,
+        request_resource: text(row, "request_resource")?,
+        request_id: opt_u64_of(row, "request_id")?,
+        http_proxy_client: text(row, "http_proxy_client")?,
+        endpoint: text(row, "endpoint")?,
+        attribute_names: json_list(row, "attribute_names")?,
+        attribute_values: json_list(row, "attribute_values")?,
+        events: text(row, "events")?,
+    })
+}
+
+/// Bind one `L7FlowLogRow` in `SQLITE_L7_COLUMNS` order.
+fn bind_row(
+    mut s: sqlx::query_builder::Separated<'_, '_, Sqlite, &'static str>,
+    org: OrgId,
+    r: &L7FlowLogRow,
+) {
+    s.push_bind(org.0 as i64);
+    s.push_bind(r._id as i64);
+    for v in [
+        r.region_id_0 as i64,
+        r.region_id_1 as i64,
+        r.az_id_0 as i64,
+        r.az_id_1 as i64,
+        r.host_id_0 as i64,
+        r.host_id_1 as i64,
+        r.l3_device_type_0 as i64,
+        r.l3_device_type_1 as i64,
+        r.l3_device_id_0 as i64,
+        r.l3_device_id_1 as i64,
+        r.pod_node_id_0 as i64,
+        r.pod_node_id_1 as i64,
+        r.pod_ns_id_0 as i64,
+        r.pod_ns_id_1 as i64,
+        r.pod_group_id_0 as i64,
+        r.pod_group_id_1 as i64,
+        r.pod_id_0 as i64,
+        r.pod_id_1 as i64,
+        r.pod_cluster_id_0 as i64,
+        r.pod_cluster_id_1 as i64,
+        r.l3_epc_id_0 as i64,
+        r.l3_epc_id_1 as i64,
+        r.epc_id_0 as i64,
+        r.epc_id_1 as i64,
+        r.subnet_id_0 as i64,
+        r.subnet_id_1 as i64,
+        r.service_id_0 as i64,
+        r.service_id_1 as i64,
+        r.auto_instance_id_0 as i64,
+        r.auto_instance_type_0 as i64,
+        r.auto_service_id_0 as i64,
+        r.auto_service_type_0 as i64,
+        r.auto_instance_id_1 as i64,
+        r.auto_instance_type_1 as i64,
+        r.auto_service_id_1 as i64,
+        r.auto_service_type_1 as i64,
+        r.time as i64,
+        u32::from(r.ip4_0.0) as i64,
+        u32::from(r.ip4_1.0) as i64,
+    ] {
+        s.push_bind(v);
+    }
+    s.push_bind(r.ip6_0.0.to_string());
+    s.push_bind(r.ip6_1.0.to_string());
+    for v in [
+        r.is_ipv4 as i64,
+        r.protocol as i64,
+        r.client_port as i64,
+        r.server_port as i64,
+        r.flow_id as i64,
+        r.capture_network_type_id as i64,
+        r.capture_nic_type as i64,
+        r.signal_source as i64,
+        r.capture_nic as i64,
+    ] {
+        s.push_bind(v);
+    }
+    s.push_bind(r.observation_point.clone());
+    for v in [
+        r.agent_id as i64,
+        r.req_tcp_seq as i64,
+        r.resp_tcp_seq as i64,
+        r.start_time,
+        r.end_time,
+        r.gprocess_id_0 as i64,
+        r.gprocess_id_1 as i64,
+    ] {
+        s.push_bind(v);
+    }
+    s.push_bind(r.biz_response_code.clone());
+    s.push_bind(r.process_id_0 as i64);
+    s.push_bind(r.process_id_1 as i64);
+    s.push_bind(r.process_kname_0.clone());
+    s.push_bind(r.process_kname_1.clone());
+    for v in [
+        r.syscall_trace_id_request as i64,
+        r.syscall_trace_id_response as i64,
+        r.syscall_thread_0 as i64,
+        r.syscall_thread_1 as i64,
+        r.syscall_cap_seq_0 as i64,
+        r.syscall_cap_seq_1 as i64,
+        r.l7_protocol as i64,
+    ] {
+        s.push_bind(v);
+    }
+    s.push_bind(r.biz_protocol.clone());
+    s.push_bind(r.version.clone());
+    s.push_bind(r.r#type as i64);
+    s.push_bind(r.is_tls as i64);
+    s.push_bind(r.is_async as i64);
+    for v in [
+        &r.request_type,
+        &r.request_domain,
+        &r.request_resource,
+        &r.endpoint,
+    ] {
+        s.push_bind(v.clone());
+    }
+    s.push_bind(r.request_id.map(|v| v as i64));
+    s.push_bind(r.response_status as i64);
+    s.push_bind(r.response_code.map(|v| v as i64));
+    for v in [
+        &r.response_exception,
+        &r.response_result,
+        &r.http_proxy_client,
+        &r.x_request_id_0,
+        &r.x_request_id_1,
+        &r.trace_id,
+        &r._trace_id_2,
+    ] {
+        s.push_bind(v.clone());
+    }
+    s.push_bind(r.trace_id_index as i64);
+    s.push_bind(r.span_id.clone());
+    s.push_bind(r.parent_span_id.clone());
+    s.push_bind(r.span_kind.map(|v| v as i64));
+    s.push_bind(r.app_service.clone());
+    s.push_bind(r.app_instance.clone());
+    s.push_bind(r.response_duration as i64);
+    s.push_bind(r.request_length);
+    s.push_bind(r.response_length);
+    s.push_bind(serde_json::to_string(&r.attribute_names).unwrap_or_else(|_| "[]".into()));
+    s.push_bind(serde_json::to_string(&r.attribute_values).unwrap_or_else(|_| "[]".into()));
+    s.push_bind(r.events.clone());
+}
+
+/// SQLite allows 32766 bound values per statement; one row binds 103.
+const ROWS_PER_INSERT: usize = 300;
+
+#[async_trait]
+impl FlowStore for SqliteStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Embedded
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn select_meta(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowMeta>> {
+        let mut b = QueryBuilder::<Sqlite>::new(format!("SELECT {META_COLUMNS}"));
+        self.push_tail(&mut b, org, q);
+        let rows = b.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| meta_from_row(r).map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn select_records(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowRecord>> {
+        let mut b = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS}"));
+        self.push_tail(&mut b, org, q);
+        let rows = b.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| record_from_row(r).map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn insert_rows(&self, org: OrgId, rows: &[L7FlowLogRow]) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let cols: Vec<String> = std::iter::once("org_id".to_string())
+            .chain(SQLITE_L7_COLUMNS.iter().map(|(n, _)| format!("\"{n}\"")))
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut b = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO l7_flow_log ({}) ",
+                cols.join(", ")
+            ));
+            b.push_values(chunk, |s, r| bind_row(s, org, r));
+            b.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_names(&self, org: OrgId, n: &NameTables) -> StoreResult<()> {
+        let o = org.0 as i64;
+        let mut tx = self.pool.begin().await?;
+        for d in &n.devices {
+            sqlx::query("INSERT OR REPLACE INTO ch_device (org_id, devicetype, deviceid, name, icon_id, uid, hostname, ip, team_id, domain_id, sub_domain_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+                .bind(o).bind(d.devicetype as i64).bind(d.deviceid as i64).bind(&d.name).bind(d.icon_id)
+                .bind(&d.uid).bind(&d.hostname).bind(&d.ip).bind(d.team_id as i64).bind(d.domain_id as i64).bind(d.sub_domain_id as i64)
+                .execute(&mut *tx).await?;
+        }
+        for p in &n.pods {
+            sqlx::query("INSERT OR REPLACE INTO ch_pod (org_id, id, name, icon_id, pod_cluster_id, pod_ns_id, pod_node_id, pod_service_id, pod_group_id, team_id, domain_id, sub_domain_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+                .bind(o).bind(p.id as i64).bind(&p.name).bind(p.icon_id).bind(p.pod_cluster_id as i64).bind(p.pod_ns_id as i64)
+                .bind(p.pod_node_id as i64).bind(p.pod_service_id as i64).bind(p.pod_group_id as i64).bind(p.team_id as i64)
+                .bind(p.domain_id as i64).bind(p.sub_domain_id as i64)
+                .execute(&mut *tx).await?;
+        }
+        for (table, list) in [("ch_subnet", &n.subnets), ("ch_gprocess", &n.gprocesses)] {
+            for r in list {
+                sqlx::query(&format!(
+                    "INSERT OR REPLACE INTO {table} (org_id, id, name) VALUES (?,?,?)"
+                ))
+                .bind(o)
+                .bind(r.id as i64)
+                .bind(&r.name)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for v in &n.vtap_ports {
+            sqlx::query("INSERT OR REPLACE INTO ch_vtap_port (org_id, vtap_id, tap_port, name, host_id, host_name, chost_id, chost_name, pod_node_id, pod_node_name, device_type, device_id, device_name, icon_id, team_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+                .bind(o).bind(v.vtap_id as i64).bind(v.tap_port as i64).bind(&v.name).bind(v.host_id).bind(&v.host_name)
+                .bind(v.chost_id).bind(&v.chost_name).bind(v.pod_node_id).bind(&v.pod_node_name).bind(v.device_type as i64)
+                .bind(v.device_id as i64).bind(&v.device_name).bind(v.icon_id).bind(v.team_id as i64)
+                .execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn apply_schema(&self, _org: OrgId, _options: SchemaOptions) -> StoreResult<()> {
+        // One schema serves every organisation; the embedded store keeps no TTL.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&schema::sqlite_l7_table())
+            .execute(&mut *tx)
+            .await?;
+        for st in schema::sqlite_statements() {
+            sqlx::query(&st.sql).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn schema_ddl(&self, _org: OrgId) -> Vec<String> {
+        std::iter::once(schema::sqlite_l7_table())
+            .chain(schema::sqlite_statements().into_iter().map(|s| s.sql))
+            .collect()
+    }
+}
