@@ -1,38 +1,33 @@
 #!/usr/bin/env python3
 """ch_front.py: a small ClickHouse HTTP interface in front of chDB, for tests and CI.
 
-deepflow-tempo's tests need a real ClickHouse engine but should not need a ClickHouse
-server. This script embeds the engine in-process (chDB, PyPI package `chdb-core` 26.9.0,
-which is ClickHouse 26.9) and answers the part of the ClickHouse HTTP protocol that the
-Rust `clickhouse` crate 0.15.3 uses, so the crate works against it unchanged:
+deepflow-tempo's tests need a real ClickHouse engine but no ClickHouse server. This script
+runs the engine in-process (chDB: PyPI `chdb-core` 26.9.0, i.e. ClickHouse 26.9) and speaks
+the part of the ClickHouse HTTP protocol that the Rust `clickhouse` crate 0.15.3 uses, so
+the crate works against it unchanged: SQL in the body and/or the `query` parameter,
+`default_format`, `database`, settings as URL parameters, `param_*` (also in
+multipart/form-data bodies), `INSERT ... FORMAT X` with chunked and/or LZ4 native-framed
+bodies (`decompress=1`), `compress=1` responses, errors as HTTP 500 with
+`X-ClickHouse-Exception-Code`, and `GET /ping`.
 
-  * POST / with the SQL in the body and/or the `query` URL parameter (GET works too);
-    `default_format`, `database`, settings as extra URL parameters, `param_*`;
-  * multipart/form-data bodies (fields `query` and `param_*`, as sent by `.param()`);
-  * INSERT ... FORMAT X with the data in the body, chunked, optionally LZ4 with
-    ClickHouse's native block framing (`decompress=1`); `compress=1` responses;
-  * errors as HTTP 500 with `X-ClickHouse-Exception-Code`; GET /ping -> "Ok.".
+It is not a server: one chDB session, requests serialised by a lock, no authentication;
+`database` and URL settings are reset after each request. Bind it to loopback only.
 
-It is not a server: one engine, one chDB session, requests run one at a time under a
-lock, no authentication, and the URL settings and `database` are reset after every
-request. Bind it to loopback only. See the project notes on ClickHouse for tests.
-
-Usage:
   python tools/ch_front.py --port 0 --path :memory: [--config tools/chdb-deepflow.xml]
                            [--log FILE|-|none] [--exit-on-stdin-eof]
-The first stdout line is the base URL, e.g. http://127.0.0.1:43117 (with --port 0 the
-port is picked by the OS).
+
+The first stdout line is the base URL, e.g. http://127.0.0.1:43117 (--port 0: any free port).
 """
 
 import argparse
 import json
 import os
 import re
+import socket
 import struct
 import sys
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -65,7 +60,7 @@ CODE_RE = re.compile(r"Code: (\d+)")
 INSERT_PREFIX_RE = re.compile(r"^Streaming insert \w+ failed: ")
 IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NUMBER_RE = re.compile(r"-?\d+(\.\d+)?")
-METHOD_NONE, METHOD_LZ4, METHOD_ZSTD = 0x02, 0x82, 0x90
+METHOD_NONE, METHOD_LZ4 = 0x02, 0x82  # ZSTD (0x90) is not supported
 HEADER = struct.Struct("<BII")  # method, compressed size (incl. these 9 bytes), raw size
 MAX_BLOCK = 1 << 20
 
@@ -92,10 +87,6 @@ def decode_native_blocks(body):
             if lz4_block is None:
                 raise FrontError(271, "LZ4 body but python 'lz4' is missing", "CANNOT_DECOMPRESS")
             out.append(lz4_block.decompress(payload, uncompressed_size=dsize))
-        elif method == METHOD_ZSTD:
-            import zstandard  # optional; only the crate's `zstd` feature sends this
-
-            out.append(zstandard.ZstdDecompressor().decompress(payload, max_output_size=dsize))
         elif method == METHOD_NONE:
             out.append(payload)
         else:
@@ -240,7 +231,7 @@ class Handler(BaseHTTPRequestHandler):
             body = self.read_body()
         except Exception as exc:  # framing is broken: answer, then drop the connection
             self.close_connection = True
-            self.fail(exc, params)
+            self.fail(exc, params, b"")
             return
         self.handle_query(params, body)
 
@@ -248,6 +239,7 @@ class Handler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             parts = []
             while True:
+                self.quick_ack()
                 size = int(self.rfile.readline(65537).split(b";")[0].strip(), 16)
                 if size == 0:
                     break
@@ -263,6 +255,12 @@ class Handler(BaseHTTPRequestHandler):
             raise FrontError(1000, "Request body shorter than Content-Length", "BAD_REQUEST")
         return body
 
+    def quick_ack(self):
+        """ACK what has arrived now: the crate sends a chunked body in several small writes,
+        and its Nagle plus our delayed ACK would otherwise add ~40 ms to every LZ4 INSERT."""
+        if hasattr(socket, "TCP_QUICKACK"):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+
     def handle_query(self, params, body):
         front = self.server.front
         started = time.perf_counter()
@@ -277,17 +275,16 @@ class Handler(BaseHTTPRequestHandler):
             if params.get("compress") == "1":
                 out = encode_native_blocks(out)
         except Exception as exc:
-            self.fail(exc, params)
+            self.fail(exc, params, body)
             return
         self.reply(200, out, {
             "Content-Type": "application/octet-stream",
             "X-ClickHouse-Format": fmt,
-            "X-ClickHouse-Query-Id": params.get("query_id") or str(uuid.uuid4()),
             "X-ClickHouse-Summary": json.dumps({k: str(v) for k, v in summary.items()}),
         })
         front.log(f"200 {(time.perf_counter() - started) * 1e3:.1f}ms {describe(params, body)}")
 
-    def fail(self, exc, params):
+    def fail(self, exc, params, body):
         text = INSERT_PREFIX_RE.sub("", str(exc)).strip()
         match = CODE_RE.search(text)
         code = match.group(1) if match else "1000"
@@ -297,7 +294,7 @@ class Handler(BaseHTTPRequestHandler):
             "Content-Type": "text/plain; charset=UTF-8",
             "X-ClickHouse-Exception-Code": code,
         })
-        self.server.front.log(f"500 {describe(params, b'')} -> {text}")
+        self.server.front.log(f"500 {describe(params, body)} -> {text}")
 
     def reply(self, status, body, headers):
         self.send_response(status)

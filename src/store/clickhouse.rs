@@ -220,6 +220,32 @@ impl ClickHouseStore {
     }
 }
 
+/// A row of `flow_tag.ch_subnet` (every column, as the crate's insert requires).
+#[derive(Debug, Default, serde::Serialize, clickhouse::Row)]
+struct ChSubnet {
+    id: u64,
+    name: String,
+    icon_id: i64,
+    team_id: u64,
+    domain_id: u64,
+    sub_domain_id: u64,
+    l3_epc_id: u64,
+}
+
+/// A row of `flow_tag.ch_gprocess`.
+#[derive(Debug, Default, serde::Serialize, clickhouse::Row)]
+struct ChGprocess {
+    id: u64,
+    name: String,
+    icon_id: i64,
+    chost_id: i64,
+    l3_epc_id: i64,
+    biz_type: u64,
+    team_id: u64,
+    domain_id: u64,
+    sub_domain_id: u64,
+}
+
 fn is_identifier(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
@@ -315,8 +341,26 @@ impl FlowStore for ClickHouseStore {
         let tag = self.tag_db(org);
         self.insert_all(&tag, "ch_device", &n.devices).await?;
         self.insert_all(&tag, "ch_pod", &n.pods).await?;
-        self.insert_all(&tag, "ch_subnet", &n.subnets).await?;
-        self.insert_all(&tag, "ch_gprocess", &n.gprocesses).await?;
+        let subnets: Vec<ChSubnet> = n
+            .subnets
+            .iter()
+            .map(|r| ChSubnet {
+                id: r.id,
+                name: r.name.clone(),
+                ..Default::default()
+            })
+            .collect();
+        self.insert_all(&tag, "ch_subnet", &subnets).await?;
+        let gprocesses: Vec<ChGprocess> = n
+            .gprocesses
+            .iter()
+            .map(|r| ChGprocess {
+                id: r.id,
+                name: r.name.clone(),
+                ..Default::default()
+            })
+            .collect();
+        self.insert_all(&tag, "ch_gprocess", &gprocesses).await?;
         self.insert_all(&tag, "ch_vtap_port", &n.vtap_ports).await?;
         self.execute("SYSTEM RELOAD DICTIONARIES").await
     }

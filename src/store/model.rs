@@ -320,6 +320,24 @@ pub struct L7FlowLogRow {
     pub attribute_names: Vec<String>,
     pub attribute_values: Vec<String>,
     pub events: String,
+    // The remaining DeepFlow columns, so a row is complete in both stores.
+    pub tag_source_0: u8,
+    pub tag_source_1: u8,
+    pub team_id: u16,
+    pub nat_source: u8,
+    pub tunnel_type: u8,
+    pub biz_type: u8,
+    pub biz_code: String,
+    pub biz_scenario: String,
+    pub syscall_coroutine_0: u64,
+    pub syscall_coroutine_1: u64,
+    pub is_reversed: u8,
+    pub sql_affected_rows: Option<u64>,
+    pub direction_score: u8,
+    pub captured_request_byte: u32,
+    pub captured_response_byte: u32,
+    pub metrics_names: Vec<String>,
+    pub metrics_values: Vec<f64>,
 }
 
 impl L7FlowLogRow {
@@ -647,7 +665,7 @@ pub struct PodName {
 }
 
 /// An (id → name) row: `flow_tag.ch_subnet` and `flow_tag.ch_gprocess` (extra columns default).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, clickhouse::Row)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IdName {
     pub id: u64,

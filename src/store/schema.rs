@@ -93,7 +93,8 @@ pub fn sqlite_statements() -> Vec<Statement> {
 }
 
 /// Columns of the embedded `l7_flow_log` table, in insert order, with their SQLite types.
-/// Names are DeepFlow's; arrays are JSON text; IPv4 is an integer, IPv6 text.
+/// All 119 of DeepFlow's columns, same names; arrays are JSON text; IPv4 is an integer, IPv6
+/// text.
 pub const SQLITE_L7_COLUMNS: &[(&str, &str)] = &[
     ("_id", "INTEGER NOT NULL"),
     ("region_id_0", "INTEGER NOT NULL DEFAULT 0"),
@@ -197,6 +198,23 @@ pub const SQLITE_L7_COLUMNS: &[(&str, &str)] = &[
     ("attribute_names", "TEXT NOT NULL DEFAULT '[]'"),
     ("attribute_values", "TEXT NOT NULL DEFAULT '[]'"),
     ("events", "TEXT NOT NULL DEFAULT ''"),
+    ("tag_source_0", "INTEGER NOT NULL DEFAULT 0"),
+    ("tag_source_1", "INTEGER NOT NULL DEFAULT 0"),
+    ("team_id", "INTEGER NOT NULL DEFAULT 0"),
+    ("nat_source", "INTEGER NOT NULL DEFAULT 0"),
+    ("tunnel_type", "INTEGER NOT NULL DEFAULT 0"),
+    ("biz_type", "INTEGER NOT NULL DEFAULT 0"),
+    ("biz_code", "TEXT NOT NULL DEFAULT ''"),
+    ("biz_scenario", "TEXT NOT NULL DEFAULT ''"),
+    ("syscall_coroutine_0", "INTEGER NOT NULL DEFAULT 0"),
+    ("syscall_coroutine_1", "INTEGER NOT NULL DEFAULT 0"),
+    ("is_reversed", "INTEGER NOT NULL DEFAULT 0"),
+    ("sql_affected_rows", "INTEGER"),
+    ("direction_score", "INTEGER NOT NULL DEFAULT 0"),
+    ("captured_request_byte", "INTEGER NOT NULL DEFAULT 0"),
+    ("captured_response_byte", "INTEGER NOT NULL DEFAULT 0"),
+    ("metrics_names", "TEXT NOT NULL DEFAULT '[]'"),
+    ("metrics_values", "TEXT NOT NULL DEFAULT '[]'"),
 ];
 
 const SQLITE_DDL: &[&str] = &[
@@ -258,7 +276,7 @@ mod tests {
 
     #[test]
     fn sqlite_columns_cover_the_row() {
-        assert_eq!(SQLITE_L7_COLUMNS.len(), 102);
+        assert_eq!(SQLITE_L7_COLUMNS.len(), 119);
         assert!(sqlite_l7_table().contains("\"_trace_id_2\" TEXT"));
     }
 }

@@ -498,10 +498,31 @@ fn bind_row(
     s.push_bind(serde_json::to_string(&r.attribute_names).unwrap_or_else(|_| "[]".into()));
     s.push_bind(serde_json::to_string(&r.attribute_values).unwrap_or_else(|_| "[]".into()));
     s.push_bind(r.events.clone());
+    for v in [
+        r.tag_source_0 as i64,
+        r.tag_source_1 as i64,
+        r.team_id as i64,
+        r.nat_source as i64,
+        r.tunnel_type as i64,
+        r.biz_type as i64,
+    ] {
+        s.push_bind(v);
+    }
+    s.push_bind(r.biz_code.clone());
+    s.push_bind(r.biz_scenario.clone());
+    s.push_bind(r.syscall_coroutine_0 as i64);
+    s.push_bind(r.syscall_coroutine_1 as i64);
+    s.push_bind(r.is_reversed as i64);
+    s.push_bind(r.sql_affected_rows.map(|v| v as i64));
+    s.push_bind(r.direction_score as i64);
+    s.push_bind(r.captured_request_byte as i64);
+    s.push_bind(r.captured_response_byte as i64);
+    s.push_bind(serde_json::to_string(&r.metrics_names).unwrap_or_else(|_| "[]".into()));
+    s.push_bind(serde_json::to_string(&r.metrics_values).unwrap_or_else(|_| "[]".into()));
 }
 
-/// SQLite allows 32766 bound values per statement; one row binds 103.
-const ROWS_PER_INSERT: usize = 300;
+/// SQLite allows 32766 bound values per statement; one row binds 120.
+const ROWS_PER_INSERT: usize = 250;
 
 #[async_trait]
 impl FlowStore for SqliteStore {
