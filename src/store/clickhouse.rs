@@ -197,14 +197,13 @@ impl ClickHouseStore {
         self.timed(self.client.query(sql).execute()).await
     }
 
-    async fn insert_all<T: clickhouse::Row + serde::Serialize + Send + Sync>(
-        &self,
-        db: &str,
-        table: &str,
-        rows: &[T],
-    ) -> StoreResult<()>
+    async fn insert_all<T>(&self, db: &str, table: &str, rows: &[T]) -> StoreResult<()>
     where
-        for<'a> T: clickhouse::RowWrite<Value<'a> = T>,
+        T: clickhouse::Row
+            + serde::Serialize
+            + Send
+            + Sync
+            + for<'a> clickhouse::RowWrite<Value<'a> = T>,
     {
         if rows.is_empty() {
             return Ok(());
