@@ -1,1 +1,228 @@
-//! DeepFlow auto-tracing (placeholder until the engine lands).
+//! DeepFlow auto-tracing as a pure, deterministic, IO-free engine (spec `autotrace.md`).
+//!
+//! Owns the algorithm parameters (`TraceParams`), the sans-IO search state machine (`search`)
+//! and the assembly pipeline `merge → relate → sort → output` (`assemble`). It must not perform
+//! IO, read clocks or use randomness; the store layer runs the queries this module describes.
+
+pub mod clock;
+pub mod flow;
+pub mod merge;
+pub mod output;
+pub mod relate;
+pub mod search;
+pub mod sort;
+
+pub use flow::{ExternalAppSpan, Flow, InstKey};
+pub use output::{OutSpan, ServiceStat, TraceResult};
+pub use search::{Search, SearchError, SearchOutcome, SearchQuery, StopReason, TimeWindow};
+
+use crate::store::model::FlowRecord;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::HashSet;
+
+/// A search dimension (`tracing_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TracingSource {
+    TraceId,
+    Syscall,
+    TcpSeq,
+    XRequestId,
+    Dns,
+}
+
+/// The default search dimensions (DNS is opt-in).
+pub const DEFAULT_TRACING_SOURCES: [TracingSource; 4] = [
+    TracingSource::TraceId,
+    TracingSource::Syscall,
+    TracingSource::TcpSeq,
+    TracingSource::XRequestId,
+];
+
+/// Opt-in weak connections (§6.9 scenarios 7 and 8). Deserialises from DeepFlow's list form
+/// (`["net_span_c_to_s_via_trace_id"]`) or from a table of booleans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SpanSetConnectionStrategies {
+    pub net_span_c_to_s_via_trace_id: bool,
+    pub sys_span_s_to_c_via_trace_id: bool,
+}
+
+impl<'de> Deserialize<'de> for SpanSetConnectionStrategies {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Flags {
+            #[serde(default)]
+            net_span_c_to_s_via_trace_id: bool,
+            #[serde(default)]
+            sys_span_s_to_c_via_trace_id: bool,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            List(Vec<String>),
+            Flags(Flags),
+        }
+        Ok(match Repr::deserialize(d)? {
+            Repr::List(v) => {
+                for s in &v {
+                    if s != "net_span_c_to_s_via_trace_id" && s != "sys_span_s_to_c_via_trace_id" {
+                        return Err(serde::de::Error::custom(format!(
+                            "unknown span set connection strategy {s:?}"
+                        )));
+                    }
+                }
+                SpanSetConnectionStrategies {
+                    net_span_c_to_s_via_trace_id: v
+                        .iter()
+                        .any(|s| s == "net_span_c_to_s_via_trace_id"),
+                    sys_span_s_to_c_via_trace_id: v
+                        .iter()
+                        .any(|s| s == "sys_span_s_to_c_via_trace_id"),
+                }
+            }
+            Repr::Flags(f) => SpanSetConnectionStrategies {
+                net_span_c_to_s_via_trace_id: f.net_span_c_to_s_via_trace_id,
+                sys_span_s_to_c_via_trace_id: f.sys_span_s_to_c_via_trace_id,
+            },
+        })
+    }
+}
+
+/// Algorithm parameters (§1.5), embeddable in the application's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TraceParams {
+    /// Maximum search iterations; 0 is treated as 1.
+    pub max_iteration: u32,
+    /// Same-agent time tolerance (µs).
+    pub network_delay_us: i64,
+    /// Extra cross-agent tolerance and pruning tolerance (µs).
+    pub host_clock_offset_us: i64,
+    /// `LIMIT` of every search query (CFG-1: 1000).
+    pub l7_tracing_limit: usize,
+    /// Enabled search dimensions; empty means the default.
+    pub tracing_source: Vec<TracingSource>,
+    pub span_set_connection_strategies: SpanSetConnectionStrategies,
+    pub allow_multiple_trace_ids_in_tracing_result: bool,
+    /// Seconds added on each side of the window of trace-id queries.
+    pub iteration_expand_time_range: u32,
+    /// OTel-only mode (`signal_sources == ["otel"]`, §3.6).
+    pub otel_only: bool,
+}
+
+impl Default for TraceParams {
+    fn default() -> Self {
+        TraceParams {
+            max_iteration: 30,
+            network_delay_us: 50_000,
+            host_clock_offset_us: 10_000,
+            l7_tracing_limit: 1000,
+            tracing_source: DEFAULT_TRACING_SOURCES.to_vec(),
+            span_set_connection_strategies: SpanSetConnectionStrategies::default(),
+            allow_multiple_trace_ids_in_tracing_result: false,
+            iteration_expand_time_range: 0,
+            otel_only: false,
+        }
+    }
+}
+
+impl TraceParams {
+    /// The effective search dimensions (an empty list means the default).
+    pub fn sources(&self) -> HashSet<TracingSource> {
+        if self.tracing_source.is_empty() {
+            DEFAULT_TRACING_SOURCES.into_iter().collect()
+        } else {
+            self.tracing_source.iter().copied().collect()
+        }
+    }
+
+    pub fn has_source(&self, s: TracingSource) -> bool {
+        if self.tracing_source.is_empty() {
+            DEFAULT_TRACING_SOURCES.contains(&s)
+        } else {
+            self.tracing_source.contains(&s)
+        }
+    }
+
+    pub(crate) fn rel_ctx(&self) -> relate::RelCtx {
+        relate::RelCtx {
+            network_delay_us: self.network_delay_us,
+            host_clock_offset_us: self.host_clock_offset_us,
+            dns: self.has_source(TracingSource::Dns),
+        }
+    }
+}
+
+/// Assemble fetched records and external app spans into a trace: merge (§5), relate (§4),
+/// sort (§6) and output (§7). `entry_id` is the pruning anchor (`None` keeps every tree).
+/// Duplicate `_id`s are dropped (first occurrence wins). Pure and deterministic.
+pub fn assemble(
+    records: Vec<FlowRecord>,
+    external: Vec<ExternalAppSpan>,
+    entry_id: Option<u64>,
+    params: &TraceParams,
+) -> TraceResult {
+    let mut seen = HashSet::with_capacity(records.len() + external.len());
+    let rows: Vec<Flow> = records
+        .into_iter()
+        .chain(external.iter().map(ExternalAppSpan::to_record))
+        .filter(|r| seen.insert(r._id))
+        .map(Flow::from_record)
+        .collect();
+    assemble_flows(rows, entry_id, params)
+}
+
+/// `assemble` over already-built flows (rows, before merging).
+pub fn assemble_flows(rows: Vec<Flow>, entry_id: Option<u64>, params: &TraceParams) -> TraceResult {
+    if rows.is_empty() {
+        return TraceResult {
+            entry_id,
+            ..TraceResult::default()
+        };
+    }
+    let ctx = params.rel_ctx();
+    let flows = merge::merge_rows(rows);
+    let rel = relate::relation_map(&flows, &ctx);
+    let opts = sort::SortOpts {
+        net_c_to_s_via_trace_id: params
+            .span_set_connection_strategies
+            .net_span_c_to_s_via_trace_id,
+        sys_s_to_c_via_trace_id: params
+            .span_set_connection_strategies
+            .sys_span_s_to_c_via_trace_id,
+    };
+    let tree = sort::build_tree(&flows, &rel, &ctx, opts);
+    output::build_output(flows, &rel, tree, entry_id, params.host_clock_offset_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_defaults_and_keys() {
+        let p: TraceParams = serde_json::from_str("{}").unwrap();
+        assert_eq!(p, TraceParams::default());
+        assert_eq!(p.l7_tracing_limit, 1000);
+        let p: TraceParams = serde_json::from_str(
+            r#"{"tracing_source":["trace_id","dns"],"span_set_connection_strategies":["net_span_c_to_s_via_trace_id"],"max_iteration":3}"#,
+        )
+        .unwrap();
+        assert!(p.has_source(TracingSource::Dns));
+        assert!(!p.has_source(TracingSource::TcpSeq));
+        assert!(
+            p.span_set_connection_strategies
+                .net_span_c_to_s_via_trace_id
+        );
+        let p: TraceParams = serde_json::from_str(
+            r#"{"tracing_source":[],"span_set_connection_strategies":{"sys_span_s_to_c_via_trace_id":true}}"#,
+        )
+        .unwrap();
+        assert!(p.has_source(TracingSource::TcpSeq));
+        assert!(
+            p.span_set_connection_strategies
+                .sys_span_s_to_c_via_trace_id
+        );
+    }
+}

@@ -1,0 +1,668 @@
+//! SEARCH (spec §3) as a sans-IO state machine: the caller asks `next()` for the next query,
+//! runs it against the database and feeds the rows back with `feed_meta` (entry, trace-id and
+//! association queries) or `feed_records` (the final fetch). `finish()` returns the fetched
+//! records, the external app spans and the pruning anchor, ready for `assemble`.
+//!
+//! Owns the iteration state of §3.3 (allowed/visited/new trace ids, used and pending keys,
+//! windows, stop conditions). It must not do IO, and it renders no SQL: `SearchQuery` describes
+//! each query and the store layer translates it.
+
+use super::flow::{meta_trace_ids, ExternalAppSpan, Flow};
+use super::relate::{relate_subject, Index};
+use super::{TraceParams, TraceResult, TracingSource};
+use crate::store::model::{id_time_s, FlowMeta, FlowRecord};
+use std::collections::{BTreeSet, HashSet};
+use thiserror::Error;
+
+/// An inclusive window on the `time` column (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TimeWindow {
+    pub start_s: i64,
+    pub end_s: i64,
+}
+
+impl TimeWindow {
+    pub fn new(start_s: i64, end_s: i64) -> Self {
+        TimeWindow { start_s, end_s }
+    }
+    pub fn contains(&self, time_s: i64) -> bool {
+        self.start_s <= time_s && time_s <= self.end_s
+    }
+}
+
+/// One query the caller must run. Key lists are sorted and distinct. All but `Fetch` return
+/// FLOWMETA rows (`Vec<FlowMeta>`); `Fetch` returns full records (`Vec<FlowRecord>`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum SearchQuery {
+    /// Q0: rows whose `trace_id` or `_trace_id_2` equals `trace_id`, in `window`
+    /// (`AND signal_source = 4` when `otel_only`), at most `limit` rows.
+    EntryByTraceId {
+        trace_id: String,
+        window: TimeWindow,
+        otel_only: bool,
+        limit: usize,
+    },
+    /// Q1: the row `_id = id` (its time is `id >> 32`).
+    EntryById {
+        id: u64,
+        otel_only: bool,
+        limit: usize,
+    },
+    /// Q2: rows carrying any of `trace_ids` (either trace id column) in `window`.
+    ByTraceIds {
+        trace_ids: Vec<String>,
+        window: TimeWindow,
+        otel_only: bool,
+        limit: usize,
+    },
+    /// Q3: rows in `window` matching the OR of the non-empty clauses:
+    /// `req_tcp_seq IN req_tcp_seqs OR resp_tcp_seq IN resp_tcp_seqs`,
+    /// `syscall_trace_id_request IN syscall_ids OR syscall_trace_id_response IN syscall_ids`,
+    /// `x_request_id_0 IN x_request_ids OR x_request_id_1 IN x_request_ids`,
+    /// `l7_protocol = 120 AND request_id IN dns_request_ids`.
+    Associate {
+        req_tcp_seqs: Vec<u32>,
+        resp_tcp_seqs: Vec<u32>,
+        syscall_ids: Vec<u64>,
+        x_request_ids: Vec<String>,
+        dns_request_ids: Vec<u64>,
+        window: TimeWindow,
+        limit: usize,
+    },
+    /// Q4: full records of `ids` in `window`, ordered by start time.
+    Fetch { ids: Vec<u64>, window: TimeWindow },
+}
+
+/// Why the search loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum StopReason {
+    /// No entry row was found.
+    EntryNotFound,
+    /// No new association keys and no pending trace ids.
+    NoNewKeys,
+    /// An association query returned no rows at all.
+    AssociationEmpty,
+    /// An association query yielded nothing acceptable and no trace id was pending.
+    NothingAccepted,
+    /// `max_iteration` was reached.
+    MaxIteration,
+    /// OTel-only mode stops after the first trace-id step.
+    OtelOnly,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SearchError {
+    #[error("the previous query has not been answered yet")]
+    AwaitingRows,
+    #[error("no query is waiting for rows")]
+    NotAwaiting,
+    #[error("the pending query expects {0} rows")]
+    WrongRowKind(&'static str),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    ById,
+    ByTraceId,
+    Completion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Start,
+    AwaitEntryTrace,
+    AwaitEntryId,
+    LoopTop,
+    AfterTraceStep,
+    AwaitTraceIds,
+    AwaitAssociate,
+    Fetch,
+    AwaitFetch,
+    Done,
+}
+
+/// The result of a finished search.
+#[derive(Debug, Clone, Default)]
+pub struct SearchOutcome {
+    /// Fetched records (de-duplicated by `_id`).
+    pub records: Vec<FlowRecord>,
+    /// External app spans to merge into the trace (completion API).
+    pub external: Vec<ExternalAppSpan>,
+    /// Pruning anchor.
+    pub entry_id: Option<u64>,
+    /// Every `_id` the search collected, ascending.
+    pub ids: Vec<u64>,
+    pub stop_reason: Option<StopReason>,
+    /// Some query returned `limit` rows or more: the trace may be partial.
+    pub hit_limit: bool,
+    /// Completed iterations of the §3.3 loop.
+    pub iterations: u32,
+    pub fetch_window: Option<TimeWindow>,
+}
+
+impl SearchOutcome {
+    /// Nothing was found and there are no external spans (`DATA: {}`).
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.external.is_empty()
+    }
+
+    /// Run `assemble` over the outcome.
+    pub fn assemble(self, params: &TraceParams) -> TraceResult {
+        super::assemble(self.records, self.external, self.entry_id, params)
+    }
+}
+
+/// The search state machine of §3.3.
+#[derive(Debug)]
+pub struct Search {
+    params: TraceParams,
+    mode: Mode,
+    entry_id_req: u64,
+    entry_trace_id: String,
+    window: TimeWindow,
+    min_s: i64,
+    max_s: i64,
+    rows: Vec<Flow>,
+    ids: HashSet<u64>,
+    used_req: HashSet<u32>,
+    used_resp: HashSet<u32>,
+    used_sys: HashSet<u64>,
+    used_xreq: HashSet<String>,
+    used_dns: HashSet<u64>,
+    pending_req: Vec<u32>,
+    pending_resp: Vec<u32>,
+    pending_sys: Vec<u64>,
+    pending_xreq: Vec<String>,
+    pending_dns: Vec<u64>,
+    allowed: HashSet<String>,
+    visited: HashSet<String>,
+    new_trace: BTreeSet<String>,
+    max_iter: u32,
+    iter: u32,
+    state: State,
+    external: Vec<ExternalAppSpan>,
+    entry_id: Option<u64>,
+    hit_limit: bool,
+    stop: Option<StopReason>,
+    records: Vec<FlowRecord>,
+    fetch_window: Option<TimeWindow>,
+}
+
+impl Search {
+    fn new(params: &TraceParams, mode: Mode, window: TimeWindow) -> Self {
+        let mut max_iter = params.max_iteration.max(1);
+        if params.otel_only {
+            max_iter = 1;
+        }
+        Search {
+            params: params.clone(),
+            mode,
+            entry_id_req: 0,
+            entry_trace_id: String::new(),
+            window,
+            min_s: window.start_s,
+            max_s: window.end_s,
+            rows: Vec::new(),
+            ids: HashSet::new(),
+            used_req: HashSet::new(),
+            used_resp: HashSet::new(),
+            used_sys: HashSet::new(),
+            used_xreq: HashSet::new(),
+            used_dns: HashSet::new(),
+            pending_req: Vec::new(),
+            pending_resp: Vec::new(),
+            pending_sys: Vec::new(),
+            pending_xreq: Vec::new(),
+            pending_dns: Vec::new(),
+            allowed: HashSet::new(),
+            visited: HashSet::new(),
+            new_trace: BTreeSet::new(),
+            max_iter,
+            iter: 0,
+            state: State::Start,
+            external: Vec::new(),
+            entry_id: None,
+            hit_limit: false,
+            stop: None,
+            records: Vec::new(),
+            fetch_window: None,
+        }
+    }
+
+    /// L7FlowTracing with an entry `_id` (§1.1).
+    pub fn by_id(id: u64, window: TimeWindow, params: &TraceParams) -> Self {
+        let mut s = Search::new(params, Mode::ById, window);
+        s.entry_id_req = id;
+        s.entry_id = Some(id);
+        s
+    }
+
+    /// The Tempo path: every row carrying `trace_id` seeds the search; the first becomes the
+    /// pruning anchor, and `trace_id` is the initial allowed trace id.
+    pub fn by_trace_id(trace_id: &str, window: TimeWindow, params: &TraceParams) -> Self {
+        let mut s = Search::new(params, Mode::ByTraceId, window);
+        s.entry_trace_id = trace_id.trim().to_string();
+        s
+    }
+
+    /// The tracing-completion API (§8.1): the window is derived from the spans (±3 s), the
+    /// entry is the first row of the first span's trace id, the anchor is that span's `_id`.
+    pub fn for_completion(spans: Vec<ExternalAppSpan>, params: &TraceParams) -> Self {
+        let secs = |v: i64| v.div_euclid(1_000_000);
+        let starts = spans.iter().map(|s| s.start_time_us).filter(|&v| v != 0);
+        let ends = spans.iter().map(|s| s.end_time_us).filter(|&v| v != 0);
+        let start = starts.min().map(secs).unwrap_or(0) - 3;
+        let end = ends.max().map(secs).unwrap_or(0) + 3;
+        let mut s = Search::new(params, Mode::Completion, TimeWindow::new(start, end));
+        let first = spans.iter().find(|s| !s.trace_id.is_empty());
+        s.entry_trace_id = first.map(|f| f.trace_id.clone()).unwrap_or_default();
+        s.entry_id = first.or(spans.first()).map(|f| f.effective_id());
+        if params.allow_multiple_trace_ids_in_tracing_result {
+            for sp in &spans {
+                if !sp.trace_id.is_empty() {
+                    s.allowed.insert(sp.trace_id.clone());
+                }
+            }
+        }
+        s.external = spans;
+        s
+    }
+
+    fn limit(&self) -> usize {
+        self.params.l7_tracing_limit
+    }
+
+    fn trace_window(&self) -> TimeWindow {
+        let e = self.params.iteration_expand_time_range as i64;
+        TimeWindow::new(self.window.start_s - e, self.window.end_s + e)
+    }
+
+    /// The next query to run, or `None` when the search is finished (call `finish`).
+    pub fn next(&mut self) -> Result<Option<SearchQuery>, SearchError> {
+        loop {
+            match self.state {
+                State::AwaitEntryTrace
+                | State::AwaitEntryId
+                | State::AwaitTraceIds
+                | State::AwaitAssociate
+                | State::AwaitFetch => return Err(SearchError::AwaitingRows),
+                State::Done => return Ok(None),
+                State::Start => match self.mode {
+                    Mode::ById => {
+                        self.state = State::AwaitEntryId;
+                        return Ok(Some(SearchQuery::EntryById {
+                            id: self.entry_id_req,
+                            otel_only: self.params.otel_only,
+                            limit: self.limit(),
+                        }));
+                    }
+                    Mode::ByTraceId | Mode::Completion => {
+                        if self.entry_trace_id.is_empty() {
+                            self.stop = Some(StopReason::EntryNotFound);
+                            self.state = State::Fetch;
+                            continue;
+                        }
+                        let (window, limit) = if self.mode == Mode::ByTraceId {
+                            (self.trace_window(), self.limit())
+                        } else {
+                            (self.window, 1)
+                        };
+                        self.state = State::AwaitEntryTrace;
+                        return Ok(Some(SearchQuery::EntryByTraceId {
+                            trace_id: self.entry_trace_id.clone(),
+                            window,
+                            otel_only: self.params.otel_only && self.mode == Mode::ByTraceId,
+                            limit,
+                        }));
+                    }
+                },
+                State::LoopTop => {
+                    if self.iter >= self.max_iter {
+                        self.stop = Some(StopReason::MaxIteration);
+                        self.state = State::Fetch;
+                        continue;
+                    }
+                    if !self.new_trace.is_empty() && self.params.has_source(TracingSource::TraceId)
+                    {
+                        self.state = State::AwaitTraceIds;
+                        return Ok(Some(SearchQuery::ByTraceIds {
+                            trace_ids: self.new_trace.iter().cloned().collect(),
+                            window: self.trace_window(),
+                            otel_only: self.params.otel_only,
+                            limit: self.limit(),
+                        }));
+                    }
+                    self.state = State::AfterTraceStep;
+                }
+                State::AfterTraceStep => {
+                    if self.params.otel_only {
+                        self.stop = Some(StopReason::OtelOnly);
+                        self.state = State::Fetch;
+                        continue;
+                    }
+                    match self.association_query() {
+                        Some(q) => {
+                            self.state = State::AwaitAssociate;
+                            return Ok(Some(q));
+                        }
+                        None if self.new_trace.is_empty() => {
+                            self.stop = Some(StopReason::NoNewKeys);
+                            self.state = State::Fetch;
+                        }
+                        None => {
+                            self.iter += 1;
+                            self.state = State::LoopTop;
+                        }
+                    }
+                }
+                State::Fetch => {
+                    if self.ids.is_empty() {
+                        self.state = State::Done;
+                        continue;
+                    }
+                    let mut ids: Vec<u64> = self.ids.iter().copied().collect();
+                    ids.sort_unstable();
+                    let secs = ids.iter().map(|&i| id_time_s(i) as i64);
+                    let window =
+                        TimeWindow::new(secs.clone().min().unwrap_or(0), secs.max().unwrap_or(0));
+                    self.fetch_window = Some(window);
+                    self.state = State::AwaitFetch;
+                    return Ok(Some(SearchQuery::Fetch { ids, window }));
+                }
+            }
+        }
+    }
+
+    fn association_query(&mut self) -> Option<SearchQuery> {
+        fn fresh<T: Clone + Eq + std::hash::Hash + Ord>(
+            pending: &[T],
+            used: &mut HashSet<T>,
+            truthy: impl Fn(&T) -> bool,
+        ) -> Vec<T> {
+            let mut out: Vec<T> = pending
+                .iter()
+                .filter(|k| truthy(k) && !used.contains(*k))
+                .cloned()
+                .collect();
+            out.sort();
+            out.dedup();
+            used.extend(out.iter().cloned());
+            out
+        }
+        let p = &self.params;
+        let (mut req, mut resp, mut sys, mut xreq, mut dns) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        if p.has_source(TracingSource::TcpSeq) {
+            req = fresh(&self.pending_req, &mut self.used_req, |k| *k != 0);
+            resp = fresh(&self.pending_resp, &mut self.used_resp, |k| *k != 0);
+        }
+        if p.has_source(TracingSource::Syscall) {
+            sys = fresh(&self.pending_sys, &mut self.used_sys, |k| *k != 0);
+        }
+        if p.has_source(TracingSource::XRequestId) {
+            xreq = fresh(&self.pending_xreq, &mut self.used_xreq, |k: &String| {
+                !k.is_empty()
+            });
+        }
+        if p.has_source(TracingSource::Dns) {
+            dns = fresh(&self.pending_dns, &mut self.used_dns, |k| *k != 0);
+        }
+        if req.is_empty() && resp.is_empty() && sys.is_empty() && xreq.is_empty() && dns.is_empty()
+        {
+            return None;
+        }
+        Some(SearchQuery::Associate {
+            req_tcp_seqs: req,
+            resp_tcp_seqs: resp,
+            syscall_ids: sys,
+            x_request_ids: xreq,
+            dns_request_ids: dns,
+            window: TimeWindow::new(self.min_s, self.max_s),
+            limit: self.limit(),
+        })
+    }
+
+    fn extract(&mut self, rows: &[FlowMeta], append: bool) {
+        if !append {
+            self.pending_req.clear();
+            self.pending_resp.clear();
+            self.pending_sys.clear();
+            self.pending_xreq.clear();
+            self.pending_dns.clear();
+        }
+        for r in rows {
+            self.pending_req.push(r.req_tcp_seq);
+            self.pending_resp.push(r.resp_tcp_seq);
+            self.pending_xreq.push(r.x_request_id_0.clone());
+            self.pending_xreq.push(r.x_request_id_1.clone());
+            self.pending_sys.push(r.syscall_trace_id_request);
+            self.pending_sys.push(r.syscall_trace_id_response);
+            if r.l7_protocol == crate::store::model::l7_protocol::DNS {
+                if let Some(id) = r.request_id {
+                    self.pending_dns.push(id);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, rows: &[FlowMeta]) {
+        for r in rows {
+            self.ids.insert(r._id);
+            self.rows.push(Flow::from_meta(r));
+        }
+    }
+
+    /// The trace-id filtering of step (A) (also used for the Tempo entry rows).
+    fn trace_step(&mut self, rows: Vec<FlowMeta>) {
+        let fresh: Vec<String> = std::mem::take(&mut self.new_trace).into_iter().collect();
+        self.visited.extend(fresh);
+        let mut kept = Vec::new();
+        let mut batch = HashSet::new();
+        for r in rows {
+            if self.ids.contains(&r._id) || !batch.insert(r._id) {
+                continue;
+            }
+            let t = meta_trace_ids(&r);
+            if t.len() > 1 {
+                for x in &t {
+                    if !self.visited.contains(x) {
+                        self.allowed.insert(x.clone());
+                        self.new_trace.insert(x.clone());
+                    }
+                }
+                kept.push(r);
+            } else if t.len() == 1 && self.allowed.contains(&t[0]) {
+                kept.push(r);
+            }
+        }
+        if self.params.iteration_expand_time_range != 0 && !kept.is_empty() {
+            let lo = kept.iter().map(|r| r.start_time_us).min().unwrap_or(0);
+            let hi = kept.iter().map(|r| r.end_time_us).max().unwrap_or(0);
+            self.min_s = self.min_s.min(lo.div_euclid(1_000_000));
+            self.max_s = self.max_s.max(hi.div_euclid(1_000_000));
+        }
+        self.accept(&kept);
+        self.extract(&kept, true);
+    }
+
+    /// Feed the FLOWMETA rows of the pending entry, trace-id or association query.
+    pub fn feed_meta(&mut self, rows: Vec<FlowMeta>) -> Result<(), SearchError> {
+        match self.state {
+            State::AwaitEntryTrace => {
+                if rows.len()
+                    >= if self.mode == Mode::ByTraceId {
+                        self.limit()
+                    } else {
+                        usize::MAX
+                    }
+                {
+                    self.hit_limit = true;
+                }
+                if self.mode == Mode::Completion {
+                    // Q0 only resolves the entry `_id`; Q1 follows.
+                    match rows.first() {
+                        Some(r) => {
+                            self.entry_id_req = r._id;
+                            self.mode = Mode::ById;
+                            self.state = State::Start;
+                        }
+                        None => {
+                            self.stop = Some(StopReason::EntryNotFound);
+                            self.state = State::Fetch;
+                        }
+                    }
+                    return Ok(());
+                }
+                let t = self.entry_trace_id.clone();
+                self.allowed.insert(t.clone());
+                self.new_trace.insert(t);
+                self.trace_step(rows);
+                if self.rows.is_empty() {
+                    self.stop = Some(StopReason::EntryNotFound);
+                    self.state = State::Fetch;
+                    return Ok(());
+                }
+                self.entry_id = Some(self.rows[0].rec._id);
+                // Q0 is the trace-id step (A) of the first iteration.
+                self.state = State::AfterTraceStep;
+                Ok(())
+            }
+            State::AwaitEntryId => {
+                if rows.len() >= self.limit() {
+                    self.hit_limit = true;
+                }
+                let mut batch = HashSet::new();
+                let rows: Vec<FlowMeta> =
+                    rows.into_iter().filter(|r| batch.insert(r._id)).collect();
+                let Some(first) = rows.first() else {
+                    self.stop = Some(StopReason::EntryNotFound);
+                    self.state = State::Fetch;
+                    return Ok(());
+                };
+                for t in meta_trace_ids(first) {
+                    self.allowed.insert(t);
+                }
+                self.new_trace = self.allowed.iter().cloned().collect();
+                self.accept(&rows);
+                self.extract(&rows, true);
+                self.state = State::LoopTop;
+                Ok(())
+            }
+            State::AwaitTraceIds => {
+                if rows.len() >= self.limit() {
+                    self.hit_limit = true;
+                }
+                self.trace_step(rows);
+                self.state = State::AfterTraceStep;
+                Ok(())
+            }
+            State::AwaitAssociate => {
+                if rows.len() >= self.limit() {
+                    self.hit_limit = true;
+                }
+                self.association_step(rows);
+                Ok(())
+            }
+            State::AwaitFetch => Err(SearchError::WrongRowKind("full record")),
+            _ => Err(SearchError::NotAwaiting),
+        }
+    }
+
+    fn association_step(&mut self, rows: Vec<FlowMeta>) {
+        if rows.is_empty() {
+            self.stop = Some(StopReason::AssociationEmpty);
+            self.state = State::Fetch;
+            return;
+        }
+        let allow_multi = self.params.allow_multiple_trace_ids_in_tracing_result;
+        let mut cand = Vec::new();
+        let mut batch = HashSet::new();
+        'rows: for r in rows {
+            if self.ids.contains(&r._id) || !batch.insert(r._id) {
+                continue;
+            }
+            for t in meta_trace_ids(&r) {
+                if !self.allowed.contains(&t) {
+                    if self.allowed.is_empty() || allow_multi {
+                        self.allowed.insert(t.clone());
+                        self.new_trace.insert(t);
+                    } else {
+                        continue 'rows;
+                    }
+                }
+            }
+            cand.push(r);
+        }
+        // relation check: strong + fast, universe = rows ∪ candidates
+        let base = self.rows.len();
+        self.rows.extend(cand.iter().map(Flow::from_meta));
+        let ctx = self.params.rel_ctx();
+        let keep: Vec<bool> = {
+            let ix = Index::build(&self.rows, &ctx);
+            let mut scratch = Vec::new();
+            (base..self.rows.len())
+                .map(|a| {
+                    scratch.clear();
+                    relate_subject(&self.rows, &ix, a, true, true, &ctx, &mut scratch)
+                })
+                .collect()
+        };
+        let added = self.rows.split_off(base);
+        let mut accepted = Vec::new();
+        for ((f, r), k) in added.into_iter().zip(cand).zip(keep) {
+            if k {
+                self.ids.insert(r._id);
+                self.rows.push(f);
+                accepted.push(r);
+            }
+        }
+        self.iter += 1;
+        if !accepted.is_empty() {
+            self.extract(&accepted, false);
+            self.state = State::LoopTop;
+        } else if !self.new_trace.is_empty() {
+            self.state = State::LoopTop;
+        } else {
+            self.stop = Some(StopReason::NothingAccepted);
+            self.state = State::Fetch;
+        }
+    }
+
+    /// Feed the full records of the fetch query.
+    pub fn feed_records(&mut self, rows: Vec<FlowRecord>) -> Result<(), SearchError> {
+        match self.state {
+            State::AwaitFetch => {
+                let mut seen = HashSet::new();
+                self.records = rows.into_iter().filter(|r| seen.insert(r._id)).collect();
+                self.state = State::Done;
+                Ok(())
+            }
+            State::AwaitEntryTrace
+            | State::AwaitEntryId
+            | State::AwaitTraceIds
+            | State::AwaitAssociate => Err(SearchError::WrongRowKind("flowmeta")),
+            _ => Err(SearchError::NotAwaiting),
+        }
+    }
+
+    /// True when `next()` has returned `None`.
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The outcome (call after `next()` returned `None`; earlier calls give what is known).
+    pub fn finish(self) -> SearchOutcome {
+        let mut ids: Vec<u64> = self.ids.into_iter().collect();
+        ids.sort_unstable();
+        SearchOutcome {
+            records: self.records,
+            external: self.external,
+            entry_id: self.entry_id,
+            ids,
+            stop_reason: self.stop,
+            hit_limit: self.hit_limit,
+            iterations: self.iter,
+            fetch_window: self.fetch_window,
+        }
+    }
+}
