@@ -163,7 +163,7 @@ fn fill_falsy(d: &mut FlowRecord, s: &FlowRecord) {
         num: time, signal_source, l7_protocol, r#type, req_tcp_seq, resp_tcp_seq, start_time_us,
             end_time_us, agent_id, capture_nic, capture_nic_type, vtap_device_type,
             syscall_trace_id_request, syscall_trace_id_response, syscall_cap_seq_0,
-            syscall_cap_seq_1, flow_id, protocol, process_id_0, process_id_1, is_ipv4,
+            syscall_cap_seq_1, flow_id, protocol, process_id_0, process_id_1,
             client_port, server_port, subnet_id_0, subnet_id_1, auto_instance_type_0,
             auto_instance_type_1, auto_instance_id_0, auto_instance_id_1, auto_service_type_0,
             auto_service_type_1, auto_service_id_0, auto_service_id_1, gprocess_id_0,
@@ -172,7 +172,7 @@ fn fill_falsy(d: &mut FlowRecord, s: &FlowRecord) {
             response_status, response_duration;
         str: biz_protocol, capture_nic_name, vtap_device_name, vtap_host_name,
             vtap_pod_node_name, trace_id, _trace_id_2, span_id, parent_span_id, x_request_id_0,
-            x_request_id_1, version, observation_point, ip4_0, ip4_1, ip6_0, ip6_1, subnet_0,
+            x_request_id_1, version, observation_point, ip_0, ip_1, subnet_0,
             subnet_1, auto_instance_name_0, auto_instance_name_1, auto_service_name_0,
             auto_service_name_1, process_kname_0, process_kname_1, gprocess_0, gprocess_1, pod_0,
             pod_1, pod_node_0, pod_node_1, host_0, host_1, app_service, app_instance, tap,
