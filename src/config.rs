@@ -2,6 +2,7 @@
 //! nesting) < command-line flags. Owns key names, defaults and validation; knows nothing of
 //! how the values are used.
 
+use crate::autotrace::TraceParams;
 use crate::store::StoreKind;
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
@@ -21,6 +22,8 @@ pub struct Config {
     pub log: String,
     pub embedded: EmbeddedConfig,
     pub clickhouse: ClickHouseConfig,
+    /// `tracing.*`: DeepFlow's auto-tracing parameters (`app.yaml` of deepflow-app).
+    pub tracing: TraceParams,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +60,7 @@ impl Default for Config {
             log: "info".into(),
             embedded: EmbeddedConfig::default(),
             clickhouse: ClickHouseConfig::default(),
+            tracing: TraceParams::default(),
         }
     }
 }
@@ -337,6 +341,30 @@ mod tests {
         assert_eq!(c.store, StoreKind::Clickhouse);
         assert_eq!(c.embedded.path, "/tmp/x.db");
         assert_eq!(c.clickhouse.database, "flow_log"); // default kept
+    }
+
+    #[test]
+    fn tracing_parameters_from_file_and_env() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[tracing]\nmax_iteration = 5\nspan_set_connection_strategies = [\"net_span_c_to_s_via_trace_id\"]").unwrap();
+        let e = env(&[
+            ("DFT_TRACING__TRACING_SOURCE", "[trace_id, tcp_seq, dns]"),
+            ("DFT_TRACING__NETWORK_DELAY_US", "3000000"),
+        ]);
+        let c = Config::load(Some(f.path()), e, &FlagOverrides::default()).unwrap();
+        assert_eq!(c.tracing.max_iteration, 5);
+        assert_eq!(c.tracing.network_delay_us, 3_000_000);
+        assert!(c.tracing.has_source(crate::autotrace::TracingSource::Dns));
+        assert!(!c
+            .tracing
+            .has_source(crate::autotrace::TracingSource::Syscall));
+        assert!(
+            c.tracing
+                .span_set_connection_strategies
+                .net_span_c_to_s_via_trace_id
+        );
+        assert_eq!(c.tracing.host_clock_offset_us, 10_000);
+        assert_eq!(c.tracing.l7_tracing_limit, 1000);
     }
 
     #[test]

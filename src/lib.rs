@@ -10,5 +10,6 @@ pub mod config;
 pub mod error;
 pub mod load;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod synth;

@@ -2,7 +2,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use deepflow_tempo::api::AppState;
+use deepflow_tempo::autotrace::TraceResult;
 use deepflow_tempo::config::{Config, FlagOverrides, KEYS};
+use deepflow_tempo::service::TraceService;
 use deepflow_tempo::store::model::OrgId;
 use deepflow_tempo::store::SchemaOptions;
 use deepflow_tempo::{load, server};
@@ -120,6 +122,31 @@ enum Command {
         #[arg(long, default_value = "1")]
         org: OrgId,
     },
+    /// Run auto-tracing from a row `_id` or an application trace id and print the tree.
+    Trace {
+        /// Entry row `_id` (decimal).
+        #[arg(
+            long,
+            conflicts_with = "trace_id",
+            required_unless_present = "trace_id"
+        )]
+        id: Option<u64>,
+        /// Application trace id (every row carrying it seeds the search).
+        #[arg(long)]
+        trace_id: Option<String>,
+        /// Window start, unix seconds [default: the row's time − 60 s, or now − 24 h].
+        #[arg(long)]
+        from: Option<i64>,
+        /// Window end, unix seconds [default: the row's time + 60 s, or now].
+        #[arg(long)]
+        to: Option<i64>,
+        /// Print the `DATA` object of DeepFlow's L7FlowTracing API instead of the tree.
+        #[arg(long)]
+        json: bool,
+        /// Organisation.
+        #[arg(long, default_value = "1")]
+        org: OrgId,
+    },
 }
 
 fn config_help() -> String {
@@ -172,6 +199,14 @@ fn main() -> ExitCode {
 async fn run(command: Command, cfg: Config) -> Result<(), String> {
     match command {
         Command::Serve => serve(cfg).await,
+        Command::Trace {
+            id,
+            trace_id,
+            from,
+            to,
+            json,
+            org,
+        } => trace(cfg, id, trace_id, from, to, json, org).await,
         Command::Schema {
             apply,
             without_ttl,
@@ -231,6 +266,109 @@ async fn run(command: Command, cfg: Config) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+async fn trace(
+    cfg: Config,
+    id: Option<u64>,
+    trace_id: Option<String>,
+    from: Option<i64>,
+    to: Option<i64>,
+    json: bool,
+    org: OrgId,
+) -> Result<(), String> {
+    let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
+    let service = TraceService::new(store, cfg.tracing.clone());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (outcome, result, timing) = match (id, trace_id) {
+        (Some(id), _) => {
+            let t = (id >> 32) as i64;
+            let (start, end) = (from.unwrap_or(t - 60), to.unwrap_or(t + 60));
+            service.trace_by_id(org, id, start, end).await
+        }
+        (None, Some(tid)) => {
+            let (start, end) = (from.unwrap_or(now - 86_400), to.unwrap_or(now));
+            service.trace_by_trace_id(org, &tid, start, end).await
+        }
+        (None, None) => return Err("give --id or --trace-id".into()),
+    }
+    .map_err(|e| e.to_string())?;
+    if json {
+        let data = if outcome.is_empty() {
+            serde_json::json!({})
+        } else {
+            result.to_deepflow_json(false)
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&data).map_err(|e| e.to_string())?
+        );
+    } else if result.spans.is_empty() {
+        return Err("trace not found".into());
+    } else {
+        print!("{}", render_tree(&result));
+        eprintln!(
+            "{} spans; {} store queries in {:.1} ms, assembled in {:.1} ms; search stopped: {:?}{}",
+            result.spans.len(),
+            timing.queries,
+            timing.store_us as f64 / 1000.0,
+            timing.assemble_us as f64 / 1000.0,
+            outcome.stop_reason,
+            if outcome.hit_limit {
+                " (a query hit its row limit: the trace may be partial)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The tree as text: one line per span, indented by depth.
+fn render_tree(result: &TraceResult) -> String {
+    use std::collections::HashMap;
+    let parent: HashMap<usize, Option<usize>> =
+        result.spans.iter().map(|s| (s.id, s.parent_id)).collect();
+    let depth = |mut i: usize| {
+        let mut d = 0;
+        while let Some(Some(p)) = parent.get(&i) {
+            d += 1;
+            i = *p;
+            if d > parent.len() {
+                break;
+            }
+        }
+        d
+    };
+    let mut out = String::new();
+    for s in &result.spans {
+        let r = &s.record;
+        let service = s
+            .service_uname
+            .clone()
+            .or_else(|| s.auto_service.clone().filter(|v| !v.is_empty()))
+            .or_else(|| Some(r.app_service.clone()).filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:indent$}{:<6} {} | {} | {} µs (self {} µs) | _id {}{}\n",
+            "",
+            s.tap_side(),
+            service,
+            r.span_name(),
+            s.duration(),
+            s.selftime,
+            r._id,
+            s.set_parent_info
+                .as_ref()
+                .map(|w| format!(" | {w}"))
+                .unwrap_or_default(),
+            indent = 2 * depth(s.id),
+        ));
+    }
+    out
 }
 
 async fn serve(cfg: Config) -> Result<(), String> {

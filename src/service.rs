@@ -4,7 +4,9 @@
 //! store reads (`FlowQuery`), and the loop that feeds the answers back. It knows nothing of
 //! SQL (the store's) and nothing of the algorithm (the engine's).
 
-use crate::autotrace::{self, ExternalAppSpan, Search, SearchOutcome, SearchQuery, TraceParams, TraceResult};
+use crate::autotrace::{
+    self, ExternalAppSpan, Search, SearchOutcome, SearchQuery, TraceParams, TraceResult,
+};
 use crate::store::model::OrgId;
 use crate::store::{Col, Filter, FlowQuery, Order, SharedStore, StoreError, TimeWindow};
 use std::time::Instant;
@@ -48,17 +50,32 @@ fn otel(filter: Filter, otel_only: bool) -> Filter {
 /// The store read for one engine query; `true` when it wants full records.
 pub fn to_flow_query(q: &SearchQuery) -> (FlowQuery, bool) {
     match q {
-        SearchQuery::EntryByTraceId { trace_id, window: w, otel_only, limit } => (
+        SearchQuery::EntryByTraceId {
+            trace_id,
+            window: w,
+            otel_only,
+            limit,
+        } => (
             FlowQuery::new(otel(Filter::TraceIdIn(vec![trace_id.clone()]), *otel_only))
                 .window(window(*w))
                 .limit(*limit as u64)
                 .order(Order::StartTimeAsc),
             false,
         ),
-        SearchQuery::EntryById { id, otel_only, limit } => {
-            (FlowQuery::new(otel(Filter::ids([*id]), *otel_only)).limit(*limit as u64), false)
-        }
-        SearchQuery::ByTraceIds { trace_ids, window: w, otel_only, limit } => (
+        SearchQuery::EntryById {
+            id,
+            otel_only,
+            limit,
+        } => (
+            FlowQuery::new(otel(Filter::ids([*id]), *otel_only)).limit(*limit as u64),
+            false,
+        ),
+        SearchQuery::ByTraceIds {
+            trace_ids,
+            window: w,
+            otel_only,
+            limit,
+        } => (
             FlowQuery::new(otel(Filter::TraceIdIn(trace_ids.clone()), *otel_only))
                 .window(window(*w))
                 .limit(*limit as u64),
@@ -76,10 +93,16 @@ pub fn to_flow_query(q: &SearchQuery) -> (FlowQuery, bool) {
             let mut clauses = Vec::new();
             let mut tcp = Vec::new();
             if !req_tcp_seqs.is_empty() {
-                tcp.push(Filter::IntIn(Col::ReqTcpSeq, req_tcp_seqs.iter().map(|&v| v as u64).collect()));
+                tcp.push(Filter::IntIn(
+                    Col::ReqTcpSeq,
+                    req_tcp_seqs.iter().map(|&v| v as u64).collect(),
+                ));
             }
             if !resp_tcp_seqs.is_empty() {
-                tcp.push(Filter::IntIn(Col::RespTcpSeq, resp_tcp_seqs.iter().map(|&v| v as u64).collect()));
+                tcp.push(Filter::IntIn(
+                    Col::RespTcpSeq,
+                    resp_tcp_seqs.iter().map(|&v| v as u64).collect(),
+                ));
             }
             if !tcp.is_empty() {
                 clauses.push(Filter::Or(tcp));
@@ -102,7 +125,12 @@ pub fn to_flow_query(q: &SearchQuery) -> (FlowQuery, bool) {
                     Filter::IntIn(Col::RequestId, dns_request_ids.clone()),
                 ]));
             }
-            (FlowQuery::new(Filter::Or(clauses)).window(window(*w)).limit(*limit as u64), false)
+            (
+                FlowQuery::new(Filter::Or(clauses))
+                    .window(window(*w))
+                    .limit(*limit as u64),
+                false,
+            )
         }
         SearchQuery::Fetch { ids, window: w } => (
             FlowQuery::new(Filter::ids(ids.iter().copied()))
@@ -119,7 +147,11 @@ impl TraceService {
     }
 
     /// Drive a search to its end: one store read per engine query.
-    pub async fn run_search(&self, org: OrgId, mut search: Search) -> Result<(SearchOutcome, TraceTiming), ServiceError> {
+    pub async fn run_search(
+        &self,
+        org: OrgId,
+        mut search: Search,
+    ) -> Result<(SearchOutcome, TraceTiming), ServiceError> {
         let mut timing = TraceTiming::default();
         while let Some(q) = search.next()? {
             let (fq, records) = to_flow_query(&q);
@@ -139,7 +171,12 @@ impl TraceService {
         Ok((search.finish(), timing))
     }
 
-    async fn run(&self, org: OrgId, search: Search, params: &TraceParams) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
+    async fn run(
+        &self,
+        org: OrgId,
+        search: Search,
+        params: &TraceParams,
+    ) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
         let (outcome, mut timing) = self.run_search(org, search).await?;
         let t = Instant::now();
         let result = outcome.clone().assemble(params);
@@ -148,19 +185,40 @@ impl TraceService {
     }
 
     /// Trace from an entry row `_id`, searching in `[start_s, end_s]`.
-    pub async fn trace_by_id(&self, org: OrgId, id: u64, start_s: i64, end_s: i64) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
+    pub async fn trace_by_id(
+        &self,
+        org: OrgId,
+        id: u64,
+        start_s: i64,
+        end_s: i64,
+    ) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
         let search = Search::by_id(id, autotrace::TimeWindow::new(start_s, end_s), &self.params);
         self.run(org, search, &self.params).await
     }
 
     /// Trace from an application trace id: every row carrying it seeds the search.
-    pub async fn trace_by_trace_id(&self, org: OrgId, trace_id: &str, start_s: i64, end_s: i64) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
-        let search = Search::by_trace_id(trace_id, autotrace::TimeWindow::new(start_s, end_s), &self.params);
+    pub async fn trace_by_trace_id(
+        &self,
+        org: OrgId,
+        trace_id: &str,
+        start_s: i64,
+        end_s: i64,
+    ) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
+        let search = Search::by_trace_id(
+            trace_id,
+            autotrace::TimeWindow::new(start_s, end_s),
+            &self.params,
+        );
         self.run(org, search, &self.params).await
     }
 
     /// Complete external app spans with DeepFlow's spans (the Trace Completion API).
-    pub async fn complete(&self, org: OrgId, spans: Vec<ExternalAppSpan>, params: &TraceParams) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
+    pub async fn complete(
+        &self,
+        org: OrgId,
+        spans: Vec<ExternalAppSpan>,
+        params: &TraceParams,
+    ) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
         let search = Search::for_completion(spans, params);
         self.run(org, search, params).await
     }

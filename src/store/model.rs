@@ -610,6 +610,22 @@ impl FlowRecord {
             .unwrap_or_else(|| self.l7_protocol.to_string())
     }
 
+    /// A span name: `endpoint`, else `request_type request_resource`, else the protocol name.
+    pub fn span_name(&self) -> String {
+        if !self.endpoint.is_empty() {
+            return self.endpoint.clone();
+        }
+        let joined = format!("{} {}", self.request_type, self.request_resource);
+        let joined = joined.trim();
+        if !joined.is_empty() {
+            return joined.to_string();
+        }
+        if !self.biz_protocol.is_empty() {
+            return self.biz_protocol.clone();
+        }
+        self.l7_protocol_name()
+    }
+
     /// The attribute map (`attribute_names` / `attribute_values`) in column order.
     pub fn attributes(&self) -> impl Iterator<Item = (&str, &str)> {
         self.attribute_names

@@ -1,0 +1,464 @@
+//! Auto-tracing end to end through the search on both stores: the spec's S14 (completion API)
+//! and S15 (search phase) scenarios, and a generated zero-code trace checked against its
+//! ground truth. The same rows are inserted into SQLite and into ClickHouse.
+
+mod common;
+
+use async_trait::async_trait;
+use deepflow_tempo::autotrace::{ExternalAppSpan, TraceParams, TraceResult};
+use deepflow_tempo::service::TraceService;
+use deepflow_tempo::store::model::*;
+use deepflow_tempo::store::{
+    FlowQuery, FlowStore, SchemaOptions, SharedStore, StoreKind, StoreResult,
+};
+use deepflow_tempo::synth;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+const T0: i64 = 1_700_000_000_000_000;
+
+macro_rules! on_both_stores {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, org) = crate::common::sqlite_store().await;
+                    super::$case(store, org).await;
+                }
+            )*
+        }
+        mod clickhouse {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some((store, org)) = crate::common::clickhouse_store().await else { return };
+                    super::$case(store, org).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    s15a_iteration_and_tcp_reuse,
+    s15b_trace_ids_expand_and_conflicts_drop,
+    s14_completion_with_external_spans,
+    s14_completion_of_an_unknown_trace_returns_the_external_spans,
+    generated_zero_code_trace_matches_its_ground_truth,
+);
+
+/// A store that counts the reads it answers (to check one round trip per query).
+struct Counting {
+    inner: SharedStore,
+    reads: Mutex<Vec<FlowQuery>>,
+}
+
+#[async_trait]
+impl FlowStore for Counting {
+    fn kind(&self) -> StoreKind {
+        self.inner.kind()
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn select_meta(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowMeta>> {
+        self.reads.lock().unwrap().push(q.clone());
+        self.inner.select_meta(org, q).await
+    }
+    async fn select_records(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowRecord>> {
+        self.reads.lock().unwrap().push(q.clone());
+        self.inner.select_records(org, q).await
+    }
+    async fn insert_rows(&self, org: OrgId, rows: &[L7FlowLogRow]) -> StoreResult<()> {
+        self.inner.insert_rows(org, rows).await
+    }
+    async fn insert_names(&self, org: OrgId, n: &NameTables) -> StoreResult<()> {
+        self.inner.insert_names(org, n).await
+    }
+    async fn apply_schema(&self, org: OrgId, o: SchemaOptions) -> StoreResult<()> {
+        self.inner.apply_schema(org, o).await
+    }
+    fn schema_ddl(&self, org: OrgId) -> Vec<String> {
+        self.inner.schema_ddl(org)
+    }
+}
+
+/// The spec's default row (§10) at `T0 + start .. T0 + end`, `_id = (sec << 32) | n`.
+fn row(n: u32, sig: u16, tap: &str, agent: u16, start: i64, end: i64) -> L7FlowLogRow {
+    let (s, e) = (T0 + start, T0 + end);
+    let mut r = L7FlowLogRow {
+        _id: ((e / 1_000_000) as u64) << 32 | n as u64,
+        start_time: s,
+        end_time: e,
+        signal_source: sig,
+        observation_point: tap.into(),
+        agent_id: agent,
+        r#type: 2,
+        protocol: if sig == 4 { 0 } else { 6 },
+        l7_protocol: 20,
+        biz_protocol: "HTTP".into(),
+        version: "1.1".into(),
+        request_type: "GET".into(),
+        request_resource: "/api".into(),
+        endpoint: "/api".into(),
+        response_code: Some(200),
+        server_port: 80,
+        auto_instance_type_0: 10,
+        auto_instance_type_1: 10,
+        auto_service_type_0: 130,
+        auto_service_type_1: 130,
+        response_duration: (end - start) as u64,
+        ..Default::default()
+    };
+    r.normalise(n);
+    r
+}
+
+fn seq(mut r: L7FlowLogRow, req: u32, resp: u32) -> L7FlowLogRow {
+    r.req_tcp_seq = req;
+    r.resp_tcp_seq = resp;
+    r
+}
+
+fn sys(mut r: L7FlowLogRow, req: u64, resp: u64, pid: i32, inst: u32) -> L7FlowLogRow {
+    r.syscall_trace_id_request = req;
+    r.syscall_trace_id_response = resp;
+    if r.observation_point.starts_with('c') {
+        r.process_id_0 = pid;
+        r.auto_instance_id_0 = inst;
+    } else {
+        r.process_id_1 = pid;
+        r.auto_instance_id_1 = inst;
+    }
+    r
+}
+
+fn ids(mut r: L7FlowLogRow, trace: &str, span: &str, parent: &str) -> L7FlowLogRow {
+    let mut parts = trace.split(',');
+    r.trace_id = parts.next().unwrap_or("").into();
+    r._trace_id_2 = parts.next().unwrap_or("").into();
+    r.span_id = span.into();
+    r.parent_span_id = parent.into();
+    r
+}
+
+/// `(n, parent n, reason)` of every span, by the low bits of `_id` (external spans: 0).
+fn tree(result: &TraceResult) -> Vec<(u64, Option<u64>, Option<String>)> {
+    let by_index: HashMap<usize, u64> = result
+        .spans
+        .iter()
+        .map(|s| (s.id, s.ids[0] & 0xffff_ffff))
+        .collect();
+    result
+        .spans
+        .iter()
+        .map(|s| {
+            (
+                s.ids[0] & 0xffff_ffff,
+                s.parent_id.and_then(|p| by_index.get(&p).copied()),
+                s.set_parent_info.clone(),
+            )
+        })
+        .collect()
+}
+
+fn why(t: &[(u64, Option<u64>, Option<String>)], n: u64) -> (Option<u64>, Option<&str>) {
+    let e = t
+        .iter()
+        .find(|e| e.0 == n)
+        .unwrap_or_else(|| panic!("span {n} missing in {t:?}"));
+    (e.1, e.2.as_deref())
+}
+
+const TCP: &str = "trace mounted due to tcp_seq";
+
+async fn s15a_iteration_and_tcp_reuse(store: SharedStore, org: OrgId) {
+    let mut r6 = seq(row(6, 0, "c", 3, 5_000_000, 5_001_000), 111, 999);
+    r6._id = (1_700_000_005u64 << 32) | 6;
+    let rows = vec![
+        sys(seq(row(1, 3, "c-p", 1, 1000, 9000), 111, 222), 7, 7, 10, 5),
+        seq(row(2, 0, "c", 1, 1100, 8900), 111, 222),
+        seq(row(3, 0, "s", 2, 1300, 8700), 111, 222),
+        sys(seq(row(4, 3, "s-p", 2, 1400, 8600), 111, 222), 8, 9, 20, 6),
+        sys(seq(row(5, 3, "c-p", 2, 2000, 3000), 333, 444), 8, 9, 20, 6),
+        r6,
+    ];
+    store.insert_rows(org, &rows).await.unwrap();
+    let counting = Arc::new(Counting {
+        inner: store,
+        reads: Mutex::new(vec![]),
+    });
+    let svc = TraceService::new(counting.clone(), TraceParams::default());
+    let (outcome, result, _) = svc
+        .trace_by_id(org, rows[0]._id, 1_699_999_940, 1_700_000_060)
+        .await
+        .unwrap();
+    // Q1, Q3 (tcp+syscall), Q3 (syscall 8,9), Q3 (tcp 333/444), Q4.
+    assert_eq!(counting.reads.lock().unwrap().len(), 5);
+    assert_eq!(
+        outcome.ids.len(),
+        5,
+        "row 6 (TCP sequence reuse 5 s later) is dropped"
+    );
+    let t = tree(&result);
+    assert_eq!(t.len(), 5);
+    assert_eq!(why(&t, 1), (None, None));
+    assert_eq!(why(&t, 2), (Some(1), Some(TCP)));
+    assert_eq!(why(&t, 3), (Some(2), Some(TCP)));
+    assert_eq!(why(&t, 4), (Some(3), Some(TCP)));
+    assert_eq!(
+        why(&t, 5),
+        (
+            Some(4),
+            Some("c-p sys-span mounted due to syscall_trace_id matched to s-p root")
+        )
+    );
+    let s4 = result
+        .spans
+        .iter()
+        .find(|s| s.ids[0] & 0xffff_ffff == 4)
+        .unwrap();
+    assert_eq!(s4.selftime, 6200);
+}
+
+async fn s15b_trace_ids_expand_and_conflicts_drop(store: SharedStore, org: OrgId) {
+    let mut r1 = ids(row(1, 4, "s-app", 1, 100, 9900), "T", "s1", "u1");
+    r1.auto_instance_id_1 = 5;
+    let r2 = ids(
+        sys(seq(row(2, 3, "s-p", 1, 0, 10_000), 10, 20), 1, 1, 3, 5),
+        "T",
+        "u1",
+        "",
+    );
+    let r3 = ids(seq(row(3, 0, "s", 1, -100, 10_100), 10, 20), "U", "", "");
+    let r4 = seq(row(4, 0, "c", 9, -500, 10_500), 10, 20);
+    let mut r5 = ids(row(5, 4, "c-app", 1, 1000, 2000), "T,V", "s2", "s1");
+    r5.auto_instance_id_0 = 5;
+    let mut r6 = ids(row(6, 4, "s-app", 7, 1200, 1800), "V", "v1", "s2");
+    r6.auto_instance_id_1 = 8;
+    let rows = vec![r1, r2, r3, r4, r5, r6];
+    store.insert_rows(org, &rows).await.unwrap();
+    let counting = Arc::new(Counting {
+        inner: store,
+        reads: Mutex::new(vec![]),
+    });
+    let svc = TraceService::new(counting.clone(), TraceParams::default());
+    let (outcome, result, _) = svc
+        .trace_by_id(org, rows[1]._id, 1_699_999_940, 1_700_000_060)
+        .await
+        .unwrap();
+    // Q1, Q2 (T), Q3, Q2 (V), Q4.
+    assert_eq!(counting.reads.lock().unwrap().len(), 5);
+    let mut got: Vec<u64> = outcome.ids.iter().map(|id| id & 0xffff_ffff).collect();
+    got.sort();
+    assert_eq!(got, vec![1, 2, 4, 5, 6], "row 3 carries foreign trace U");
+    let t = tree(&result);
+    assert_eq!(why(&t, 4), (None, None));
+    assert_eq!(why(&t, 2), (Some(4), Some(TCP)));
+    assert_eq!(
+        why(&t, 1),
+        (
+            Some(2),
+            Some("s-p sys_span mounted due to same span_id as parent")
+        )
+    );
+    assert_eq!(
+        why(&t, 5),
+        (Some(1), Some("app_span mounted due to parent_span_id"))
+    );
+    assert_eq!(
+        why(&t, 6),
+        (Some(5), Some("s-app mounted due to parent_span_id"))
+    );
+    let s4 = result
+        .spans
+        .iter()
+        .find(|s| s.ids[0] & 0xffff_ffff == 4)
+        .unwrap();
+    assert_eq!(s4.deepflow_span_id, "u1.c.0");
+}
+
+/// S14's ids: trace T, span ids P, X, Y.
+const T: &str = "0af7651916cd43dd8448eb211c80319c";
+const P: &str = "1111111111111111";
+const X: &str = "2222222222222222";
+const Y: &str = "3333333333333333";
+
+fn s14_rows() -> Vec<L7FlowLogRow> {
+    vec![
+        ids(
+            sys(seq(row(1, 3, "c-p", 1, 0, 20_000), 111, 222), 1, 1, 10, 5),
+            T,
+            P,
+            "",
+        ),
+        ids(
+            sys(seq(row(2, 3, "s-p", 2, 500, 19_500), 111, 222), 3, 4, 20, 6),
+            T,
+            P,
+            "",
+        ),
+        ids(
+            sys(
+                seq(row(3, 3, "c-p", 2, 5000, 15_000), 333, 444),
+                3,
+                4,
+                20,
+                6,
+            ),
+            T,
+            Y,
+            "",
+        ),
+        ids(seq(row(4, 0, "c", 2, 5100, 14_900), 333, 444), T, Y, ""),
+        ids(
+            sys(
+                seq(row(5, 3, "s-p", 3, 5500, 14_500), 333, 444),
+                5,
+                5,
+                30,
+                7,
+            ),
+            T,
+            Y,
+            "",
+        ),
+    ]
+}
+
+fn s14_spans(trace: &str) -> Vec<ExternalAppSpan> {
+    vec![
+        ExternalAppSpan {
+            trace_id: trace.into(),
+            span_id: X.into(),
+            parent_span_id: P.into(),
+            span_kind: 2,
+            start_time_us: T0 + 1000,
+            end_time_us: T0 + 19_000,
+            _id: None,
+        },
+        ExternalAppSpan {
+            trace_id: trace.into(),
+            span_id: Y.into(),
+            parent_span_id: X.into(),
+            span_kind: 3,
+            start_time_us: T0 + 4000,
+            end_time_us: T0 + 16_000,
+            _id: None,
+        },
+    ]
+}
+
+async fn s14_completion_with_external_spans(store: SharedStore, org: OrgId) {
+    store.insert_rows(org, &s14_rows()).await.unwrap();
+    let svc = TraceService::new(store, TraceParams::default());
+    let (_, result, _) = svc
+        .complete(org, s14_spans(T), &TraceParams::default())
+        .await
+        .unwrap();
+    let dfid: HashMap<String, (String, Option<String>)> = result
+        .spans
+        .iter()
+        .map(|s| {
+            let key = if s.record.signal_source == 4 {
+                s.record.span_id.clone()
+            } else {
+                (s.ids[0] & 0xffff_ffff).to_string()
+            };
+            (
+                key,
+                (s.deepflow_parent_span_id.clone(), s.set_parent_info.clone()),
+            )
+        })
+        .collect();
+    let get = |k: &str| {
+        dfid.get(k)
+            .unwrap_or_else(|| panic!("{k} missing: {dfid:?}"))
+            .clone()
+    };
+    assert_eq!(get("1").0, "");
+    assert_eq!(
+        get("2"),
+        ("1111111111111111.c-p.0".into(), Some(TCP.into()))
+    );
+    assert_eq!(
+        get(X),
+        (
+            "1111111111111111.c-p.0".into(),
+            Some("s-app mounted due to parent_span_id".into())
+        )
+    );
+    assert_eq!(
+        get(Y),
+        (
+            X.into(),
+            Some("app_span mounted due to parent_span_id".into())
+        )
+    );
+    assert_eq!(
+        get("3"),
+        (
+            "1111111111111111.s-p.1".into(),
+            Some("c-p sys-span mounted due to syscall_trace_id matched to s-p root".into())
+        )
+    );
+    assert_eq!(
+        get("4"),
+        ("3333333333333333.c-p.4".into(), Some(TCP.into()))
+    );
+    assert_eq!(get("5"), ("3333333333333333.c.5".into(), Some(TCP.into())));
+    let json = result.to_completion_json();
+    assert!(json.get("services").is_none());
+    assert_eq!(json["tracing"].as_array().unwrap().len(), 7);
+}
+
+async fn s14_completion_of_an_unknown_trace_returns_the_external_spans(
+    store: SharedStore,
+    org: OrgId,
+) {
+    store.insert_rows(org, &s14_rows()).await.unwrap();
+    let svc = TraceService::new(store, TraceParams::default());
+    let (_, result, _) = svc
+        .complete(org, s14_spans("unknown"), &TraceParams::default())
+        .await
+        .unwrap();
+    let spans: Vec<&str> = result
+        .spans
+        .iter()
+        .map(|s| s.record.span_id.as_str())
+        .collect();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert!(spans.contains(&X) && spans.contains(&Y));
+}
+
+async fn generated_zero_code_trace_matches_its_ground_truth(store: SharedStore, org: OrgId) {
+    let shape = synth::Shape {
+        calls: 60,
+        fanout: 3,
+        services: 6,
+    };
+    let start = T0 + 7_000_000;
+    let trace = synth::zero_code_trace(11, start, shape, &mut synth::Keys::new(0));
+    store.insert_rows(org, &trace.rows).await.unwrap();
+    let svc = TraceService::new(store, TraceParams::default());
+    let t = (trace.entry_id >> 32) as i64;
+    let (_, result, _) = svc
+        .trace_by_id(org, trace.entry_id, t - 60, t + 60)
+        .await
+        .unwrap();
+    let index_to_id: HashMap<usize, u64> = result.spans.iter().map(|s| (s.id, s.ids[0])).collect();
+    let got: HashMap<u64, Option<u64>> = result
+        .spans
+        .iter()
+        .map(|s| (s.ids[0], s.parent_id.map(|p| index_to_id[&p])))
+        .collect();
+    assert_eq!(
+        got.len(),
+        trace.rows.len(),
+        "every generated row is one span"
+    );
+    for (id, parent) in &trace.parent {
+        assert_eq!(got.get(id), Some(parent), "parent of {id}");
+    }
+}
