@@ -24,6 +24,57 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     /// `tracing.*`: DeepFlow's auto-tracing parameters (`app.yaml` of deepflow-app).
     pub tracing: TraceParams,
+    pub tempo: TempoConfig,
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TempoConfig {
+    /// `tempo.lookback`: how far back (seconds) a trace id is looked for when the request has
+    /// no time range (Grafana sends none by default).
+    pub lookback: u64,
+    /// `tempo.zero_code_window`: seconds searched on each side of a zero-code trace's entry row.
+    pub zero_code_window: u64,
+    /// `tempo.max_flows`: most flows one trace returns; larger traces are cut and flagged.
+    pub max_flows: usize,
+}
+
+impl Default for TempoConfig {
+    fn default() -> Self {
+        TempoConfig {
+            lookback: 86_400,
+            zero_code_window: 60,
+            max_flows: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `cache.max_entries`: assembled traces kept (0 disables the cache).
+    pub max_entries: usize,
+    /// `cache.max_bytes`: total encoded size of the kept traces.
+    pub max_bytes: usize,
+    /// `cache.ttl`: seconds a trace whose newest row is old stays cached.
+    pub ttl: u64,
+    /// `cache.recent_ttl`: seconds a trace whose data may still be arriving stays cached.
+    pub recent_ttl: u64,
+    /// `cache.recent_age`: a trace whose newest row is younger than this (seconds) is recent.
+    pub recent_age: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 1_000,
+            max_bytes: 256 << 20,
+            ttl: 600,
+            recent_ttl: 10,
+            recent_age: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +112,8 @@ impl Default for Config {
             embedded: EmbeddedConfig::default(),
             clickhouse: ClickHouseConfig::default(),
             tracing: TraceParams::default(),
+            tempo: TempoConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }

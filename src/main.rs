@@ -1,7 +1,6 @@
 //! The `deepflow-tempo` command line: `serve`, `schema`, `load`.
 
 use clap::{Args, Parser, Subcommand};
-use deepflow_tempo::api::AppState;
 use deepflow_tempo::autotrace::TraceResult;
 use deepflow_tempo::config::{Config, FlagOverrides, KEYS};
 use deepflow_tempo::service::TraceService;
@@ -373,13 +372,8 @@ fn render_tree(result: &TraceResult) -> String {
 
 async fn serve(cfg: Config) -> Result<(), String> {
     let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
-    let (srv, addrs) = server::bind(
-        AppState {
-            store: store.clone(),
-        },
-        &cfg.listen,
-    )
-    .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let (srv, addrs) = server::bind(server::app_state(&cfg, store.clone()), &cfg.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     tracing::info!(store = %store.kind(), addrs = ?addrs, "deepflow-tempo serving");
     srv.await.map_err(|e| e.to_string())
 }

@@ -33,6 +33,16 @@ pub fn clickhouse_settings(cfg: &Config) -> ClickHouseSettings {
     }
 }
 
+/// The handlers' state for a configuration and an opened store.
+pub fn app_state(cfg: &Config, store: SharedStore) -> AppState {
+    let tracer = crate::service::TraceService::new(store.clone(), cfg.tracing.clone());
+    let tempo = crate::service::TempoService::new(tracer, cfg.tempo.clone(), cfg.cache.clone());
+    AppState {
+        store,
+        tempo: Arc::new(tempo),
+    }
+}
+
 /// Bind the HTTP server on `listen` (port 0 picks a free one) and return it unstarted with
 /// the addresses it bound.
 pub fn bind(

@@ -223,3 +223,235 @@ impl TraceService {
         self.run(org, search, params).await
     }
 }
+
+/// A trace ready for Tempo's routes: encoded once, served as v1/v2, protobuf or JSON.
+#[derive(Debug, Clone)]
+pub struct TempoTrace {
+    pub trace: crate::tempo::pb::Trace,
+    /// Why the trace is partial (cut at `tempo.max_flows`, or a search query hit its limit).
+    pub partial: Option<String>,
+    /// Encoded protobuf size in bytes.
+    pub size: usize,
+    pub flows: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    org: OrgId,
+    trace_id: crate::tempo::ids::TraceId,
+    range: Option<(i64, i64)>,
+}
+
+struct CacheEntry {
+    value: std::sync::Arc<TempoTrace>,
+    expires: Instant,
+}
+
+/// LRU of assembled traces, bounded by entries and by bytes, with per-entry expiry.
+pub struct TraceCache {
+    inner: std::sync::Mutex<(lru::LruCache<CacheKey, CacheEntry>, usize)>,
+    cfg: crate::config::CacheConfig,
+}
+
+impl TraceCache {
+    pub fn new(cfg: crate::config::CacheConfig) -> Self {
+        let cap = std::num::NonZeroUsize::new(cfg.max_entries.max(1)).expect("non-zero");
+        TraceCache {
+            inner: std::sync::Mutex::new((lru::LruCache::new(cap), 0)),
+            cfg,
+        }
+    }
+
+    fn get(&self, key: &CacheKey) -> Option<std::sync::Arc<TempoTrace>> {
+        if self.cfg.max_entries == 0 {
+            return None;
+        }
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (lru, bytes) = &mut *guard;
+        match lru.get(key) {
+            Some(e) if e.expires > Instant::now() => Some(e.value.clone()),
+            Some(_) => {
+                if let Some(old) = lru.pop(key) {
+                    *bytes -= old.value.size;
+                }
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, key: CacheKey, value: std::sync::Arc<TempoTrace>, recent: bool) {
+        if self.cfg.max_entries == 0 || value.size > self.cfg.max_bytes {
+            return;
+        }
+        let ttl = if recent {
+            self.cfg.recent_ttl
+        } else {
+            self.cfg.ttl
+        };
+        if ttl == 0 {
+            return;
+        }
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (lru, bytes) = &mut *guard;
+        *bytes += value.size;
+        let entry = CacheEntry {
+            value,
+            expires: Instant::now() + std::time::Duration::from_secs(ttl),
+        };
+        if let Some((_, old)) = lru.push(key, entry) {
+            *bytes -= old.value.size;
+        }
+        while *bytes > self.cfg.max_bytes {
+            match lru.pop_lru() {
+                Some((_, old)) => *bytes -= old.value.size,
+                None => break,
+            }
+        }
+    }
+
+    /// Entries and bytes held (for tests and metrics).
+    pub fn usage(&self) -> (usize, usize) {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (guard.0.len(), guard.1)
+    }
+}
+
+/// Trace by ID for Tempo's routes: find the trace's window, run auto-tracing, cut, encode,
+/// cache.
+pub struct TempoService {
+    pub tracer: TraceService,
+    pub cfg: crate::config::TempoConfig,
+    pub cache: TraceCache,
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl TempoService {
+    pub fn new(
+        tracer: TraceService,
+        cfg: crate::config::TempoConfig,
+        cache: crate::config::CacheConfig,
+    ) -> Self {
+        TempoService {
+            tracer,
+            cfg,
+            cache: TraceCache::new(cache),
+        }
+    }
+
+    /// The trace with this ID, or `None` when no row carries it. `range` is the request's
+    /// optional `start`/`end` (unix seconds).
+    pub async fn trace(
+        &self,
+        org: OrgId,
+        trace_id: crate::tempo::ids::TraceId,
+        range: Option<(i64, i64)>,
+    ) -> Result<Option<std::sync::Arc<TempoTrace>>, ServiceError> {
+        let key = CacheKey {
+            org,
+            trace_id,
+            range,
+        };
+        if let Some(hit) = self.cache.get(&key) {
+            return Ok(Some(hit));
+        }
+        let found = match trace_id.as_zero_code() {
+            Some(row_id) => {
+                let t = (row_id >> 32) as i64;
+                let w = self.cfg.zero_code_window as i64;
+                let (start, end) = range.unwrap_or((t - w, t + w));
+                let (outcome, result, _) = self
+                    .tracer
+                    .trace_by_id(org, row_id, start.min(t), end.max(t))
+                    .await?;
+                (!outcome.ids.is_empty()).then_some((outcome, result))
+            }
+            None => self.by_app_trace_id(org, &trace_id, range).await?,
+        };
+        let Some((outcome, mut result)) = found else {
+            return Ok(None);
+        };
+        let newest_s = result
+            .spans
+            .iter()
+            .map(|s| s.record.end_time_us / 1_000_000)
+            .max()
+            .unwrap_or(0);
+        let flows = result.spans.len();
+        let mut partial = None;
+        if flows > self.cfg.max_flows {
+            // Depth-first order puts every parent before its children, so a prefix is a tree.
+            result.spans.truncate(self.cfg.max_flows);
+            partial = Some(format!(
+                "trace has {flows} flows, more than tempo.max_flows = {}; the first {} are returned",
+                self.cfg.max_flows, self.cfg.max_flows
+            ));
+        } else if outcome.hit_limit {
+            partial = Some(format!(
+                "a search query returned tracing.l7_tracing_limit = {} rows; the trace may be incomplete",
+                self.tracer.params.l7_tracing_limit
+            ));
+        }
+        let trace = crate::tempo::encode::encode(&result, &trace_id);
+        let size = prost::Message::encoded_len(&trace);
+        let value = std::sync::Arc::new(TempoTrace {
+            trace,
+            partial,
+            size,
+            flows,
+        });
+        let recent = now_s() - newest_s < self.cache.cfg.recent_age as i64;
+        self.cache.put(key, value.clone(), recent);
+        Ok(Some(value))
+    }
+
+    /// An application trace id: one cheap query finds its rows (in the range, or within the
+    /// lookback), then auto-tracing runs on their time span plus the tolerances.
+    async fn by_app_trace_id(
+        &self,
+        org: OrgId,
+        trace_id: &crate::tempo::ids::TraceId,
+        range: Option<(i64, i64)>,
+    ) -> Result<Option<(SearchOutcome, TraceResult)>, ServiceError> {
+        let forms = trace_id.stored_forms();
+        let (start, end) = range.unwrap_or_else(|| {
+            let now = now_s();
+            (now - self.cfg.lookback as i64, now + 60)
+        });
+        let q = FlowQuery::new(Filter::TraceIdIn(forms.clone()))
+            .window(window(autotrace::TimeWindow::new(start, end)))
+            .limit(self.tracer.params.l7_tracing_limit as u64);
+        let rows = self.tracer.store.select_meta(org, &q).await?;
+        let Some(stored) = rows
+            .iter()
+            .flat_map(|r| r.trace_ids())
+            .find(|t| forms.iter().any(|f| f == t))
+        else {
+            return Ok(None);
+        };
+        let min = rows
+            .iter()
+            .map(|r| r.start_time_us.div_euclid(1_000_000))
+            .min()
+            .unwrap_or(start);
+        let max = rows
+            .iter()
+            .map(|r| r.end_time_us.div_euclid(1_000_000))
+            .max()
+            .unwrap_or(end);
+        let tolerance_s = 1
+            + (self.tracer.params.network_delay_us + self.tracer.params.host_clock_offset_us)
+                / 1_000_000;
+        let (outcome, result, _) = self
+            .tracer
+            .trace_by_trace_id(org, &stored, min - tolerance_s, max + tolerance_s)
+            .await?;
+        Ok((!outcome.ids.is_empty() || !result.spans.is_empty()).then_some((outcome, result)))
+    }
+}

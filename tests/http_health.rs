@@ -4,7 +4,6 @@
 mod common;
 
 use common::Front;
-use deepflow_tempo::api::AppState;
 use deepflow_tempo::server;
 use deepflow_tempo::store::clickhouse::ClickHouseStore;
 use deepflow_tempo::store::SharedStore;
@@ -13,7 +12,8 @@ use std::time::{Duration, Instant};
 
 /// Start the server on a free loopback port; returns its base URL.
 fn start(store: SharedStore) -> String {
-    let (srv, addrs) = server::bind(AppState { store }, "127.0.0.1:0").expect("bind");
+    let state = server::app_state(&deepflow_tempo::config::Config::default(), store);
+    let (srv, addrs) = server::bind(state, "127.0.0.1:0").expect("bind");
     tokio::spawn(srv);
     format!("http://{}", addrs[0])
 }

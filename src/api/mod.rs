@@ -2,17 +2,47 @@
 //! else: no SQL, no tracing logic.
 
 pub mod health;
+pub mod tempo;
 
+use crate::error::ApiError;
+use crate::service::TempoService;
+use crate::store::model::OrgId;
 use crate::store::SharedStore;
-use actix_web::web;
+use actix_web::{web, HttpRequest};
+use std::sync::Arc;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub store: SharedStore,
+    pub tempo: Arc<TempoService>,
 }
 
 /// Register every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    tempo::configure(cfg);
+}
+
+/// The organisation a request reads: DeepFlow's `X-Org-Id`, else a numeric Tempo tenant
+/// (`X-Scope-OrgID`), else the default organisation. Non-numeric Tempo tenants (such as
+/// Grafana's "single-tenant") read the default organisation.
+pub fn org_of(req: &HttpRequest) -> Result<OrgId, ApiError> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(v) = header("x-org-id").filter(|v| !v.is_empty()) {
+        return v
+            .parse()
+            .map_err(|e: String| ApiError::BadRequest(format!("X-Org-Id: {e}")));
+    }
+    match header("x-scope-orgid") {
+        Some(v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => v
+            .parse()
+            .map_err(|e: String| ApiError::BadRequest(format!("X-Scope-OrgID: {e}"))),
+        _ => Ok(OrgId::DEFAULT),
+    }
 }

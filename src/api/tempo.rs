@@ -1,0 +1,147 @@
+//! Tempo's trace-by-ID routes: `GET /api/traces/{id}` (v1) and `GET /api/v2/traces/{id}`.
+//!
+//! Parse the ID and range, ask the service, negotiate protobuf or JSON by `Accept`, map "not
+//! found" to 404 and partial traces to v2 `PARTIAL` / v1 422.
+
+use super::{org_of, AppState};
+use crate::error::ApiError;
+use crate::tempo::ids::TraceId;
+use crate::tempo::{json, pb};
+use actix_web::{web, HttpRequest, HttpResponse};
+use prost::Message;
+use serde::Deserialize;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/traces/{id}", web::get().to(trace_v1))
+        .route("/api/v2/traces/{id}", web::get().to(trace_v2));
+}
+
+/// Optional unix-second bounds, as Tempo parses them.
+#[derive(Debug, Deserialize)]
+pub struct RangeParams {
+    start: Option<String>,
+    end: Option<String>,
+}
+
+fn parse_seconds(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError> {
+    match v.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse::<i64>().map(Some).map_err(|_| {
+            ApiError::BadRequest(format!("invalid {name}: {s:?} is not unix seconds"))
+        }),
+    }
+}
+
+/// `start`/`end`: both optional; when both are set (non-zero), `end` must be after `start`.
+pub fn parse_range(p: &RangeParams) -> Result<Option<(i64, i64)>, ApiError> {
+    let start = parse_seconds("start", &p.start)?.unwrap_or(0);
+    let end = parse_seconds("end", &p.end)?.unwrap_or(0);
+    match (start, end) {
+        (0, 0) => Ok(None),
+        (s, e) if s != 0 && e != 0 && e <= s => Err(ApiError::BadRequest(format!(
+            "http parameter start must be before end. received start={s} end={e}"
+        ))),
+        (s, 0) => Ok(Some((s, i64::from(u32::MAX)))),
+        (s, e) => Ok(Some((s, e))),
+    }
+}
+
+fn wants_protobuf(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/protobuf"))
+}
+
+async fn lookup(
+    req: &HttpRequest,
+    state: &AppState,
+    id: &str,
+    range: &RangeParams,
+) -> Result<Option<std::sync::Arc<crate::service::TempoTrace>>, ApiError> {
+    let trace_id = TraceId::parse(id).map_err(ApiError::BadRequest)?;
+    let range = parse_range(range)?;
+    let org = org_of(req)?;
+    Ok(state.tempo.trace(org, trace_id, range).await?)
+}
+
+async fn trace_v1(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    range: web::Query<RangeParams>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(t) = lookup(&req, &state, &id, &range).await? else {
+        return Ok(HttpResponse::NotFound().finish());
+    };
+    if let Some(why) = &t.partial {
+        return Ok(HttpResponse::UnprocessableEntity()
+            .content_type("text/plain; charset=utf-8")
+            .body(format!("trace exceeds max size: {why}\n")));
+    }
+    Ok(if wants_protobuf(&req) {
+        HttpResponse::Ok()
+            .content_type("application/protobuf")
+            .body(t.trace.encode_to_vec())
+    } else {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json::trace_v1(&t.trace).to_string())
+    })
+}
+
+async fn trace_v2(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    range: web::Query<RangeParams>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(t) = lookup(&req, &state, &id, &range).await? else {
+        return Ok(HttpResponse::NotFound().finish());
+    };
+    let resp = pb::TraceByIdResponse {
+        trace: Some(t.trace.clone()),
+        metrics: Some(pb::TraceByIdMetrics {
+            inspected_bytes: t.size as u64,
+        }),
+        status: if t.partial.is_some() {
+            pb::PartialStatus::Partial
+        } else {
+            pb::PartialStatus::Complete
+        } as i32,
+        message: t.partial.clone().unwrap_or_default(),
+    };
+    Ok(if wants_protobuf(&req) {
+        HttpResponse::Ok()
+            .content_type("application/protobuf")
+            .body(resp.encode_to_vec())
+    } else {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json::trace_by_id_response(&resp).to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rp(start: Option<&str>, end: Option<&str>) -> RangeParams {
+        RangeParams {
+            start: start.map(Into::into),
+            end: end.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(&rp(None, None)).unwrap(), None);
+        assert_eq!(
+            parse_range(&rp(Some("10"), Some("20"))).unwrap(),
+            Some((10, 20))
+        );
+        assert!(parse_range(&rp(Some("20"), Some("20"))).is_err());
+        assert!(parse_range(&rp(Some("x"), None)).is_err());
+        assert_eq!(parse_range(&rp(Some("0"), Some("0"))).unwrap(), None);
+    }
+}

@@ -1,0 +1,520 @@
+//! An assembled DeepFlow trace as OTLP: one `ResourceSpans` per (service, instance, pod,
+//! node, host, process, agent, signal), one `ScopeSpans` naming the signal (app / eBPF /
+//! network), every span with a status, Tempo-readable IDs and DeepFlow's facts as attributes.
+//!
+//! IDs: application spans keep their span id; eBPF and network spans get an 8-byte id derived
+//! from their first row `_id` (stable across requests and replicas). Parent ids follow the
+//! assembled tree. Every span carries the requested trace ID; a differing original trace id is
+//! kept as `deepflow.trace_id`. Pure: no IO.
+
+use super::ids::{app_span_id, row_span_id, SpanId, TraceId};
+use super::pb;
+use crate::autotrace::{OutSpan, TraceResult};
+use crate::store::model::{
+    l7_protocol, observation_point, response_status, signal_source, FlowRecord,
+};
+use indexmap::IndexMap;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span, Status,
+};
+use std::collections::{HashMap, HashSet};
+
+/// Scope names of the three signals.
+pub const SCOPE_APP: &str = "deepflow.app";
+pub const SCOPE_EBPF: &str = "deepflow.ebpf";
+pub const SCOPE_NETWORK: &str = "deepflow.network";
+
+fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn kv_int(key: &str, v: i64) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(v)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Which signal a span comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    App,
+    Ebpf,
+    Network,
+}
+
+impl Signal {
+    pub fn of(r: &FlowRecord) -> Signal {
+        match r.signal_source {
+            signal_source::OTEL => Signal::App,
+            signal_source::EBPF => Signal::Ebpf,
+            _ => Signal::Network,
+        }
+    }
+    pub fn scope(self) -> &'static str {
+        match self {
+            Signal::App => SCOPE_APP,
+            Signal::Ebpf => SCOPE_EBPF,
+            Signal::Network => SCOPE_NETWORK,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::App => "otel",
+            Signal::Ebpf => "ebpf",
+            Signal::Network => "packet",
+        }
+    }
+}
+
+/// The side (0 client, 1 server) whose resource a span describes.
+fn side(tap: &str) -> u8 {
+    if tap.starts_with('c') {
+        0
+    } else {
+        1
+    }
+}
+
+fn pick<'a>(side: u8, a: &'a str, b: &'a str) -> &'a str {
+    if side == 0 {
+        a
+    } else {
+        b
+    }
+}
+
+fn first_nonempty<'a>(v: &[&'a str]) -> &'a str {
+    v.iter().copied().find(|s| !s.is_empty()).unwrap_or("")
+}
+
+/// The node or host a span was captured on (network spans), or runs on.
+fn capture_host(r: &FlowRecord, sd: u8) -> String {
+    let name = first_nonempty(&[
+        pick(sd, &r.pod_node_0, &r.pod_node_1),
+        &r.vtap_pod_node_name,
+        pick(sd, &r.host_0, &r.host_1),
+        &r.vtap_host_name,
+        &r.vtap_device_name,
+    ]);
+    if name.is_empty() {
+        format!("agent {}", r.agent_id)
+    } else {
+        name.to_string()
+    }
+}
+
+/// `service.name` of a span.
+pub fn service_name(s: &OutSpan) -> String {
+    let r = &s.record;
+    let sd = side(&r.observation_point);
+    match Signal::of(r) {
+        Signal::App => first_nonempty(&[
+            &r.app_service,
+            s.auto_service.as_deref().unwrap_or(""),
+            r.auto_service(sd),
+        ])
+        .to_string()
+        .if_empty("unknown app service"),
+        Signal::Ebpf => first_nonempty(&[
+            s.auto_service.as_deref().unwrap_or(""),
+            r.auto_service(sd),
+            pick(sd, &r.gprocess_0, &r.gprocess_1),
+            pick(sd, &r.process_kname_0, &r.process_kname_1),
+        ])
+        .to_string()
+        .if_empty("unknown process"),
+        Signal::Network => {
+            let point =
+                observation_point::name(&r.observation_point).unwrap_or(&r.observation_point);
+            format!(
+                "{} @ {}",
+                if point.is_empty() { "network" } else { point },
+                capture_host(r, sd)
+            )
+        }
+    }
+}
+
+trait IfEmpty {
+    fn if_empty(self, fallback: &str) -> String;
+}
+
+impl IfEmpty for String {
+    fn if_empty(self, fallback: &str) -> String {
+        if self.is_empty() {
+            fallback.to_string()
+        } else {
+            self
+        }
+    }
+}
+
+/// The resource attributes of a span (always including `service.name`).
+fn resource_attributes(s: &OutSpan) -> Vec<KeyValue> {
+    let r = &s.record;
+    let sd = side(&r.observation_point);
+    let signal = Signal::of(r);
+    let mut v = vec![kv_str("service.name", service_name(s))];
+    let instance = match signal {
+        Signal::App => first_nonempty(&[&r.app_instance, s.auto_instance()]),
+        _ => s.auto_instance(),
+    };
+    if !instance.is_empty() && signal != Signal::Network {
+        v.push(kv_str("service.instance.id", instance));
+    }
+    let pod = pick(sd, &r.pod_0, &r.pod_1);
+    if !pod.is_empty() && signal != Signal::Network {
+        v.push(kv_str("k8s.pod.name", pod));
+    }
+    let node = first_nonempty(&[
+        pick(sd, &r.pod_node_0, &r.pod_node_1),
+        &r.vtap_pod_node_name,
+    ]);
+    if !node.is_empty() {
+        v.push(kv_str("k8s.node.name", node));
+    }
+    let host = first_nonempty(&[pick(sd, &r.host_0, &r.host_1), &r.vtap_host_name]);
+    if !host.is_empty() {
+        v.push(kv_str("host.name", host));
+    }
+    if signal == Signal::Ebpf {
+        let pid = s.process_id.unwrap_or(if sd == 0 {
+            r.process_id_0
+        } else {
+            r.process_id_1
+        });
+        if pid != 0 {
+            v.push(kv_int("process.pid", pid as i64));
+        }
+        let exe = pick(sd, &r.process_kname_0, &r.process_kname_1);
+        if !exe.is_empty() {
+            v.push(kv_str("process.executable.name", exe));
+        }
+    }
+    if r.agent_id != 0 {
+        v.push(kv_int("deepflow.agent_id", r.agent_id as i64));
+    }
+    v
+}
+
+fn span_kind(r: &FlowRecord) -> span::SpanKind {
+    use span::SpanKind as K;
+    if r.signal_source == signal_source::OTEL {
+        match r.span_kind {
+            Some(1) => return K::Internal,
+            Some(2) => return K::Server,
+            Some(3) => return K::Client,
+            Some(4) => return K::Producer,
+            Some(5) => return K::Consumer,
+            _ => {}
+        }
+    }
+    match r.observation_point.as_str() {
+        "c-app" => K::Client,
+        "s-app" => K::Server,
+        "app" | "local" | "rest" | "" => K::Internal,
+        t if t.starts_with('c') => K::Client,
+        t if t.starts_with('s') => K::Server,
+        _ => K::Internal,
+    }
+}
+
+fn span_status(r: &FlowRecord) -> Status {
+    let code = match r.response_status {
+        response_status::SUCCESS => status::StatusCode::Ok,
+        response_status::TIMEOUT
+        | response_status::SERVER_ERROR
+        | response_status::CLIENT_ERROR => status::StatusCode::Error,
+        _ => status::StatusCode::Unset,
+    };
+    let message = if code == status::StatusCode::Error {
+        let what = match r.response_status {
+            response_status::TIMEOUT => "timeout",
+            response_status::SERVER_ERROR => "server error",
+            _ => "client error",
+        };
+        match (r.response_exception.is_empty(), r.response_code) {
+            (false, _) => r.response_exception.clone(),
+            (true, Some(c)) => format!("{what}: response code {c}"),
+            (true, None) => what.to_string(),
+        }
+    } else {
+        String::new()
+    };
+    Status {
+        message,
+        code: code as i32,
+    }
+}
+
+/// Semantic-convention and DeepFlow attributes of a span, then the row's own OTel attributes
+/// (which win on a name clash).
+fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
+    let r = &s.record;
+    let mut v: Vec<KeyValue> = Vec::with_capacity(24 + r.attribute_names.len());
+    v.push(kv_str(
+        "deepflow.observation_point",
+        r.observation_point.clone(),
+    ));
+    v.push(kv_str("deepflow.signal_source", Signal::of(r).name()));
+    v.push(kv_str("deepflow.l7_protocol", r.l7_protocol_name()));
+    if !r.biz_protocol.is_empty() {
+        v.push(kv_str("deepflow.biz_protocol", r.biz_protocol.clone()));
+    }
+    for (k, val) in [
+        ("deepflow.request_type", &r.request_type),
+        ("deepflow.request_domain", &r.request_domain),
+        ("deepflow.request_resource", &r.request_resource),
+        ("deepflow.endpoint", &r.endpoint),
+        ("deepflow.response_exception", &r.response_exception),
+        ("deepflow.response_result", &r.response_result),
+        ("deepflow.x_request_id_0", &r.x_request_id_0),
+        ("deepflow.x_request_id_1", &r.x_request_id_1),
+        ("deepflow.http_proxy_client", &r.http_proxy_client),
+    ] {
+        if !val.is_empty() {
+            v.push(kv_str(k, val.clone()));
+        }
+    }
+    if let Some(code) = r.response_code {
+        v.push(kv_int("deepflow.response_code", code as i64));
+    }
+    v.push(kv_int("deepflow.response_status", r.response_status as i64));
+    for (k, val) in [
+        ("deepflow.req_tcp_seq", r.req_tcp_seq as u64),
+        ("deepflow.resp_tcp_seq", r.resp_tcp_seq as u64),
+        (
+            "deepflow.syscall_trace_id_request",
+            r.syscall_trace_id_request,
+        ),
+        (
+            "deepflow.syscall_trace_id_response",
+            r.syscall_trace_id_response,
+        ),
+    ] {
+        if val != 0 {
+            // 64-bit unsigned ids do not fit OTLP's int64: keep them as text.
+            v.push(kv_str(k, val.to_string()));
+        }
+    }
+    if let Some(id) = r.request_id {
+        v.push(kv_str("deepflow.request_id", id.to_string()));
+    }
+    v.push(kv_int("deepflow.agent_id", r.agent_id as i64));
+    v.push(kv_int("deepflow.selftime_us", s.selftime));
+    if let Some(why) = &s.set_parent_info {
+        v.push(kv_str("deepflow.parent_reason", why.clone()));
+    }
+    v.push(kv_str("deepflow.span_id", s.deepflow_span_id.clone()));
+    v.push(kv_str(
+        "deepflow.row_ids",
+        s.ids
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    ));
+    let own = r.joined_trace_id();
+    if !own.is_empty() && !TraceId::from_app_trace_id(&own).is_some_and(|t| t == *trace_id) {
+        v.push(kv_str("deepflow.trace_id", own));
+    }
+    // OpenTelemetry semantic conventions from the protocol columns.
+    let proto = r.l7_protocol;
+    if proto == l7_protocol::HTTP1 || proto == l7_protocol::HTTP2 {
+        if !r.request_type.is_empty() {
+            v.push(kv_str("http.method", r.request_type.clone()));
+        }
+        if !r.request_resource.is_empty() {
+            v.push(kv_str("http.target", r.request_resource.clone()));
+            v.push(kv_str(
+                "http.url",
+                format!("{}{}", r.request_domain, r.request_resource),
+            ));
+        }
+        if !r.request_domain.is_empty() {
+            v.push(kv_str("http.host", r.request_domain.clone()));
+        }
+        if let Some(code) = r.response_code {
+            v.push(kv_int("http.status_code", code as i64));
+        }
+    } else if let Some(system) = db_system(proto) {
+        v.push(kv_str("db.system", system));
+        if !r.request_resource.is_empty() {
+            v.push(kv_str("db.statement", r.request_resource.clone()));
+        }
+        if !r.request_type.is_empty() {
+            v.push(kv_str("db.operation", r.request_type.clone()));
+        }
+    } else if proto == l7_protocol::GRPC || proto == l7_protocol::DUBBO {
+        v.push(kv_str(
+            "rpc.system",
+            if proto == l7_protocol::GRPC {
+                "grpc"
+            } else {
+                "dubbo"
+            },
+        ));
+        if !r.request_domain.is_empty() {
+            v.push(kv_str("rpc.service", r.request_domain.clone()));
+        }
+        if !r.request_resource.is_empty() {
+            v.push(kv_str("rpc.method", r.request_resource.clone()));
+        }
+    }
+    if !r.ip_0.is_empty() {
+        v.push(kv_str("client.address", r.ip_0.clone()));
+    }
+    if !r.ip_1.is_empty() {
+        v.push(kv_str("server.address", r.ip_1.clone()));
+    }
+    if r.server_port != 0 {
+        v.push(kv_int("server.port", r.server_port as i64));
+    }
+    // The row's own attributes, under their own keys.
+    let own: HashSet<&str> = r.attribute_names.iter().map(String::as_str).collect();
+    v.retain(|kv| !own.contains(kv.key.as_str()));
+    v.extend(r.attributes().map(|(k, val)| kv_str(k, val)));
+    v
+}
+
+fn db_system(proto: u8) -> Option<&'static str> {
+    Some(match proto {
+        60 => "mysql",
+        61 => "postgresql",
+        62 => "oracle",
+        80 => "redis",
+        81 => "mongodb",
+        82 => "memcached",
+        _ => return None,
+    })
+}
+
+/// OTel events of the `events` column: a JSON list of `{name, time_unix_nano|timestamp,
+/// attributes}`; anything else yields no events.
+fn span_events(r: &FlowRecord) -> Vec<span::Event> {
+    if r.events.trim().is_empty() {
+        return vec![];
+    }
+    let Ok(serde_json::Value::Array(list)) = serde_json::from_str::<serde_json::Value>(&r.events)
+    else {
+        return vec![];
+    };
+    list.iter()
+        .filter_map(|e| {
+            let name = e.get("name")?.as_str()?.to_string();
+            let t = ["time_unix_nano", "timeUnixNano", "timestamp"]
+                .iter()
+                .find_map(|k| {
+                    e.get(*k)
+                        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok()))
+                })
+                .unwrap_or(0);
+            let attributes = e
+                .get("attributes")
+                .and_then(|a| a.as_object())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| {
+                            kv_str(
+                                k,
+                                v.as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|| v.to_string()),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(span::Event {
+                time_unix_nano: t,
+                name,
+                attributes,
+                dropped_attributes_count: 0,
+            })
+        })
+        .collect()
+}
+
+/// Encode an assembled trace under `trace_id`.
+pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
+    // Span IDs first, so parents can be looked up by flow index.
+    let mut used: HashSet<SpanId> = HashSet::with_capacity(result.spans.len());
+    let mut ids: HashMap<usize, SpanId> = HashMap::with_capacity(result.spans.len());
+    for s in &result.spans {
+        let r = &s.record;
+        let mut id = if r.signal_source == signal_source::OTEL && !r.span_id.is_empty() {
+            app_span_id(&r.span_id)
+        } else {
+            row_span_id(s.ids[0])
+        };
+        if !used.insert(id) {
+            id = row_span_id(s.ids[0] ^ 0x5eed);
+            used.insert(id);
+        }
+        ids.insert(s.id, id);
+    }
+    let mut groups: IndexMap<(Vec<(String, String)>, Signal), Vec<Span>> = IndexMap::new();
+    let mut resources: HashMap<(Vec<(String, String)>, Signal), Vec<KeyValue>> = HashMap::new();
+    for s in &result.spans {
+        let r = &s.record;
+        let attrs = resource_attributes(s);
+        let key_attrs: Vec<(String, String)> = attrs
+            .iter()
+            .map(|kv| (kv.key.clone(), format!("{:?}", kv.value)))
+            .collect();
+        let key = (key_attrs, Signal::of(r));
+        resources.entry(key.clone()).or_insert(attrs);
+        let parent = s
+            .parent_id
+            .and_then(|p| ids.get(&p))
+            .map(|p| p.to_vec())
+            .unwrap_or_default();
+        let start = s.render_start_time_us.max(0) as u64 * 1000;
+        let end = (s.render_end_time_us.max(s.render_start_time_us)).max(0) as u64 * 1000;
+        groups.entry(key).or_default().push(Span {
+            trace_id: trace_id.0.to_vec(),
+            span_id: ids[&s.id].to_vec(),
+            parent_span_id: parent,
+            name: r.span_name(),
+            kind: span_kind(r) as i32,
+            start_time_unix_nano: start,
+            end_time_unix_nano: end,
+            attributes: span_attributes(s, trace_id),
+            events: span_events(r),
+            status: Some(span_status(r)),
+            ..Default::default()
+        });
+    }
+    let resource_spans = groups
+        .into_iter()
+        .map(|(key, spans)| ResourceSpans {
+            resource: Some(Resource {
+                attributes: resources.remove(&key).unwrap_or_default(),
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: key.1.scope().into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        })
+        .collect();
+    pb::Trace { resource_spans }
+}
