@@ -20,11 +20,16 @@ pub enum ServiceError {
 }
 
 /// Timing of one traced request.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TraceTiming {
+    /// Store reads made.
     pub queries: u32,
+    /// Time spent waiting for the store (µs).
     pub store_us: u64,
+    /// Time spent assembling the tree (µs).
     pub assemble_us: u64,
+    /// Time spent encoding for Tempo (µs).
+    pub encode_us: u64,
 }
 
 /// Auto-tracing over a store.
@@ -233,6 +238,8 @@ pub struct TempoTrace {
     /// Encoded protobuf size in bytes.
     pub size: usize,
     pub flows: usize,
+    /// How the time of the request that built this trace was spent.
+    pub timing: TraceTiming,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -366,15 +373,15 @@ impl TempoService {
                 let t = (row_id >> 32) as i64;
                 let w = self.cfg.zero_code_window as i64;
                 let (start, end) = range.unwrap_or((t - w, t + w));
-                let (outcome, result, _) = self
+                let (outcome, result, timing) = self
                     .tracer
                     .trace_by_id(org, row_id, start.min(t), end.max(t))
                     .await?;
-                (!outcome.ids.is_empty()).then_some((outcome, result))
+                (!outcome.ids.is_empty()).then_some((outcome, result, timing))
             }
             None => self.by_app_trace_id(org, &trace_id, range).await?,
         };
-        let Some((outcome, mut result)) = found else {
+        let Some((outcome, mut result, mut timing)) = found else {
             return Ok(None);
         };
         let newest_s = result
@@ -398,13 +405,16 @@ impl TempoService {
                 self.tracer.params.l7_tracing_limit
             ));
         }
+        let t = Instant::now();
         let trace = crate::tempo::encode::encode(&result, &trace_id);
         let size = prost::Message::encoded_len(&trace);
+        timing.encode_us = t.elapsed().as_micros() as u64;
         let value = std::sync::Arc::new(TempoTrace {
             trace,
             partial,
             size,
             flows,
+            timing,
         });
         let recent = now_s() - newest_s < self.cache.cfg.recent_age as i64;
         self.cache.put(key, value.clone(), recent);
@@ -418,7 +428,7 @@ impl TempoService {
         org: OrgId,
         trace_id: &crate::tempo::ids::TraceId,
         range: Option<(i64, i64)>,
-    ) -> Result<Option<(SearchOutcome, TraceResult)>, ServiceError> {
+    ) -> Result<Option<(SearchOutcome, TraceResult, TraceTiming)>, ServiceError> {
         let forms = trace_id.stored_forms();
         let (start, end) = range.unwrap_or_else(|| {
             let now = now_s();
@@ -427,7 +437,9 @@ impl TempoService {
         let q = FlowQuery::new(Filter::TraceIdIn(forms.clone()))
             .window(window(autotrace::TimeWindow::new(start, end)))
             .limit(self.tracer.params.l7_tracing_limit as u64);
+        let t = Instant::now();
         let rows = self.tracer.store.select_meta(org, &q).await?;
+        let lookup_us = t.elapsed().as_micros() as u64;
         let Some(stored) = rows
             .iter()
             .flat_map(|r| r.trace_ids())
@@ -448,10 +460,88 @@ impl TempoService {
         let tolerance_s = 1
             + (self.tracer.params.network_delay_us + self.tracer.params.host_clock_offset_us)
                 / 1_000_000;
-        let (outcome, result, _) = self
+        let (outcome, result, mut timing) = self
             .tracer
             .trace_by_trace_id(org, &stored, min - tolerance_s, max + tolerance_s)
             .await?;
-        Ok((!outcome.ids.is_empty() || !result.spans.is_empty()).then_some((outcome, result)))
+        timing.queries += 1;
+        timing.store_us += lookup_us;
+        Ok((!outcome.ids.is_empty() || !result.spans.is_empty())
+            .then_some((outcome, result, timing)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CacheConfig;
+    use crate::tempo::ids::TraceId;
+
+    fn entry(size: usize) -> std::sync::Arc<TempoTrace> {
+        std::sync::Arc::new(TempoTrace {
+            trace: Default::default(),
+            partial: None,
+            size,
+            flows: 1,
+            timing: TraceTiming::default(),
+        })
+    }
+
+    fn key(n: u64) -> CacheKey {
+        CacheKey {
+            org: OrgId::DEFAULT,
+            trace_id: TraceId::zero_code(n),
+            range: None,
+        }
+    }
+
+    #[test]
+    fn cache_is_bounded_by_entries_and_bytes() {
+        let c = TraceCache::new(CacheConfig {
+            max_entries: 3,
+            max_bytes: 100,
+            ..CacheConfig::default()
+        });
+        for n in 0..5 {
+            c.put(key(n), entry(10), false);
+        }
+        assert_eq!(c.usage(), (3, 30));
+        assert!(c.get(&key(0)).is_none() && c.get(&key(4)).is_some());
+        c.put(key(9), entry(95), false); // pushes the byte total over 100: least recent go
+        assert_eq!(c.usage(), (1, 95));
+        c.put(key(10), entry(101), false); // larger than the whole cache: not kept
+        assert!(c.get(&key(10)).is_none());
+        let off = TraceCache::new(CacheConfig {
+            max_entries: 0,
+            ..CacheConfig::default()
+        });
+        off.put(key(1), entry(1), false);
+        assert!(off.get(&key(1)).is_none());
+    }
+
+    #[test]
+    fn recent_traces_expire_sooner() {
+        let c = TraceCache::new(CacheConfig {
+            recent_ttl: 0,
+            ttl: 60,
+            ..CacheConfig::default()
+        });
+        c.put(key(1), entry(1), true); // recent with a zero TTL: not cached
+        c.put(key(2), entry(1), false);
+        assert!(c.get(&key(1)).is_none());
+        assert!(c.get(&key(2)).is_some());
+        // Expiry: an entry past its deadline is dropped on read.
+        let c = TraceCache::new(CacheConfig {
+            recent_ttl: 1,
+            ..CacheConfig::default()
+        });
+        c.put(key(3), entry(7), true);
+        {
+            let mut g = c.inner.lock().unwrap();
+            g.0.peek_mut(&key(3)).unwrap().expires =
+                Instant::now() - std::time::Duration::from_millis(1);
+        }
+        assert!(c.get(&key(3)).is_none());
+        assert_eq!(c.usage(), (0, 0));
     }
 }
