@@ -11,3 +11,4 @@ pub mod error;
 pub mod load;
 pub mod server;
 pub mod store;
+pub mod traceql;
