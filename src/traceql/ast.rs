@@ -149,9 +149,9 @@ impl Intrinsic {
     /// The type the field always has.
     pub fn static_type(self) -> StaticType {
         match self {
-            Intrinsic::Duration
-            | Intrinsic::TraceDuration
-            | Intrinsic::EventTimeSinceStart => StaticType::Duration,
+            Intrinsic::Duration | Intrinsic::TraceDuration | Intrinsic::EventTimeSinceStart => {
+                StaticType::Duration
+            }
             Intrinsic::Status => StaticType::Status,
             Intrinsic::Kind => StaticType::Kind,
             Intrinsic::ChildCount
@@ -217,7 +217,9 @@ fn needs_quotes(name: &str, parent: bool, scope: Scope) -> bool {
         || name.contains('"')
         || !name.chars().all(is_attribute_char)
         || (scope == Scope::None && name.starts_with(|c: char| c.is_ascii_digit()))
-        || (parent && scope == Scope::None && (name.starts_with("span.") || name.starts_with("resource.")))
+        || (parent
+            && scope == Scope::None
+            && (name.starts_with("span.") || name.starts_with("resource.")))
         || name.contains("//")
         || name.contains("/*")
 }
@@ -273,7 +275,10 @@ pub enum StaticType {
 
 impl StaticType {
     pub fn is_numeric(self) -> bool {
-        matches!(self, StaticType::Int | StaticType::Float | StaticType::Duration)
+        matches!(
+            self,
+            StaticType::Int | StaticType::Float | StaticType::Duration
+        )
     }
 
     /// Whether two operand types may meet in one binary operation.
@@ -631,7 +636,10 @@ impl Display for FieldExpr {
                         let cl = cop.level();
                         cl < pl || (cl == pl && right != op.is_right_assoc())
                     }
-                    FieldExpr::Unary { op: UnaryOp::Exists, .. } => 2 < pl || (pl == 2 && right),
+                    FieldExpr::Unary {
+                        op: UnaryOp::Exists,
+                        ..
+                    } => 2 < pl || (pl == 2 && right),
                     FieldExpr::Unary { op: uop, .. } => pl >= uop.level(),
                     _ => false,
                 };
@@ -644,7 +652,11 @@ impl Display for FieldExpr {
                     f.write_str(if *op == UnaryOp::Neg { "-" } else { "!" })?;
                     let parens = matches!(
                         **expr,
-                        FieldExpr::Binary { .. } | FieldExpr::Unary { op: UnaryOp::Exists, .. }
+                        FieldExpr::Binary { .. }
+                            | FieldExpr::Unary {
+                                op: UnaryOp::Exists,
+                                ..
+                            }
                     );
                     write_operand(f, expr, parens)
                 }

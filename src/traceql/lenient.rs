@@ -153,7 +153,9 @@ pub fn parse_identifier(s: &str) -> Result<Attribute, TraceqlError> {
         }),
         [Tok::Word(w), Tok::Eof] => Intrinsic::from_unscoped(w)
             .map(Attribute::Intrinsic)
-            .ok_or_else(|| fail("not an intrinsic; attributes need a scope such as `span.` or `.`")),
+            .ok_or_else(|| {
+                fail("not an intrinsic; attributes need a scope such as `span.` or `.`")
+            }),
         [Tok::ScopeColon(scope), Tok::Word(w), Tok::Eof] => Intrinsic::from_scoped(scope, w)
             .map(Attribute::Intrinsic)
             .ok_or_else(|| fail("unknown scoped intrinsic")),

@@ -147,7 +147,11 @@ pub fn is_attribute_char(c: char) -> bool {
 }
 
 fn is_duration_char(c: char) -> bool {
-    c.is_ascii_digit() || matches!(c, '.' | 'n' | 's' | 'u' | 'm' | 'h' | '\u{b5}' | 'd' | 'w' | 'y')
+    c.is_ascii_digit()
+        || matches!(
+            c,
+            '.' | 'n' | 's' | 'u' | 'm' | 'h' | '\u{b5}' | 'd' | 'w' | 'y'
+        )
 }
 
 const ATTRIBUTE_SCOPES: [(&str, Scope); 6] = [
@@ -247,7 +251,9 @@ impl<'a> Lexer<'a> {
         };
         let tok = if c.is_alphabetic() || c == '_' {
             return self.word(start).map(Some);
-        } else if c.is_ascii_digit() || (c == '.' && self.peek2().is_some_and(|d| d.is_ascii_digit())) {
+        } else if c.is_ascii_digit()
+            || (c == '.' && self.peek2().is_some_and(|d| d.is_ascii_digit()))
+        {
             self.number()?
         } else if c == '.' {
             self.bump();
@@ -377,7 +383,10 @@ impl<'a> Lexer<'a> {
                     loop {
                         match self.bump() {
                             None => {
-                                return Err((qstart, "unterminated quoted attribute name".to_string()))
+                                return Err((
+                                    qstart,
+                                    "unterminated quoted attribute name".to_string(),
+                                ))
                             }
                             Some('"') => break,
                             Some('\\') => match self.bump() {
@@ -589,7 +598,10 @@ mod tests {
                 name: "k8s.pod-name".into()
             }
         );
-        assert_eq!(&"{ parent.resource.k8s.pod-name=~"[t[1].start..], "parent.resource.k8s.pod-name=~");
+        assert_eq!(
+            &"{ parent.resource.k8s.pod-name=~"[t[1].start..],
+            "parent.resource.k8s.pod-name=~"
+        );
         assert_eq!(
             t[5].tok,
             Tok::Attribute {
@@ -613,7 +625,10 @@ mod tests {
 
     #[test]
     fn strings() {
-        assert_eq!(toks(r#""a\"b\\c\n\t\u00e9""#)[0], Tok::Str("a\"b\\c\n\té".into()));
+        assert_eq!(
+            toks(r#""a\"b\\c\n\t\u00e9""#)[0],
+            Tok::Str("a\"b\\c\n\té".into())
+        );
         assert_eq!(toks("`a\\nb`")[0], Tok::Str("a\\nb".into()));
         assert!(matches!(toks("\"abc")[0], Tok::Error(_)));
         assert!(matches!(toks(r#""\q""#)[0], Tok::Error(_)));

@@ -31,7 +31,10 @@ type Shape<T> = Result<T, (usize, String)>;
 #[derive(Debug, Clone)]
 enum Node {
     Filter(SpansetFilter),
-    Lit { value: Static, negated: bool },
+    Lit {
+        value: Static,
+        negated: bool,
+    },
     Aggregate(Aggregate),
     By(FieldExpr),
     Select(Vec<Attribute>),
@@ -156,7 +159,12 @@ fn scalar_cmp(t: &Tok) -> Option<BinaryOp> {
     field_binop(t).filter(|op| {
         matches!(
             op,
-            BinaryOp::Eq | BinaryOp::Neq | BinaryOp::Lt | BinaryOp::Lte | BinaryOp::Gt | BinaryOp::Gte
+            BinaryOp::Eq
+                | BinaryOp::Neq
+                | BinaryOp::Lt
+                | BinaryOp::Lte
+                | BinaryOp::Gt
+                | BinaryOp::Gte
         )
     })
 }
@@ -460,10 +468,20 @@ impl<'a> Parser<'a> {
                                 pos: Pos(start),
                             })
                         }
-                        "rate" | "count_over_time" | "min_over_time" | "max_over_time"
-                        | "avg_over_time" | "sum_over_time" | "quantile_over_time"
-                        | "histogram_over_time" | "compare" => Node::Metrics(self.metrics_function()?),
-                        _ => return Err(self.unexpected("a spanset filter `{ … }` or pipeline stage")),
+                        "rate"
+                        | "count_over_time"
+                        | "min_over_time"
+                        | "max_over_time"
+                        | "avg_over_time"
+                        | "sum_over_time"
+                        | "quantile_over_time"
+                        | "histogram_over_time"
+                        | "compare" => Node::Metrics(self.metrics_function()?),
+                        _ => {
+                            return Err(
+                                self.unexpected("a spanset filter `{ … }` or pipeline stage")
+                            )
+                        }
                     }
                 }
             }
@@ -748,7 +766,9 @@ impl<'a> Parser<'a> {
                     Tok::Eq => {
                         self.bump();
                         if !self.peek().tok.is_word("nil") {
-                            return Err(self.err_at(t.start, "`nil` may only be used as `x != nil`"));
+                            return Err(
+                                self.err_at(t.start, "`nil` may only be used as `x != nil`")
+                            );
                         }
                         self.bump();
                         leaf(FieldExpr::Static(Static::Bool(false)))
@@ -838,7 +858,10 @@ fn pipe_elements(n: &PNode) -> Vec<&PNode> {
     let mut out = Vec::new();
     let mut cur = n;
     while let Node::Binary {
-        op: Tok::Pipe, lhs, rhs, ..
+        op: Tok::Pipe,
+        lhs,
+        rhs,
+        ..
     } = &cur.node
     {
         out.push(&**rhs);
@@ -852,12 +875,18 @@ fn pipe_elements(n: &PNode) -> Vec<&PNode> {
 fn shape_root(n: &PNode) -> Shape<RootExpr> {
     let elems = pipe_elements(n);
     if elems.len() > 1 {
-        if let Some(mi) = elems.iter().position(|e| matches!(e.node, Node::Metrics(_))) {
+        if let Some(mi) = elems
+            .iter()
+            .position(|e| matches!(e.node, Node::Metrics(_)))
+        {
             let Node::Metrics(first) = &elems[mi].node else {
                 return Err((n.pos, "internal error".into()));
             };
             if mi == 0 {
-                return Err((elems[0].pos, "a metrics function must follow a spanset pipeline, e.g. `{ } | rate()`".into()));
+                return Err((
+                    elems[0].pos,
+                    "a metrics function must follow a spanset pipeline, e.g. `{ } | rate()`".into(),
+                ));
             }
             let second = match &elems[mi + 1..] {
                 [] => None,
@@ -871,7 +900,10 @@ fn shape_root(n: &PNode) -> Shape<RootExpr> {
                     }
                 },
                 [_, extra, ..] => {
-                    return Err((extra.pos, "only one stage may follow a metrics function".into()))
+                    return Err((
+                        extra.pos,
+                        "only one stage may follow a metrics function".into(),
+                    ))
                 }
             };
             let pipeline = shape_pipeline(&elems[..mi])?;
@@ -885,10 +917,16 @@ fn shape_root(n: &PNode) -> Shape<RootExpr> {
     }
     match &n.node {
         Node::Metrics(_) => {
-            return Err((n.pos, "a metrics function must follow a spanset pipeline, e.g. `{ } | rate()`".into()))
+            return Err((
+                n.pos,
+                "a metrics function must follow a spanset pipeline, e.g. `{ } | rate()`".into(),
+            ))
         }
         Node::Second(_) => {
-            return Err((n.pos, "topk()/bottomk() must follow a metrics function".into()))
+            return Err((
+                n.pos,
+                "topk()/bottomk() must follow a metrics function".into(),
+            ))
         }
         _ => {}
     }
@@ -926,7 +964,10 @@ fn shape_stage(n: &PNode, first: bool) -> Shape<Stage> {
             n.pos,
             "metrics functions may only end a top-level pipeline".into(),
         )),
-        Node::Lit { .. } => Err((n.pos, "unexpected literal, expected a spanset filter `{ … }` or pipeline stage".into())),
+        Node::Lit { .. } => Err((
+            n.pos,
+            "unexpected literal, expected a spanset filter `{ … }` or pipeline stage".into(),
+        )),
         _ => further(
             shape_spanset(n).map(Stage::Spanset),
             shape_scalar_filter(n).map(Stage::ScalarFilter),
@@ -939,7 +980,11 @@ fn shape_spanset(n: &PNode) -> Shape<SpansetExpr> {
         Node::Filter(f) => Ok(SpansetExpr::Filter(f.clone())),
         Node::Paren(x) => shape_spanset(x),
         Node::Binary {
-            op, op_pos, lhs, rhs, ..
+            op,
+            op_pos,
+            lhs,
+            rhs,
+            ..
         } => match spanset_op(op) {
             Some(sop) => Ok(SpansetExpr::Op {
                 op: sop,
@@ -951,14 +996,21 @@ fn shape_spanset(n: &PNode) -> Shape<SpansetExpr> {
                 format!("`{}` cannot combine spansets", op.symbol()),
             )),
         },
-        _ => Err((n.pos, format!("expected a spanset expression, found {}", describe_node(n)))),
+        _ => Err((
+            n.pos,
+            format!("expected a spanset expression, found {}", describe_node(n)),
+        )),
     }
 }
 
 fn shape_scalar_filter(n: &PNode) -> Shape<ScalarFilter> {
     match &n.node {
         Node::Binary {
-            op, op_pos, lhs, rhs, ..
+            op,
+            op_pos,
+            lhs,
+            rhs,
+            ..
         } => match scalar_cmp(op) {
             Some(cmp) => Ok(ScalarFilter {
                 op: cmp,
@@ -966,9 +1018,15 @@ fn shape_scalar_filter(n: &PNode) -> Shape<ScalarFilter> {
                 rhs: shape_scalar(rhs)?,
                 pos: Pos(*op_pos),
             }),
-            None => Err((*op_pos, format!("`{}` is not a scalar comparison", op.symbol()))),
+            None => Err((
+                *op_pos,
+                format!("`{}` is not a scalar comparison", op.symbol()),
+            )),
         },
-        _ => Err((n.pos, format!("expected a scalar filter, found {}", describe_node(n)))),
+        _ => Err((
+            n.pos,
+            format!("expected a scalar filter, found {}", describe_node(n)),
+        )),
     }
 }
 
@@ -978,14 +1036,21 @@ fn shape_scalar(n: &PNode) -> Shape<ScalarExpr> {
         Node::Lit { value, .. } if is_numeric_lit(value) => Ok(ScalarExpr::Static(value.clone())),
         Node::Paren(x) => shape_scalar(x),
         Node::Binary {
-            op, op_pos, lhs, rhs, ..
+            op,
+            op_pos,
+            lhs,
+            rhs,
+            ..
         } => match arith(op) {
             Some(a) => Ok(ScalarExpr::Op {
                 op: a,
                 lhs: Box::new(shape_scalar(lhs)?),
                 rhs: Box::new(shape_scalar(rhs)?),
             }),
-            None => Err((*op_pos, format!("unexpected `{}` in a scalar expression", op.symbol()))),
+            None => Err((
+                *op_pos,
+                format!("unexpected `{}` in a scalar expression", op.symbol()),
+            )),
         },
         _ => Err((
             n.pos,
@@ -1011,14 +1076,21 @@ fn shape_pipeline_expr(n: &PNode) -> Shape<PipelineExpr> {
             })
         }
         Node::Binary {
-            op, op_pos, lhs, rhs, ..
+            op,
+            op_pos,
+            lhs,
+            rhs,
+            ..
         } => match spanset_op(op) {
             Some(sop) => Ok(PipelineExpr::Op {
                 op: sop,
                 lhs: Box::new(shape_pipeline_expr(lhs)?),
                 rhs: Box::new(shape_pipeline_expr(rhs)?),
             }),
-            None => Err((*op_pos, format!("`{}` cannot combine pipelines", op.symbol()))),
+            None => Err((
+                *op_pos,
+                format!("`{}` cannot combine pipelines", op.symbol()),
+            )),
         },
         _ => Err((
             n.pos,
@@ -1042,20 +1114,30 @@ fn shape_scalar_pipeline(n: &PNode) -> Shape<ScalarPipelineExpr> {
                             aggregate: a.clone(),
                         });
                     }
-                    return Err((last.pos, "expected the pipeline to end in an aggregate".into()));
+                    return Err((
+                        last.pos,
+                        "expected the pipeline to end in an aggregate".into(),
+                    ));
                 }
             }
             shape_scalar_pipeline(x)
         }
         Node::Binary {
-            op, op_pos, lhs, rhs, ..
+            op,
+            op_pos,
+            lhs,
+            rhs,
+            ..
         } => match arith(op) {
             Some(a) => Ok(ScalarPipelineExpr::Op {
                 op: a,
                 lhs: Box::new(shape_scalar_pipeline(lhs)?),
                 rhs: Box::new(shape_scalar_pipeline(rhs)?),
             }),
-            None => Err((*op_pos, format!("unexpected `{}` in a scalar expression", op.symbol()))),
+            None => Err((
+                *op_pos,
+                format!("unexpected `{}` in a scalar expression", op.symbol()),
+            )),
         },
         _ => Err((
             n.pos,
@@ -1070,7 +1152,11 @@ fn shape_scalar_pipeline(n: &PNode) -> Shape<ScalarPipelineExpr> {
 fn shape_scalar_pipeline_filter(n: &PNode) -> Shape<ScalarPipelineFilter> {
     match &n.node {
         Node::Binary {
-            op, op_pos, lhs, rhs, ..
+            op,
+            op_pos,
+            lhs,
+            rhs,
+            ..
         } => match scalar_cmp(op) {
             Some(cmp) => {
                 let l = shape_scalar_pipeline(lhs)?;
@@ -1088,7 +1174,10 @@ fn shape_scalar_pipeline_filter(n: &PNode) -> Shape<ScalarPipelineFilter> {
                     pos: Pos(*op_pos),
                 })
             }
-            None => Err((*op_pos, format!("`{}` is not a scalar comparison", op.symbol()))),
+            None => Err((
+                *op_pos,
+                format!("`{}` is not a scalar comparison", op.symbol()),
+            )),
         },
         _ => Err((n.pos, format!("unexpected {}", describe_node(n)))),
     }

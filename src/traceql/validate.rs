@@ -128,7 +128,9 @@ impl Validator<'_> {
                     ));
                 }
                 if rt == StaticType::Nil && *op == BinaryOp::Eq {
-                    return Err(unsupported("comparing with `= nil` (use `!= nil` for existence)"));
+                    return Err(unsupported(
+                        "comparing with `= nil` (use `!= nil` for existence)",
+                    ));
                 }
                 if !binary_types_valid(*op, lt) || !binary_types_valid(*op, rt) {
                     return Err(self.invalid(
@@ -139,10 +141,9 @@ impl Validator<'_> {
                 if matches!(op, BinaryOp::Re | BinaryOp::Nre) {
                     if let FieldExpr::Static(Static::String(re)) = &**rhs {
                         if let Err(why) = check_regex(re) {
-                            return Err(self.invalid(
-                                Some(*pos),
-                                format!("invalid regex {re:?}: {why}"),
-                            ));
+                            return Err(
+                                self.invalid(Some(*pos), format!("invalid regex {re:?}: {why}"))
+                            );
                         }
                     }
                 }
@@ -358,10 +359,9 @@ impl Validator<'_> {
                     ));
                 }
                 if *end != 0 && start > end {
-                    return Err(self.invalid(
-                        Some(first.pos),
-                        "compare() start must not be after end",
-                    ));
+                    return Err(
+                        self.invalid(Some(first.pos), "compare() start must not be after end")
+                    );
                 }
                 if m.second_stage.is_some() {
                     return Err(self.invalid(
@@ -374,10 +374,7 @@ impl Validator<'_> {
         }
         if let Some(s) = &m.second_stage {
             if s.limit <= 0 {
-                return Err(self.invalid(
-                    Some(s.pos),
-                    format!("{s}: limit must be greater than 0"),
-                ));
+                return Err(self.invalid(Some(s.pos), format!("{s}: limit must be greater than 0")));
             }
         }
         Ok(())
@@ -388,8 +385,10 @@ impl Validator<'_> {
             HINT_MOST_RECENT => matches!(h.value, Static::Bool(_)),
             HINT_SAMPLE => match &h.value {
                 Static::Bool(_) => true,
-                v => v.as_f64().is_some_and(|f| f > 0.0 && f <= 1.0)
-                    && !matches!(v, Static::Duration(_)),
+                v => {
+                    v.as_f64().is_some_and(|f| f > 0.0 && f <= 1.0)
+                        && !matches!(v, Static::Duration(_))
+                }
             },
             HINT_EXEMPLARS => matches!(h.value, Static::Bool(_) | Static::Int(0..)),
             _ => true,
@@ -477,8 +476,8 @@ pub fn check_regex(p: &str) -> Result<(), String> {
                             None => i = n - 1,
                         }
                     }
-                    'a' | 'f' | 't' | 'n' | 'r' | 'v' | 'd' | 'D' | 's' | 'S' | 'w' | 'W'
-                    | 'b' | 'B' | 'A' | 'z' | '0' => {}
+                    'a' | 'f' | 't' | 'n' | 'r' | 'v' | 'd' | 'D' | 's' | 'S' | 'w' | 'W' | 'b'
+                    | 'B' | 'A' | 'z' | '0' => {}
                     e if e.is_ascii_alphanumeric() => {
                         return Err(format!("invalid escape sequence: \\{e}"))
                     }
@@ -620,7 +619,9 @@ pub fn check_regex(p: &str) -> Result<(), String> {
                     let hi: Option<Option<u32>> = match hi {
                         None => Some(Some(lo)),
                         Some("") => Some(None),
-                        Some(h) if h.bytes().all(|b| b.is_ascii_digit()) => h.parse().ok().map(Some),
+                        Some(h) if h.bytes().all(|b| b.is_ascii_digit()) => {
+                            h.parse().ok().map(Some)
+                        }
                         Some(_) => None,
                     };
                     Some((lo, hi?, body.chars().count()))
@@ -687,7 +688,9 @@ mod tests {
         ] {
             assert!(check_regex(ok).is_ok(), "{ok}: {:?}", check_regex(ok));
         }
-        for bad in ["[", "(", ")", "*a", "a**", "a\\", "[z-a]", "\\1", "(?<", "a{3,2}", "\\y", "(?=x)"] {
+        for bad in [
+            "[", "(", ")", "*a", "a**", "a\\", "[z-a]", "\\1", "(?<", "a{3,2}", "\\y", "(?=x)",
+        ] {
             assert!(check_regex(bad).is_err(), "{bad}");
         }
     }
