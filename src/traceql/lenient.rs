@@ -12,8 +12,8 @@ use super::validate::binary_types_valid;
 
 /// The matchers that every span returned by `q` must satisfy, from its first `{ … }`.
 ///
-/// Only conditions that are safe to AND together are returned: a chunk after the last
-/// top-level `||` of the filter (TraceQL reads `a || b && c` as `(a || b) && c`), split on `&&`;
+/// Only conditions that are safe to AND together are returned: the `&&`-joined matchers after
+/// the last top-level `||` operand (TraceQL reads `a || b && c` as `(a || b) && c`);
 /// chunks that do not parse (the one being typed) or are not `attr op literal` are dropped.
 /// Queries whose first filter is followed by anything but a pipeline or hints (e.g. `{a} >> {b}`)
 /// give no conditions, as does anything unparsable.
@@ -41,31 +41,33 @@ pub fn parse_lenient_filters(q: &str) -> Vec<Condition> {
             _ => return Vec::new(),
         }
     }
-    // Split on top-level `&&`/`||`; keep what follows the last `||`.
-    let mut chunks: Vec<Vec<Token>> = vec![Vec::new()];
+    // Split on top-level `&&`/`||`. `&&` and `||` share one precedence level and associate to
+    // the left, so only the chunks joined by `&&` after the last `||` are safe; the chunk right
+    // after that `||` is one of its operands.
+    let mut chunks: Vec<(bool, Vec<Token>)> = vec![(true, Vec::new())];
     let mut depth = 0i32;
     for t in inner {
         match t.tok {
             Tok::LParen => depth += 1,
             Tok::RParen => depth -= 1,
             Tok::And if depth == 0 => {
-                chunks.push(Vec::new());
+                chunks.push((true, Vec::new()));
                 continue;
             }
             Tok::Or if depth == 0 => {
                 chunks.clear();
-                chunks.push(Vec::new());
+                chunks.push((false, Vec::new()));
                 continue;
             }
             _ => {}
         }
-        if let Some(last) = chunks.last_mut() {
+        if let Some((_, last)) = chunks.last_mut() {
             last.push(t);
         }
     }
     let mut out = Vec::new();
-    for mut chunk in chunks {
-        if chunk.is_empty() {
+    for (safe, mut chunk) in chunks {
+        if !safe || chunk.is_empty() {
             continue;
         }
         let end = chunk.last().map(|t| t.end).unwrap_or(0);
