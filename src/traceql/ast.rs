@@ -12,7 +12,7 @@ use super::duration::format_duration;
 use super::lexer::is_attribute_char;
 
 /// A byte offset in the query text. Always compares equal: it is metadata, not structure.
-#[derive(Debug, Clone, Copy, Default, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, Eq)]
 pub struct Pos(pub usize);
 
 impl PartialEq for Pos {

@@ -232,8 +232,8 @@ impl<'a> Lexer<'a> {
                 self.pos += c.len_utf8();
             } else if rest.starts_with("//") {
                 self.pos += rest.find('\n').unwrap_or(rest.len());
-            } else if rest.starts_with("/*") {
-                match rest[2..].find("*/") {
+            } else if let Some(body) = rest.strip_prefix("/*") {
+                match body.find("*/") {
                     Some(i) => self.pos += i + 4,
                     None => return Err((self.pos, "comment not terminated".to_string())),
                 }
@@ -351,15 +351,13 @@ impl<'a> Lexer<'a> {
                     return self.attribute(start, *scope, false);
                 }
             }
-            Some(':') => {
-                if COLON_SCOPES.contains(&word) {
-                    self.bump();
-                    return Ok(Token {
-                        tok: Tok::ScopeColon(word.to_string()),
-                        start,
-                        end: self.pos,
-                    });
-                }
+            Some(':') if COLON_SCOPES.contains(&word) => {
+                self.bump();
+                return Ok(Token {
+                    tok: Tok::ScopeColon(word.to_string()),
+                    start,
+                    end: self.pos,
+                });
             }
             _ => {}
         }
