@@ -385,3 +385,73 @@ fn identifiers() {
         assert!(e.to_string().contains("failed to parse identifier"), "{e}");
     }
 }
+
+/// Tempo's precedence table: `&&` and `||` are one level (left-assoc), unary `-` binds like
+/// binary `-`, unary `!` between `+` and `*`, `^` is right-assoc.
+#[test]
+fn precedence_follows_tempo() {
+    use deepflow_tempo::traceql::{FieldExpr, RootExpr, SpansetExpr, SpansetOp, Stage, UnaryOp};
+    let filter = |q: &str| -> FieldExpr {
+        let parsed = parse_unvalidated(q).unwrap();
+        match parsed.root {
+            RootExpr::Pipeline(p) => match &p.stages[0] {
+                Stage::Spanset(SpansetExpr::Filter(f)) => f.expr.clone(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    };
+    let top = |e: &FieldExpr| match e {
+        FieldExpr::Binary { op, lhs, .. } => (Some(*op), lhs.to_string()),
+        FieldExpr::Unary { op, expr, .. } => (
+            Some(match op {
+                UnaryOp::Neg => BinaryOp::Sub,
+                UnaryOp::Not => BinaryOp::Or,
+                UnaryOp::Exists => BinaryOp::Neq,
+            }),
+            expr.to_string(),
+        ),
+        _ => (None, String::new()),
+    };
+    // (a || b) && c
+    assert_eq!(
+        top(&filter("{ .a || .b && .c }")),
+        (Some(BinaryOp::And), ".a || .b".into())
+    );
+    // (a && b) || c
+    assert_eq!(
+        top(&filter("{ .a && .b || .c }")),
+        (Some(BinaryOp::Or), ".a && .b".into())
+    );
+    // -(a * 2): unary minus is looser than `*`
+    assert_eq!(top(&filter("{ -.a * 2 = 1 }")).0, Some(BinaryOp::Eq));
+    match filter("{ -.a * 2 = 1 }") {
+        FieldExpr::Binary { lhs, .. } => assert!(matches!(
+            *lhs,
+            FieldExpr::Unary {
+                op: UnaryOp::Neg,
+                ..
+            }
+        )),
+        other => panic!("{other:?}"),
+    }
+    // (!a) = b
+    assert_eq!(
+        top(&filter("{ !.a = true }")),
+        (Some(BinaryOp::Eq), "!.a".into())
+    );
+    // 2 ^ (3 ^ 2)
+    match filter("{ 2 ^ 3 ^ 2 = 1 }") {
+        FieldExpr::Binary { lhs, .. } => assert_eq!(lhs.to_string(), "2 ^ 3 ^ 2"),
+        other => panic!("{other:?}"),
+    }
+    // Between spansets: structural operators bind tighter than && / ||.
+    let q = parse_unvalidated("{ .a } && { .b } >> { .c }").unwrap();
+    match q.root {
+        RootExpr::Pipeline(p) => match &p.stages[0] {
+            Stage::Spanset(SpansetExpr::Op { op, .. }) => assert_eq!(*op, SpansetOp::And),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}
