@@ -14,3 +14,4 @@ pub mod service;
 pub mod store;
 pub mod synth;
 pub mod tempo;
+pub mod traceql;
