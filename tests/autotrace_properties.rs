@@ -195,13 +195,13 @@ fn check_invariants(rows: &[FlowRecord], res: &TraceResult, pruned: bool) {
 
 fn params(k: u64) -> TraceParams {
     let mut p = TraceParams::default();
-    if k % 3 == 0 {
+    if k.is_multiple_of(3) {
         p.span_set_connection_strategies
             .net_span_c_to_s_via_trace_id = true;
         p.span_set_connection_strategies
             .sys_span_s_to_c_via_trace_id = true;
     }
-    if k % 4 == 0 {
+    if k.is_multiple_of(4) {
         p.tracing_source
             .push(deepflow_tempo::autotrace::TracingSource::Dns);
     }

@@ -278,6 +278,8 @@ impl Search {
     }
 
     /// The next query to run, or `None` when the search is finished (call `finish`).
+    /// Not an `Iterator`: every query must be answered before the next one is asked for.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<SearchQuery>, SearchError> {
         loop {
             match self.state {
