@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use deepflow_tempo::autotrace::{assemble, TraceParams, TraceResult};
+use deepflow_tempo::autotrace::{assemble, assemble_exhaustive, TraceParams, TraceResult};
 use deepflow_tempo::store::model::FlowRecord;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -282,7 +282,9 @@ fn shuffled_input_gives_the_same_trace() {
             "seed {seed}"
         );
         // and the engine is deterministic run to run
-        assert_eq!(a, assemble(rows, vec![], entry, &p));
+        assert_eq!(a, assemble(rows.clone(), vec![], entry, &p));
+        // the candidate indexes of the sort phase give exactly the spec's linear-scan result
+        assert_eq!(a, assemble_exhaustive(rows, entry, &p), "seed {seed}");
     }
 }
 
@@ -299,7 +301,7 @@ fn assemble_10k_flows_quickly() {
     let mut k = 0u64;
     while rows.len() < 10_000 {
         let mut t = g.trace();
-        // keep keys of different traces apart
+        // keep keys of different traces apart (one big trace of many independent calls)
         for r in &mut t {
             r.req_tcp_seq += (k as u32) * 1000;
             r.resp_tcp_seq += (k as u32) * 1000;
@@ -309,6 +311,17 @@ fn assemble_10k_flows_quickly() {
             if r.syscall_trace_id_response != 0 {
                 r.syscall_trace_id_response += k * 10;
             }
+            let sfx = |v: &mut String| {
+                if !v.is_empty() {
+                    *v = format!("{v}-{k}");
+                }
+            };
+            sfx(&mut r.trace_id);
+            sfx(&mut r._trace_id_2);
+            sfx(&mut r.span_id);
+            sfx(&mut r.parent_span_id);
+            sfx(&mut r.x_request_id_0);
+            sfx(&mut r.x_request_id_1);
             r.start_time_us += (k as i64) * 100_000_000;
             r.end_time_us += (k as i64) * 100_000_000;
         }
@@ -316,6 +329,29 @@ fn assemble_10k_flows_quickly() {
         k += 1;
     }
     let n = rows.len();
+    {
+        // phase breakdown
+        use deepflow_tempo::autotrace::{merge, output, relate, sort, Flow};
+        let p = TraceParams::default();
+        let ctx = relate::RelCtx {
+            network_delay_us: p.network_delay_us,
+            host_clock_offset_us: p.host_clock_offset_us,
+            dns: false,
+        };
+        let t = std::time::Instant::now();
+        let flows = merge::merge_rows(rows.iter().cloned().map(Flow::from_record).collect());
+        let t_merge = t.elapsed();
+        let t = std::time::Instant::now();
+        let rel = relate::relation_map(&flows, &ctx);
+        let t_rel = t.elapsed();
+        let t = std::time::Instant::now();
+        let tree = sort::build_tree(&flows, &rel, &ctx, sort::SortOpts::default());
+        let t_sort = t.elapsed();
+        let t = std::time::Instant::now();
+        let _ = output::build_output(flows, &rel, tree, None, p.host_clock_offset_us);
+        let t_out = t.elapsed();
+        eprintln!("merge {t_merge:?} relate {t_rel:?} sort {t_sort:?} output {t_out:?}");
+    }
     let t0 = std::time::Instant::now();
     let res = assemble(rows, vec![], None, &TraceParams::default());
     let dt = t0.elapsed();

@@ -647,6 +647,13 @@ impl Search {
         }
     }
 
+    /// Add external app spans found on the side, e.g. by an external APM for the trace ids of
+    /// a `ByTraceIds` query (§8.3, `call_apm_api_to_supplement_trace`). They are merged into
+    /// the trace but never used as search keys.
+    pub fn add_external_spans(&mut self, spans: impl IntoIterator<Item = ExternalAppSpan>) {
+        self.external.extend(spans);
+    }
+
     /// True when `next()` has returned `None`.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
