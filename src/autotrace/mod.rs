@@ -175,6 +175,27 @@ pub fn assemble(
 
 /// `assemble` over already-built flows (rows, before merging).
 pub fn assemble_flows(rows: Vec<Flow>, entry_id: Option<u64>, params: &TraceParams) -> TraceResult {
+    assemble_impl(rows, entry_id, params, false)
+}
+
+/// `assemble` with the spec's linear scans instead of the candidate indexes of the sort phase;
+/// must give identical results (used by differential tests).
+#[doc(hidden)]
+pub fn assemble_exhaustive(
+    records: Vec<FlowRecord>,
+    entry_id: Option<u64>,
+    params: &TraceParams,
+) -> TraceResult {
+    let rows = records.into_iter().map(Flow::from_record).collect();
+    assemble_impl(rows, entry_id, params, true)
+}
+
+fn assemble_impl(
+    rows: Vec<Flow>,
+    entry_id: Option<u64>,
+    params: &TraceParams,
+    exhaustive: bool,
+) -> TraceResult {
     if rows.is_empty() {
         return TraceResult {
             entry_id,
@@ -191,6 +212,7 @@ pub fn assemble_flows(rows: Vec<Flow>, entry_id: Option<u64>, params: &TracePara
         sys_s_to_c_via_trace_id: params
             .span_set_connection_strategies
             .sys_span_s_to_c_via_trace_id,
+        exhaustive,
     };
     let tree = sort::build_tree(&flows, &rel, &ctx, opts);
     output::build_output(flows, &rel, tree, entry_id, params.host_clock_offset_us)

@@ -278,6 +278,8 @@ impl Search {
     }
 
     /// The next query to run, or `None` when the search is finished (call `finish`).
+    /// Not an `Iterator`: every query must be answered before the next one is asked for.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<SearchQuery>, SearchError> {
         loop {
             match self.state {
@@ -643,6 +645,13 @@ impl Search {
             | State::AwaitAssociate => Err(SearchError::WrongRowKind("flowmeta")),
             _ => Err(SearchError::NotAwaiting),
         }
+    }
+
+    /// Add external app spans found on the side, e.g. by an external APM for the trace ids of
+    /// a `ByTraceIds` query (§8.3, `call_apm_api_to_supplement_trace`). They are merged into
+    /// the trace but never used as search keys.
+    pub fn add_external_spans(&mut self, spans: impl IntoIterator<Item = ExternalAppSpan>) {
+        self.external.extend(spans);
     }
 
     /// True when `next()` has returned `None`.

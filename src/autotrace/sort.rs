@@ -101,6 +101,9 @@ pub struct Tree {
 pub struct SortOpts {
     pub net_c_to_s_via_trace_id: bool,
     pub sys_s_to_c_via_trace_id: bool,
+    /// Use the spec's linear scans instead of the candidate indexes (for differential tests).
+    #[doc(hidden)]
+    pub exhaustive: bool,
 }
 
 fn ip_like(v: Option<u8>) -> bool {
@@ -534,20 +537,94 @@ impl<'a> Sorter<'a> {
         let mut process_map: IndexMap<InstKey, Vec<usize>> = IndexMap::new();
         self.build_app_pss(&app, &mut process_map);
 
-        // §6.4.1 attach sys spans to app PSS
+        // §6.4.1 attach sys spans to app PSS. Candidate PSS come from hash indexes over the
+        // static leaf/root span ids and leaf keys; they are tried in `process_map` list order,
+        // stopping at the first success (P-3), which is exactly the linear scan's outcome.
         if !app.is_empty() {
-            for &s in client_sys.iter().chain(server_sys.iter()) {
-                let Some(list) = process_map.get(&self.t.nodes[s].inst).cloned() else {
+            let mut pos_of: HashMap<usize, usize> = HashMap::new();
+            let mut by_leaf_span: HashMap<(InstKey, String), Vec<usize>> = HashMap::new();
+            for (key, list) in &process_map {
+                for (pos, &p) in list.iter().enumerate() {
+                    pos_of.insert(p, pos);
+                    for &l in &self.t.pss[p].app_leafs {
+                        let sid = &self.f(l).rec.span_id;
+                        if !sid.is_empty() {
+                            let v = by_leaf_span.entry((key.clone(), sid.clone())).or_default();
+                            if v.last() != Some(&p) {
+                                v.push(p);
+                            }
+                        }
+                    }
+                }
+            }
+            for &s in &client_sys {
+                let sid = &self.f(s).rec.span_id;
+                if sid.is_empty() {
                     continue;
+                }
+                let key = (self.t.nodes[s].inst.clone(), sid.clone());
+                let cands = if self.opts.exhaustive {
+                    process_map.get(&key.0).cloned().unwrap_or_default()
+                } else {
+                    by_leaf_span.get(&key).cloned().unwrap_or_default()
                 };
-                let server = self.f(s).tap_side() == "s-p";
-                for p in list {
-                    let ok = if server {
-                        self.attach_server(p, s)
-                    } else {
-                        self.attach_client(p, s)
-                    };
-                    if ok {
+                for p in cands {
+                    if self.attach_client(p, s) {
+                        break;
+                    }
+                }
+            }
+            // server index, built after the client pass (leaf keys are final then)
+            let mut by_root_psp: HashMap<(&InstKey, &str), Vec<usize>> = HashMap::new();
+            let mut by_leaf_req: HashMap<(&InstKey, u64), Vec<usize>> = HashMap::new();
+            let mut by_leaf_resp: HashMap<(&InstKey, u64), Vec<usize>> = HashMap::new();
+            let mut by_leaf_x: HashMap<(&InstKey, &str), Vec<usize>> = HashMap::new();
+            for (key, list) in &process_map {
+                for &p in list {
+                    let ps = &self.t.pss[p];
+                    for &r in &ps.app_roots {
+                        let psp = self.flows[r].rec.parent_span_id.as_str();
+                        if !psp.is_empty() {
+                            by_root_psp.entry((key, psp)).or_default().push(p);
+                        }
+                    }
+                    for &v in &ps.leaf_sys_req {
+                        by_leaf_req.entry((key, v)).or_default().push(p);
+                    }
+                    for &v in &ps.leaf_sys_resp {
+                        by_leaf_resp.entry((key, v)).or_default().push(p);
+                    }
+                    for x in ps.leaf_xreq.keys() {
+                        by_leaf_x.entry((key, x.as_str())).or_default().push(p);
+                    }
+                }
+            }
+            let mut server_cands: Vec<(usize, Vec<usize>)> = Vec::new();
+            for &s in &server_sys {
+                let key = &self.t.nodes[s].inst;
+                let r = &self.flows[s].rec;
+                let mut cands: Vec<usize> = Vec::new();
+                let mut add = |v: Option<&Vec<usize>>| cands.extend(v.into_iter().flatten());
+                if !r.span_id.is_empty() {
+                    add(by_root_psp.get(&(key, r.span_id.as_str())));
+                }
+                add(by_leaf_req.get(&(key, r.syscall_trace_id_request)));
+                add(by_leaf_resp.get(&(key, r.syscall_trace_id_response)));
+                for x in [&r.x_request_id_0, &r.x_request_id_1] {
+                    if !x.is_empty() {
+                        add(by_leaf_x.get(&(key, x.as_str())));
+                    }
+                }
+                cands.sort_by_key(|p| pos_of[p]);
+                cands.dedup();
+                if self.opts.exhaustive {
+                    cands = process_map.get(key).cloned().unwrap_or_default();
+                }
+                server_cands.push((s, cands));
+            }
+            for (s, cands) in server_cands {
+                for p in cands {
+                    if self.attach_server(p, s) {
                         break;
                     }
                 }
@@ -609,59 +686,48 @@ impl<'a> Sorter<'a> {
                 }
             }
         }
-        let mut members: HashMap<usize, Vec<usize>> = HashMap::new();
-        for pos in 0..m {
-            let r = dsu.find(pos);
-            members.entry(r).or_default().push(pos);
-        }
 
-        // §6.4.4 attach client sys spans to an s-p
+        // §6.4.4 attach client sys spans to an s-p. The candidate lists are static here; each
+        // is indexed by the start time of its (single) s-p so the best parent is found by a
+        // backward scan instead of visiting every set of the process.
+        let mut brothers = Brothers::new(self, &client_sys, &mut dsu);
+        let mut cand_cache: HashMap<InstKey, CandIndex> = HashMap::new();
         for (i, &c) in client_sys.iter().enumerate() {
             if self.t.nodes[c].pss.is_some() {
                 continue;
             }
             let u = uid(self.f(c), self.t.nodes[c].process_id);
-            let list: Vec<usize> = match same_process_sp.get(&u) {
-                Some(k) if process_map.contains_key(k) => process_map[k].clone(),
-                _ => process_map
-                    .get(&self.t.nodes[c].inst)
-                    .cloned()
-                    .unwrap_or_default(),
+            let key = match same_process_sp.get(&u) {
+                Some(k) if process_map.contains_key(k) => k.clone(),
+                _ => self.t.nodes[c].inst.clone(),
             };
-            let mut parent: Option<(usize, &'static str)> = None;
-            for &x in &list {
-                if let Some((sp, why)) = self.attach_via_sys(x, c) {
-                    if parent.is_none_or(|(b, _)| self.f(sp).start() > self.f(b).start()) {
-                        parent = Some((sp, why));
-                    }
-                }
+            if !cand_cache.contains_key(&key) {
+                let list = process_map.get(&key).cloned().unwrap_or_default();
+                let mut ci = CandIndex::build(self, list);
+                ci.multi_sp |= self.opts.exhaustive;
+                cand_cache.insert(key.clone(), ci);
             }
+            let ci = &cand_cache[&key];
+            let mut parent = self.best_via_sys(ci, c);
             let mut rev: Option<(usize, &'static str)> = None;
-            for &x in &list {
-                if let Some((sp, why)) = self.append_via_unix(x, c) {
-                    if rev.is_none_or(|(b, _)| self.f(sp).start() < self.f(b).start()) {
-                        rev = Some((sp, why));
-                    }
-                }
-            }
-            if parent.is_none() {
-                for &x in &list {
-                    if let Some((sp, why)) = self.attach_via_preceding(x, c) {
-                        if parent.is_none_or(|(b, _)| self.f(sp).start() > self.f(b).start()) {
-                            parent = Some((sp, why));
+            if self.f(c).rec.server_port == 1 {
+                for &x in &ci.list {
+                    if let Some((sp, why)) = self.append_via_unix(x, c) {
+                        if rev.is_none_or(|(b, _)| self.f(sp).start() < self.f(b).start()) {
+                            rev = Some((sp, why));
                         }
                     }
                 }
+            }
+            if parent.is_none() && !self.f(c).trace_ids.is_empty() {
+                parent = self.best_via_preceding(ci, c);
             }
             if let Some((sp, why)) = parent {
                 if let Some(p) = self.t.nodes[sp].pss {
                     self.append_sys_span(p, c);
                     self.set_parent(c, sp, why);
-                    let root = dsu.find(i);
-                    for &j in members.get(&root).map(|v| v.as_slice()).unwrap_or(&[]) {
-                        if j != i {
-                            self.indirect_attach(sp, client_sys[j]);
-                        }
+                    for cj in brothers.candidates(self, i, sp) {
+                        self.indirect_attach(sp, cj);
                     }
                 }
             }
@@ -695,6 +761,73 @@ impl<'a> Sorter<'a> {
         self.build_nss(&network, &server_sys, &client_sys);
         let marks = self.mark_roots_and_leafs();
         self.connect(marks);
+    }
+
+    /// Best parent by `attach_via_sys` over the candidate sets of `ci` (largest s-p start,
+    /// ties to the first set in list order).
+    fn best_via_sys(&self, ci: &CandIndex, c: usize) -> Option<(usize, &'static str)> {
+        let fc = self.f(c);
+        if ci.multi_sp {
+            let mut best: Option<(usize, &'static str)> = None;
+            for &x in &ci.list {
+                if let Some((sp, why)) = self.attach_via_sys(x, c) {
+                    if best.is_none_or(|(b, _)| self.f(sp).start() > self.f(b).start()) {
+                        best = Some((sp, why));
+                    }
+                }
+            }
+            return best;
+        }
+        let j = ci.entries.partition_point(|e| e.start <= fc.start());
+        let mut best: Option<(usize, &'static str, i64, usize)> = None;
+        for k in (0..j).rev() {
+            let e = &ci.entries[k];
+            if best.is_some_and(|b| e.start < b.2) {
+                break;
+            }
+            if ci.max_end[k] < fc.end() && !ci.any_zero_rd[k] {
+                break;
+            }
+            if !(e.end >= fc.end() || e.zero_rd) {
+                continue;
+            }
+            if let Some((sp, why)) = self.attach_via_sys(e.pss, c) {
+                if best.is_none_or(|b| e.pos < b.3) {
+                    best = Some((sp, why, e.start, e.pos));
+                }
+            }
+        }
+        best.map(|b| (b.0, b.1))
+    }
+
+    /// Best parent by `attach_via_preceding` (largest s-p start, ties to list order).
+    fn best_via_preceding(&self, ci: &CandIndex, c: usize) -> Option<(usize, &'static str)> {
+        let fc = self.f(c);
+        if ci.multi_sp {
+            let mut best: Option<(usize, &'static str)> = None;
+            for &x in &ci.list {
+                if let Some((sp, why)) = self.attach_via_preceding(x, c) {
+                    if best.is_none_or(|(b, _)| self.f(sp).start() > self.f(b).start()) {
+                        best = Some((sp, why));
+                    }
+                }
+            }
+            return best;
+        }
+        let j = ci.entries.partition_point(|e| e.start <= fc.start());
+        let mut best: Option<(usize, &'static str, i64, usize)> = None;
+        for k in (0..j).rev() {
+            let e = &ci.entries[k];
+            if best.is_some_and(|b| e.start < b.2) {
+                break;
+            }
+            if let Some((sp, why)) = self.attach_via_preceding(e.pss, c) {
+                if best.is_none_or(|b| e.pos < b.3) {
+                    best = Some((sp, why, e.start, e.pos));
+                }
+            }
+        }
+        best.map(|b| (b.0, b.1))
     }
 
     fn build_app_pss(&mut self, app: &[usize], process_map: &mut IndexMap<InstKey, Vec<usize>>) {
@@ -1681,4 +1814,138 @@ struct Marks {
     network_roots: Vec<usize>,
     network_leafs: Vec<usize>,
     roots_by_request_id: HashMap<u64, Vec<usize>>,
+}
+
+/// One candidate set of §6.4.4, keyed by the start time of its only s-p.
+struct CandEntry {
+    start: i64,
+    end: i64,
+    zero_rd: bool,
+    pos: usize,
+    pss: usize,
+}
+
+/// A §6.4.4 candidate list `L` with a start-time index over the s-p of each set.
+struct CandIndex {
+    list: Vec<usize>,
+    /// Some set holds several s-p: fall back to the linear scan of the spec.
+    multi_sp: bool,
+    entries: Vec<CandEntry>,
+    /// Prefix maxima of `end` and prefix "some s-p lost its response" flags over `entries`.
+    max_end: Vec<i64>,
+    any_zero_rd: Vec<bool>,
+}
+
+impl CandIndex {
+    fn build(s: &Sorter<'_>, list: Vec<usize>) -> CandIndex {
+        let mut entries = Vec::new();
+        let mut multi_sp = false;
+        for (pos, &p) in list.iter().enumerate() {
+            let mut sps = s.t.pss[p]
+                .spans
+                .iter()
+                .copied()
+                .filter(|&x| s.f(x).tap_side() == "s-p");
+            if let Some(sp) = sps.next() {
+                if sps.next().is_some() {
+                    multi_sp = true;
+                }
+                let f = s.f(sp);
+                entries.push(CandEntry {
+                    start: f.start(),
+                    end: f.end(),
+                    zero_rd: f.rd() == 0,
+                    pos,
+                    pss: p,
+                });
+            }
+        }
+        entries.sort_by_key(|e| (e.start, e.pos));
+        let mut max_end = Vec::with_capacity(entries.len());
+        let mut any_zero_rd = Vec::with_capacity(entries.len());
+        let (mut me, mut az) = (i64::MIN, false);
+        for e in &entries {
+            me = me.max(e.end);
+            az |= e.zero_rd;
+            max_end.push(me);
+            any_zero_rd.push(az);
+        }
+        CandIndex {
+            list,
+            multi_sp,
+            entries,
+            max_end,
+            any_zero_rd,
+        }
+    }
+}
+
+/// The §6.4.3 sibling groups (P-4: connected components), bucketed by the process identity
+/// `indirect_attach` requires, so attaching one member only visits members that could match.
+struct Brothers {
+    exhaustive: bool,
+    all: HashMap<usize, Vec<usize>>,
+    comp: Vec<usize>,
+    by_pid: HashMap<(usize, u16, i32), Vec<usize>>,
+    by_pod: HashMap<(usize, u16, InstKey), Vec<usize>>,
+}
+
+impl Brothers {
+    fn new(s: &Sorter<'_>, client_sys: &[usize], dsu: &mut Dsu) -> Brothers {
+        let mut b = Brothers {
+            exhaustive: s.opts.exhaustive,
+            all: HashMap::new(),
+            comp: Vec::with_capacity(client_sys.len()),
+            by_pid: HashMap::new(),
+            by_pod: HashMap::new(),
+        };
+        for (pos, &c) in client_sys.iter().enumerate() {
+            let root = dsu.find(pos);
+            b.comp.push(root);
+            b.all.entry(root).or_default().push(c);
+            let n = &s.t.nodes[c];
+            let ag = s.f(c).agent();
+            if n.process_id != 0 {
+                b.by_pid
+                    .entry((root, ag, n.process_id))
+                    .or_default()
+                    .push(c);
+            }
+            if n.inst_type == 10 {
+                b.by_pod
+                    .entry((root, ag, n.inst.clone()))
+                    .or_default()
+                    .push(c);
+            }
+        }
+        b
+    }
+
+    /// Members of `i`'s group (other than `i`) that `process_matched(sp, ·)` can accept, in
+    /// flow-index order.
+    fn candidates(&mut self, s: &Sorter<'_>, i: usize, sp: usize) -> Vec<usize> {
+        let root = self.comp[i];
+        if self.exhaustive {
+            // every member; `indirect_attach` skips the ones already placed (including `i`)
+            return self.all[&root].clone();
+        }
+        let n = &s.t.nodes[sp];
+        let ag = s.f(sp).agent();
+        let mut out: Vec<usize> = Vec::new();
+        if n.process_id != 0 {
+            if let Some(v) = self.by_pid.get_mut(&(root, ag, n.process_id)) {
+                v.retain(|&x| s.t.nodes[x].pss.is_none());
+                out.extend(v.iter().copied());
+            }
+        }
+        if n.inst_type == 10 && n.inst != InstKey::Id(0) {
+            if let Some(v) = self.by_pod.get_mut(&(root, ag, n.inst.clone())) {
+                v.retain(|&x| s.t.nodes[x].pss.is_none());
+                out.extend(v.iter().copied());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
 }
