@@ -8,12 +8,12 @@
 
 mod scenario_support;
 
-use scenario_support::*;
 use deepflow_tempo::autotrace::{assemble, assemble_exhaustive, TraceParams, TraceResult};
 use deepflow_tempo::store::model::FlowRecord;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use scenario_support::*;
 use std::collections::{HashMap, HashSet};
 
 struct Gen {

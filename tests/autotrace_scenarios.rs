@@ -3,9 +3,9 @@
 
 mod scenario_support;
 
-use scenario_support::*;
 use deepflow_tempo::autotrace::{assemble, TraceParams, TraceResult, TracingSource};
 use deepflow_tempo::store::model::FlowRecord;
+use scenario_support::*;
 
 fn run(rows: Vec<FlowRecord>, entry: u64) -> TraceResult {
     assemble(rows, vec![], Some(entry), &TraceParams::default())

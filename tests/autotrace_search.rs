@@ -4,12 +4,12 @@
 
 mod scenario_support;
 
-use scenario_support::*;
 use deepflow_tempo::autotrace::{
     ExternalAppSpan, Search, SearchError, SearchOutcome, SearchQuery, StopReason, TimeWindow,
     TraceParams,
 };
 use deepflow_tempo::store::model::FlowRecord;
+use scenario_support::*;
 
 const T0: i64 = 1_700_000_000_000_000;
 const SEC: u64 = 1_700_000_000;

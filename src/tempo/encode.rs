@@ -327,7 +327,7 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
             .join(","),
     ));
     let own = r.joined_trace_id();
-    if !own.is_empty() && !TraceId::from_app_trace_id(&own).is_some_and(|t| t == *trace_id) {
+    if !own.is_empty() && TraceId::from_app_trace_id(&own).is_none_or(|t| t != *trace_id) {
         v.push(kv_str("deepflow.trace_id", own));
     }
     // OpenTelemetry semantic conventions from the protocol columns.
@@ -447,6 +447,17 @@ fn span_events(r: &FlowRecord) -> Vec<span::Event> {
         .collect()
 }
 
+/// Spans share a `ResourceSpans` when their resource attributes and signal are equal.
+type ResourceKey = (Vec<(String, String)>, Signal);
+
+fn value_text(v: &Option<AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Encode an assembled trace under `trace_id`.
 pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
     // Span IDs first, so parents can be looked up by flow index.
@@ -465,14 +476,14 @@ pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
         }
         ids.insert(s.id, id);
     }
-    let mut groups: IndexMap<(Vec<(String, String)>, Signal), Vec<Span>> = IndexMap::new();
-    let mut resources: HashMap<(Vec<(String, String)>, Signal), Vec<KeyValue>> = HashMap::new();
+    let mut groups: IndexMap<ResourceKey, Vec<Span>> = IndexMap::new();
+    let mut resources: HashMap<ResourceKey, Vec<KeyValue>> = HashMap::new();
     for s in &result.spans {
         let r = &s.record;
         let attrs = resource_attributes(s);
         let key_attrs: Vec<(String, String)> = attrs
             .iter()
-            .map(|kv| (kv.key.clone(), format!("{:?}", kv.value)))
+            .map(|kv| (kv.key.clone(), value_text(&kv.value)))
             .collect();
         let key = (key_attrs, Signal::of(r));
         resources.entry(key.clone()).or_insert(attrs);

@@ -1,0 +1,157 @@
+//! End-to-end trace by ID against the test ClickHouse (chDB behind tools/ch_front.py):
+//! a generated `l7_flow_log` of ~1 million rows (zero-code traces of ~100 flows plus one of
+//! ~10,000), then Tempo trace-by-ID lookups (cache off) through `TempoService`: p50/p99 per
+//! trace size and the ratio of total time to the time spent in ClickHouse queries.
+//!
+//! `cargo bench --bench e2e_clickhouse` runs the full size; under `cargo test` (no `--bench`
+//! argument) it runs a small smoke version. Uses `CLICKHOUSE_URL` or starts its own front.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use deepflow_tempo::autotrace::TraceParams;
+use deepflow_tempo::config::{CacheConfig, TempoConfig};
+use deepflow_tempo::service::{TempoService, TraceService};
+use deepflow_tempo::synth::{self, Shape};
+use deepflow_tempo::tempo::ids::TraceId;
+use std::time::Instant;
+
+struct Sample {
+    total_us: u64,
+    store_us: u64,
+    flows: usize,
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn report(name: &str, samples: &[Sample]) {
+    let mut totals: Vec<u64> = samples.iter().map(|s| s.total_us).collect();
+    totals.sort_unstable();
+    let total: u64 = samples.iter().map(|s| s.total_us).sum();
+    let store: u64 = samples.iter().map(|s| s.store_us).sum();
+    println!(
+        "| {name} | {} | {} | {:.1} | {:.1} | {:.3} |",
+        samples[0].flows,
+        samples.len(),
+        pct(&totals, 0.5),
+        pct(&totals, 0.99),
+        total as f64 / store.max(1) as f64
+    );
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (small_traces, big_calls, runs_small, runs_big) = if full {
+        (9_900, 2_500, 60, 8)
+    } else {
+        (20, 50, 3, 1)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let Some((store, org)) = common::clickhouse_store().await else {
+            eprintln!("no ClickHouse: skipped");
+            return;
+        };
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        let t0 = now_us - 3_600_000_000;
+        let mut keys = synth::Keys::new(0);
+        let mut entries = Vec::new();
+        let mut batch = Vec::with_capacity(60_000);
+        let mut rows = 0usize;
+        let t = Instant::now();
+        for i in 0..small_traces {
+            let tr = synth::zero_code_trace(
+                i as u64,
+                t0 + i as i64 * 300_000,
+                Shape {
+                    calls: 25,
+                    fanout: 3,
+                    services: 30,
+                },
+                &mut keys,
+            );
+            entries.push(tr.entry_id);
+            rows += tr.rows.len();
+            batch.extend(tr.rows);
+            if batch.len() >= 50_000 {
+                store.insert_rows(org, &batch).await.unwrap();
+                batch.clear();
+            }
+        }
+        let big = synth::zero_code_trace(
+            7,
+            t0 + 1_800_000_000,
+            Shape {
+                calls: big_calls,
+                fanout: 4,
+                services: 40,
+            },
+            &mut keys,
+        );
+        rows += big.rows.len();
+        batch.extend(big.rows);
+        store.insert_rows(org, &batch).await.unwrap();
+        eprintln!("loaded {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
+
+        let params = TraceParams {
+            l7_tracing_limit: 20_000,
+            ..TraceParams::default()
+        };
+        let tempo = TempoService::new(
+            TraceService::new(store, params),
+            TempoConfig {
+                max_flows: 20_000,
+                ..TempoConfig::default()
+            },
+            CacheConfig {
+                max_entries: 0,
+                ..CacheConfig::default()
+            },
+        );
+        let mut small = Vec::new();
+        let step = (entries.len() / runs_small).max(1);
+        for k in 0..runs_small {
+            let id = TraceId::zero_code(entries[(k * step) % entries.len()]);
+            let t = Instant::now();
+            let trace = tempo
+                .trace(org, id, None)
+                .await
+                .unwrap()
+                .expect("trace found");
+            small.push(Sample {
+                total_us: t.elapsed().as_micros() as u64,
+                store_us: trace.timing.store_us,
+                flows: trace.flows,
+            });
+        }
+        let mut large = Vec::new();
+        for _ in 0..runs_big {
+            let id = TraceId::zero_code(big.entry_id);
+            let t = Instant::now();
+            let trace = tempo
+                .trace(org, id, None)
+                .await
+                .unwrap()
+                .expect("trace found");
+            large.push(Sample {
+                total_us: t.elapsed().as_micros() as u64,
+                store_us: trace.timing.store_us,
+                flows: trace.flows,
+            });
+        }
+        println!("\n{rows} rows in l7_flow_log\n");
+        println!("| trace | flows | requests | p50 ms | p99 ms | total / ClickHouse time |");
+        println!("|---|---|---|---|---|---|");
+        report("zero-code, ~100 flows", &small);
+        report("zero-code, ~10,000 flows", &large);
+    });
+}
