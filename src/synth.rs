@@ -112,7 +112,9 @@ pub fn zero_code_trace(seed: u64, start_us: i64, shape: Shape, keys: &mut Keys) 
         let (req_seq, resp_seq) = (keys.seq, keys.seq.wrapping_add(1));
         keys.syscall += 2;
         let sp_sys = keys.syscall;
-        let d = (call.end - call.start) / 40;
+        // Observation points of one call are microseconds apart, as on real hosts (DeepFlow
+        // relates them only within tens of milliseconds).
+        let d = ((call.end - call.start) / 40).min(150);
         // c-p ⊃ c ⊃ s ⊃ s-p, each a little inside the previous.
         let spans = [
             ("c-p", 3u16, call.client_svc, call.start, call.end),
@@ -180,7 +182,10 @@ pub fn zero_code_trace(seed: u64, start_us: i64, shape: Shape, keys: &mut Keys) 
                     r.syscall_trace_id_response = sp_sys + 1;
                 } else {
                     r.process_id_0 = 1000 + svc as i32;
-                    let sys = call.parent_sp.map(|p| p.1).unwrap_or(keys.syscall + 7);
+                    let sys = call.parent_sp.map(|p| p.1).unwrap_or_else(|| {
+                        keys.syscall += 2;
+                        keys.syscall
+                    });
                     r.syscall_trace_id_request = sys;
                     r.syscall_trace_id_response = sys + 1;
                 }
