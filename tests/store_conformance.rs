@@ -5,7 +5,7 @@ mod common;
 
 use deepflow_tempo::load;
 use deepflow_tempo::store::model::*;
-use deepflow_tempo::store::{Col, Filter, FlowQuery, FlowStore, Order, TimeWindow};
+use deepflow_tempo::store::{CmpOp, Col, Facet, Filter, FlowQuery, FlowStore, Order, TimeWindow};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 const T0: u32 = 1_700_000_000;
@@ -50,6 +50,9 @@ conformance!(
     hostile_strings_stay_literal,
     load_round_trips_ten_thousand_rows,
     load_keeps_no_half_batch,
+    comparisons_attributes_and_negation,
+    service_names_and_facets,
+    most_recent_first,
 );
 
 fn row(n: u32) -> L7FlowLogRow {
@@ -720,5 +723,246 @@ async fn load_keeps_no_half_batch(store: &dyn FlowStore, org: OrgId) {
         all.len(),
         5,
         "the first batch is written, the bad one not at all"
+    );
+}
+
+async fn comparisons_attributes_and_negation(store: &dyn FlowStore, org: OrgId) {
+    let mut rows: Vec<L7FlowLogRow> = (1..=4).map(row).collect();
+    rows[0].response_duration = 100;
+    rows[1].response_duration = 5_000;
+    rows[2].response_duration = 90_000;
+    rows[3].response_duration = 250_000;
+    rows[0].response_code = Some(200);
+    rows[1].response_code = Some(503);
+    rows[2].response_code = None;
+    rows[3].response_code = Some(404);
+    rows[0].request_type = "GET".into();
+    rows[1].request_type = "POST".into();
+    rows[2].attribute_names = vec!["http.route".into(), "tenant".into()];
+    rows[2].attribute_values = vec!["/users/{id}".into(), "acme".into()];
+    rows[3].attribute_names = vec!["tenant".into()];
+    rows[3].attribute_values = vec!["other".into()];
+    store.insert_rows(org, &rows).await.unwrap();
+    let w = TimeWindow::new(T0, T0);
+    let q = |f: Filter| FlowQuery::new(f).window(w);
+    let got = |v: Vec<FlowMeta>| ids(&v);
+    let id = |i: usize| rows[i]._id;
+    let sorted = |mut v: Vec<u64>| {
+        v.sort();
+        v
+    };
+    let r = store
+        .select_meta(
+            org,
+            &q(Filter::IntCmp(Col::ResponseDuration, CmpOp::Gt, 5_000)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got(r), sorted(vec![id(2), id(3)]));
+    let r = store
+        .select_meta(org, &q(Filter::IntCmp(Col::ResponseCode, CmpOp::Gte, 400)))
+        .await
+        .unwrap();
+    assert_eq!(
+        got(r),
+        sorted(vec![id(1), id(3)]),
+        "NULL never matches a comparison"
+    );
+    let r = store
+        .select_meta(
+            org,
+            &q(Filter::StrCmp(Col::RequestType, CmpOp::Eq, "POST".into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got(r), vec![id(1)]);
+    let r = store
+        .select_meta(
+            org,
+            &q(Filter::Attr("tenant".into(), CmpOp::Eq, "acme".into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got(r), vec![id(2)]);
+    let r = store
+        .select_meta(org, &q(Filter::AttrExists("tenant".into())))
+        .await
+        .unwrap();
+    assert_eq!(got(r), sorted(vec![id(2), id(3)]));
+    let r = store
+        .select_meta(
+            org,
+            &q(Filter::Not(Box::new(Filter::AttrExists("tenant".into())))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got(r), sorted(vec![id(0), id(1)]));
+    // The regex filter is exact on ClickHouse and lets every row through on SQLite (no regex
+    // engine); the search re-checks rows either way.
+    let r = store
+        .select_meta(
+            org,
+            &q(Filter::StrRegex(Col::RequestType, "^P.*".into(), false)),
+        )
+        .await
+        .unwrap();
+    assert!(got(r).contains(&id(1)));
+    let names = store
+        .distinct_values(
+            org,
+            &FlowQuery::new(Filter::True).window(w).limit(10),
+            &Facet::AttributeNames,
+        )
+        .await
+        .unwrap();
+    assert_eq!(names, vec!["http.route", "tenant"]);
+    let values = store
+        .distinct_values(
+            org,
+            &FlowQuery::new(Filter::True).window(w).limit(10),
+            &Facet::AttributeValues("tenant".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(values, vec!["acme", "other"]);
+    let codes = store
+        .distinct_values(
+            org,
+            &FlowQuery::new(Filter::True).window(w).limit(10),
+            &Facet::Column(Col::ResponseCode),
+        )
+        .await
+        .unwrap();
+    assert_eq!(codes, vec!["200", "404", "503"]);
+}
+
+async fn service_names_and_facets(store: &dyn FlowStore, org: OrgId) {
+    let mut app = row(1);
+    app.signal_source = 4;
+    app.observation_point = "s-app".into();
+    app.app_service = "reviews".into();
+    let mut ebpf = row(2);
+    ebpf.signal_source = 3;
+    ebpf.observation_point = "s-p".into();
+    ebpf.auto_service_type_1 = 130;
+    ebpf.auto_service_id_1 = 601;
+    ebpf.pod_id_1 = 501;
+    ebpf.pod_node_id_1 = 21;
+    ebpf.host_id_1 = 31;
+    let mut net = row(3);
+    net.signal_source = 0;
+    net.observation_point = "c".into();
+    net.auto_service_type_0 = 255;
+    net.ip4_0 = Ip4(Ipv4Addr::new(10, 0, 0, 7));
+    store
+        .insert_rows(org, &[app.clone(), ebpf.clone(), net.clone()])
+        .await
+        .unwrap();
+    store
+        .insert_names(
+            org,
+            &NameTables {
+                devices: vec![
+                    DeviceName {
+                        devicetype: 130,
+                        deviceid: 601,
+                        name: "ratings".into(),
+                        ..Default::default()
+                    },
+                    DeviceName {
+                        devicetype: 14,
+                        deviceid: 21,
+                        name: "node-1".into(),
+                        ..Default::default()
+                    },
+                    DeviceName {
+                        devicetype: 6,
+                        deviceid: 31,
+                        name: "host-1".into(),
+                        ..Default::default()
+                    },
+                ],
+                pods: vec![PodName {
+                    id: 501,
+                    name: "ratings-v1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let w = TimeWindow::new(T0, T0);
+    let all = FlowQuery::new(Filter::True).window(w).limit(10);
+    let services = store
+        .distinct_values(org, &all, &Facet::Service)
+        .await
+        .unwrap();
+    assert_eq!(services, vec!["10.0.0.7", "ratings", "reviews"]);
+    for (name, want) in [
+        ("reviews", app._id),
+        ("ratings", ebpf._id),
+        ("10.0.0.7", net._id),
+    ] {
+        let got = store
+            .select_meta(
+                org,
+                &FlowQuery::new(Filter::ServiceIn(vec![name.into()])).window(w),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids(&got), vec![want], "{name}");
+    }
+    assert_eq!(
+        store.distinct_values(org, &all, &Facet::Pod).await.unwrap(),
+        vec!["ratings-v1"]
+    );
+    assert_eq!(
+        store
+            .distinct_values(org, &all, &Facet::Node)
+            .await
+            .unwrap(),
+        vec!["node-1"]
+    );
+    assert_eq!(
+        store
+            .distinct_values(org, &all, &Facet::Host)
+            .await
+            .unwrap(),
+        vec!["host-1"]
+    );
+    let ops = store
+        .distinct_values(org, &all, &Facet::Column(Col::ObservationPoint))
+        .await
+        .unwrap();
+    assert_eq!(ops, vec!["c", "s-app", "s-p"]);
+}
+
+async fn most_recent_first(store: &dyn FlowStore, org: OrgId) {
+    let rows: Vec<L7FlowLogRow> = (0..5)
+        .map(|i| {
+            let mut r = row(i);
+            r.end_time = (T0 + i) as i64 * 1_000_000;
+            r.start_time = r.end_time - 100;
+            r.time = 0;
+            r._id = 0;
+            r.normalise(i);
+            r
+        })
+        .collect();
+    store.insert_rows(org, &rows).await.unwrap();
+    let got = store
+        .select_meta(
+            org,
+            &FlowQuery::new(Filter::True)
+                .window(TimeWindow::new(T0, T0 + 10))
+                .order(Order::TimeDesc)
+                .limit(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|m| m._id).collect::<Vec<_>>(),
+        vec![rows[4]._id, rows[3]._id]
     );
 }

@@ -10,7 +10,8 @@
 use super::model::{FlowMeta, FlowRecord, L7FlowLogRow, NameTables, OrgId};
 use super::schema;
 use super::{
-    Col, Filter, FlowQuery, FlowStore, Order, SchemaOptions, StoreError, StoreKind, StoreResult,
+    Col, Facet, Filter, FlowQuery, FlowStore, Order, SchemaOptions, StoreError, StoreKind,
+    StoreResult,
 };
 use async_trait::async_trait;
 use std::time::Duration;
@@ -38,6 +39,8 @@ pub struct ClickHouseStore {
 /// A value bound to one `?` of a query.
 enum BindValue {
     U32(u32),
+    I64(i64),
+    Str(String),
     U64s(Vec<u64>),
     Strs(Vec<String>),
 }
@@ -106,8 +109,8 @@ impl ClickHouseStore {
         }
     }
 
-    /// `FROM <db>.l7_flow_log WHERE … ORDER … LIMIT ?` with its bound values.
-    fn tail(&self, org: OrgId, q: &FlowQuery) -> (String, Vec<BindValue>) {
+    /// `FROM <db>.l7_flow_log WHERE …` with its bound values.
+    fn from_where(&self, org: OrgId, q: &FlowQuery) -> (String, Vec<BindValue>) {
         let mut sql = format!(" FROM `{}`.`l7_flow_log` WHERE ", self.flow_db(org));
         let mut binds = Vec::new();
         if let Some(w) = q.effective_window() {
@@ -115,15 +118,25 @@ impl ClickHouseStore {
             binds.push(BindValue::U32(w.start_s));
             binds.push(BindValue::U32(w.end_s));
         }
-        compile_filter(&q.filter, &mut sql, &mut binds);
-        if q.order == Order::StartTimeAsc {
-            sql.push_str(" ORDER BY start_time ASC, _id ASC");
-        }
-        let limit = q
-            .limit
+        compile_filter(&q.filter, &self.tag_db(org), &mut sql, &mut binds);
+        (sql, binds)
+    }
+
+    fn limit(&self, q: &FlowQuery) -> u64 {
+        q.limit
             .unwrap_or(self.settings.max_rows)
-            .min(self.settings.max_rows);
-        sql.push_str(&format!(" LIMIT {limit}"));
+            .min(self.settings.max_rows)
+    }
+
+    /// `FROM … WHERE … ORDER … LIMIT n` with its bound values.
+    fn tail(&self, org: OrgId, q: &FlowQuery) -> (String, Vec<BindValue>) {
+        let (mut sql, binds) = self.from_where(org, q);
+        match q.order {
+            Order::Unordered => {}
+            Order::StartTimeAsc => sql.push_str(" ORDER BY start_time ASC, _id ASC"),
+            Order::TimeDesc => sql.push_str(" ORDER BY time DESC, _id DESC"),
+        }
+        sql.push_str(&format!(" LIMIT {}", self.limit(q)));
         (sql, binds)
     }
 
@@ -132,6 +145,8 @@ impl ClickHouseStore {
         for b in binds {
             query = match b {
                 BindValue::U32(v) => query.bind(v),
+                BindValue::I64(v) => query.bind(v),
+                BindValue::Str(v) => query.bind(v),
                 BindValue::U64s(v) => query.bind(v),
                 BindValue::Strs(v) => query.bind(v),
             };
@@ -249,7 +264,41 @@ fn is_identifier(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn compile_filter(f: &Filter, sql: &mut String, binds: &mut Vec<BindValue>) {
+/// The querier's `auto_service_N` name expression (IP string for IP-like services).
+fn auto_service_expr(tag_db: &str, side: u8) -> String {
+    format!(
+        "if(auto_service_type_{side} IN (0, 255), if(is_ipv4 = 1, IPv4NumToString(ip4_{side}), IPv6NumToString(ip6_{side})), \
+         dictGet('{tag_db}.device_map', 'name', (toUInt64(auto_service_type_{side}), toUInt64(auto_service_id_{side}))))"
+    )
+}
+
+/// The service a span belongs to: `app_service` for application spans, else DeepFlow's
+/// service of the observed side.
+pub(crate) fn service_expr(tag_db: &str) -> String {
+    format!(
+        "if(signal_source = 4, toString(app_service), if(startsWith(observation_point, 'c'), {}, {}))",
+        auto_service_expr(tag_db, 0),
+        auto_service_expr(tag_db, 1)
+    )
+}
+
+fn side_name_expr(tag_db: &str, facet: &Facet) -> String {
+    let pick = |a: String, b: String| format!("if(startsWith(observation_point, 'c'), {a}, {b})");
+    let dev = |ty: &str, col: &str| {
+        format!("dictGet('{tag_db}.device_map', 'name', (toUInt64({ty}), toUInt64({col})))")
+    };
+    match facet {
+        Facet::Pod => pick(
+            format!("dictGet('{tag_db}.pod_map', 'name', toUInt64(pod_id_0))"),
+            format!("dictGet('{tag_db}.pod_map', 'name', toUInt64(pod_id_1))"),
+        ),
+        Facet::Node => pick(dev("14", "pod_node_id_0"), dev("14", "pod_node_id_1")),
+        Facet::Host => pick(dev("6", "host_id_0"), dev("6", "host_id_1")),
+        _ => "''".into(),
+    }
+}
+
+fn compile_filter(f: &Filter, tag_db: &str, sql: &mut String, binds: &mut Vec<BindValue>) {
     match f {
         Filter::True => sql.push('1'),
         Filter::False => sql.push('0'),
@@ -284,9 +333,51 @@ fn compile_filter(f: &Filter, sql: &mut String, binds: &mut Vec<BindValue>) {
                 if i > 0 {
                     sql.push_str(joiner);
                 }
-                compile_filter(p, sql, binds);
+                compile_filter(p, tag_db, sql, binds);
             }
             sql.push(')');
+        }
+        Filter::Not(inner) => {
+            sql.push_str("NOT (");
+            compile_filter(inner, tag_db, sql, binds);
+            sql.push(')');
+        }
+        Filter::IntCmp(col, op, v) => {
+            sql.push_str(&format!("`{}` {} ?", col.name(), op.sql()));
+            binds.push(BindValue::I64(*v));
+        }
+        Filter::StrCmp(col, op, v) => {
+            sql.push_str(&format!("toString(`{}`) {} ?", col.name(), op.sql()));
+            binds.push(BindValue::Str(v.clone()));
+        }
+        Filter::StrRegex(col, re, negated) => {
+            sql.push_str(&format!(
+                "{}match(toString(`{}`), ?)",
+                if *negated { "NOT " } else { "" },
+                col.name()
+            ));
+            binds.push(BindValue::Str(re.clone()));
+        }
+        Filter::Attr(name, op, v) => {
+            sql.push_str(&format!(
+                "(has(attribute_names, ?) AND attribute_values[indexOf(attribute_names, ?)] {} ?)",
+                op.sql()
+            ));
+            binds.push(BindValue::Str(name.clone()));
+            binds.push(BindValue::Str(name.clone()));
+            binds.push(BindValue::Str(v.clone()));
+        }
+        Filter::AttrExists(name) => {
+            sql.push_str("has(attribute_names, ?)");
+            binds.push(BindValue::Str(name.clone()));
+        }
+        Filter::ServiceIn(names) => {
+            if names.is_empty() {
+                sql.push('0');
+            } else {
+                sql.push_str(&format!("{} IN ?", service_expr(tag_db)));
+                binds.push(BindValue::Strs(names.clone()));
+            }
         }
     }
 }
@@ -403,6 +494,33 @@ impl FlowStore for ClickHouseStore {
             .await?;
         }
         Ok(())
+    }
+
+    async fn distinct_values(
+        &self,
+        org: OrgId,
+        q: &FlowQuery,
+        facet: &Facet,
+    ) -> StoreResult<Vec<String>> {
+        let tag = self.tag_db(org);
+        let (from_where, mut binds) = self.from_where(org, q);
+        let (expr, mut pre) = match facet {
+            Facet::Column(col) => (format!("ifNull(toString(`{}`), '')", col.name()), vec![]),
+            Facet::Service => (service_expr(&tag), vec![]),
+            Facet::Pod | Facet::Node | Facet::Host => (side_name_expr(&tag, facet), vec![]),
+            Facet::AttributeNames => ("toString(arrayJoin(attribute_names))".to_string(), vec![]),
+            Facet::AttributeValues(name) => (
+                "attribute_values[indexOf(attribute_names, ?)]".to_string(),
+                vec![BindValue::Str(name.clone())],
+            ),
+        };
+        pre.append(&mut binds);
+        let sql = format!(
+            "SELECT v FROM (SELECT DISTINCT {expr} AS v{from_where}) WHERE v != '' ORDER BY v LIMIT {}",
+            self.limit(q)
+        );
+        self.timed(self.build(&sql, pre).fetch_all::<String>())
+            .await
     }
 
     fn schema_ddl(&self, org: OrgId) -> Vec<String> {

@@ -95,10 +95,17 @@ pub enum Col {
     ResponseStatus,
     ResponseDuration,
     AppService,
+    AppInstance,
     Endpoint,
     RequestResource,
     RequestType,
     RequestDomain,
+    ResponseCode,
+    ResponseException,
+    ProcessKname0,
+    ProcessKname1,
+    ServerPort,
+    SpanKind,
 }
 
 impl Col {
@@ -127,10 +134,17 @@ impl Col {
             Col::ResponseStatus => "response_status",
             Col::ResponseDuration => "response_duration",
             Col::AppService => "app_service",
+            Col::AppInstance => "app_instance",
             Col::Endpoint => "endpoint",
             Col::RequestResource => "request_resource",
             Col::RequestType => "request_type",
             Col::RequestDomain => "request_domain",
+            Col::ResponseCode => "response_code",
+            Col::ResponseException => "response_exception",
+            Col::ProcessKname0 => "process_kname_0",
+            Col::ProcessKname1 => "process_kname_1",
+            Col::ServerPort => "server_port",
+            Col::SpanKind => "span_kind",
         }
     }
 
@@ -146,11 +160,39 @@ impl Col {
                 | Col::SpanId
                 | Col::ParentSpanId
                 | Col::AppService
+                | Col::AppInstance
                 | Col::Endpoint
                 | Col::RequestResource
                 | Col::RequestType
                 | Col::RequestDomain
+                | Col::ResponseException
+                | Col::ProcessKname0
+                | Col::ProcessKname1
         )
+    }
+}
+
+/// A comparison operator of [`Filter::IntCmp`] / [`Filter::StrCmp`] / [`Filter::Attr`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Neq,
+    Lt,
+    Lte,
+    Gt,
+    Gte,
+}
+
+impl CmpOp {
+    pub fn sql(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "=",
+            CmpOp::Neq => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Lte => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Gte => ">=",
+        }
     }
 }
 
@@ -171,6 +213,23 @@ pub enum Filter {
     And(Vec<Filter>),
     /// Any of the filters.
     Or(Vec<Filter>),
+    /// Not the filter.
+    Not(Box<Filter>),
+    /// An integer column compared with a value (a NULL never matches).
+    IntCmp(Col, CmpOp, i64),
+    /// A text column compared with a value.
+    StrCmp(Col, CmpOp, String),
+    /// A text column matches (or, negated, does not match) an RE2 regular expression. The
+    /// embedded store has no regex engine and matches every row here: callers that need
+    /// exact answers re-check the rows.
+    StrRegex(Col, String, bool),
+    /// An OTel attribute (`attribute_names`/`attribute_values`) compared with a text value.
+    Attr(String, CmpOp, String),
+    /// The row carries the OTel attribute.
+    AttrExists(String),
+    /// The span's service is one of the names: `app_service` for application spans, DeepFlow's
+    /// service (`auto_service` of the observed side) for eBPF and network spans.
+    ServiceIn(Vec<String>),
 }
 
 impl Filter {
@@ -203,6 +262,27 @@ pub enum Order {
     Unordered,
     /// `start_time` ascending, then `_id`.
     StartTimeAsc,
+    /// Most recent first: `time` descending, then `_id` descending.
+    TimeDesc,
+}
+
+/// What `distinct_values` lists (tag values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Facet {
+    /// A column's distinct non-empty values, as text.
+    Column(Col),
+    /// Service names (see [`Filter::ServiceIn`]).
+    Service,
+    /// Pod names of the observed side.
+    Pod,
+    /// K8s node names of the observed side.
+    Node,
+    /// Host names of the observed side.
+    Host,
+    /// The names of the OTel attributes rows carry.
+    AttributeNames,
+    /// The values of one OTel attribute.
+    AttributeValues(String),
 }
 
 /// A read: a window on `time`, a filter, a row limit and an order.
@@ -287,6 +367,15 @@ pub trait FlowStore: Send + Sync {
 
     /// The DDL `apply_schema` runs, for `schema` to print.
     fn schema_ddl(&self, org: OrgId) -> Vec<String>;
+
+    /// Distinct non-empty values of a facet among the matching rows (at most `query.limit`),
+    /// sorted.
+    async fn distinct_values(
+        &self,
+        org: OrgId,
+        query: &FlowQuery,
+        facet: &Facet,
+    ) -> StoreResult<Vec<String>>;
 }
 
 pub type SharedStore = Arc<dyn FlowStore>;

@@ -8,7 +8,8 @@
 use super::model::{FlowMeta, FlowRecord, L7FlowLogRow, NameTables, OrgId};
 use super::schema::{self, SQLITE_L7_COLUMNS};
 use super::{
-    Col, Filter, FlowQuery, FlowStore, Order, SchemaOptions, StoreError, StoreKind, StoreResult,
+    Col, Facet, Filter, FlowQuery, FlowStore, Order, SchemaOptions, StoreError, StoreKind,
+    StoreResult,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -95,9 +96,14 @@ impl SqliteStore {
         q.limit.unwrap_or(self.max_rows).min(self.max_rows)
     }
 
-    /// `FROM l7_flow_log f WHERE org AND window AND filter ORDER … LIMIT …`
-    fn push_tail(&self, b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, q: &FlowQuery) {
+    /// `FROM l7_flow_log f WHERE org AND window AND filter`
+    fn push_from_where(&self, b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, q: &FlowQuery) {
         b.push(" FROM l7_flow_log f WHERE f.org_id = ");
+        self.push_rest(b, org, q);
+    }
+
+    /// The rest of a WHERE clause after `f.org_id = `: the org, the window and the filter.
+    fn push_rest(&self, b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, q: &FlowQuery) {
         b.push_bind(org.0 as i64);
         if let Some(w) = q.effective_window() {
             b.push(" AND f.time >= ");
@@ -107,10 +113,18 @@ impl SqliteStore {
         }
         b.push(" AND ");
         push_filter(b, &q.filter);
+    }
+
+    /// `FROM … WHERE … ORDER … LIMIT …`
+    fn push_tail(&self, b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, q: &FlowQuery) {
+        self.push_from_where(b, org, q);
         match q.order {
             Order::Unordered => {}
             Order::StartTimeAsc => {
                 b.push(" ORDER BY f.start_time ASC, f._id ASC");
+            }
+            Order::TimeDesc => {
+                b.push(" ORDER BY f.time DESC, f._id DESC");
             }
         }
         b.push(" LIMIT ");
@@ -118,8 +132,91 @@ impl SqliteStore {
     }
 }
 
+/// The querier's `ip_N` as SQLite text.
+fn ip_expr(side: u8) -> String {
+    format!(
+        "(CASE WHEN f.is_ipv4 = 1 THEN ((f.ip4_{side} >> 24) & 255) || '.' || ((f.ip4_{side} >> 16) & 255) || '.' || ((f.ip4_{side} >> 8) & 255) || '.' || (f.ip4_{side} & 255) ELSE f.ip6_{side} END)"
+    )
+}
+
+/// The querier's `auto_service_N` name (IP string for IP-like services).
+fn auto_service_expr(side: u8) -> String {
+    format!(
+        "(CASE WHEN f.auto_service_type_{side} IN (0, 255) THEN {} ELSE COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_service_type_{side} AND d.deviceid = f.auto_service_id_{side}), '') END)",
+        ip_expr(side)
+    )
+}
+
+/// The service a span belongs to (see `Filter::ServiceIn`).
+fn service_expr() -> String {
+    format!(
+        "(CASE WHEN f.signal_source = 4 THEN f.app_service WHEN f.observation_point LIKE 'c%' THEN {} ELSE {} END)",
+        auto_service_expr(0),
+        auto_service_expr(1)
+    )
+}
+
+fn side_name_expr(facet: &Facet) -> String {
+    let pick = |a: String, b: String| {
+        format!("(CASE WHEN f.observation_point LIKE 'c%' THEN {a} ELSE {b} END)")
+    };
+    let dev = |ty: u32, col: &str| {
+        format!("COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = {ty} AND d.deviceid = f.{col}), '')")
+    };
+    let pod = |col: &str| {
+        format!("COALESCE((SELECT name FROM ch_pod p WHERE p.org_id = f.org_id AND p.id = f.{col}), '')")
+    };
+    match facet {
+        Facet::Pod => pick(pod("pod_id_0"), pod("pod_id_1")),
+        Facet::Node => pick(dev(14, "pod_node_id_0"), dev(14, "pod_node_id_1")),
+        Facet::Host => pick(dev(6, "host_id_0"), dev(6, "host_id_1")),
+        _ => "''".into(),
+    }
+}
+
 fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, f: &Filter) {
     match f {
+        Filter::Not(inner) => {
+            b.push("NOT (");
+            push_filter(b, inner);
+            b.push(")");
+        }
+        Filter::IntCmp(col, op, v) => {
+            b.push(format!("f.\"{}\" {} ", col.name(), op.sql()));
+            b.push_bind(*v);
+        }
+        Filter::StrCmp(col, op, v) => {
+            b.push(format!("CAST(f.\"{}\" AS TEXT) {} ", col.name(), op.sql()));
+            b.push_bind(v.clone());
+        }
+        // No regex engine in SQLite: every row passes, callers re-check exactly.
+        Filter::StrRegex(..) => {
+            b.push("1");
+        }
+        Filter::Attr(name, op, v) => {
+            b.push("EXISTS (SELECT 1 FROM json_each(f.attribute_names) n, json_each(f.attribute_values) v WHERE n.key = v.key AND n.value = ");
+            b.push_bind(name.clone());
+            b.push(format!(" AND v.value {} ", op.sql()));
+            b.push_bind(v.clone());
+            b.push(")");
+        }
+        Filter::AttrExists(name) => {
+            b.push("EXISTS (SELECT 1 FROM json_each(f.attribute_names) n WHERE n.value = ");
+            b.push_bind(name.clone());
+            b.push(")");
+        }
+        Filter::ServiceIn(names) => {
+            if names.is_empty() {
+                b.push("0");
+            } else {
+                b.push(format!(
+                    "{} IN (SELECT value FROM json_each(",
+                    service_expr()
+                ));
+                b.push_bind(serde_json::to_string(names).unwrap_or_default());
+                b.push("))");
+            }
+        }
         Filter::True => {
             b.push("1");
         }
@@ -620,6 +717,54 @@ impl FlowStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn distinct_values(
+        &self,
+        org: OrgId,
+        q: &FlowQuery,
+        facet: &Facet,
+    ) -> StoreResult<Vec<String>> {
+        let mut b = QueryBuilder::<Sqlite>::new("SELECT v FROM (SELECT DISTINCT ");
+        match facet {
+            Facet::Column(col) => {
+                b.push(format!(
+                    "COALESCE(CAST(f.\"{}\" AS TEXT), '') AS v",
+                    col.name()
+                ));
+            }
+            Facet::Service => {
+                b.push(format!("{} AS v", service_expr()));
+            }
+            Facet::Pod | Facet::Node | Facet::Host => {
+                b.push(format!("{} AS v", side_name_expr(facet)));
+            }
+            Facet::AttributeNames => {
+                b.push("n.value AS v");
+            }
+            Facet::AttributeValues(_) => {
+                b.push("v.value AS v");
+            }
+        }
+        match facet {
+            Facet::AttributeNames => {
+                b.push(" FROM l7_flow_log f, json_each(f.attribute_names) n WHERE f.org_id = ");
+                self.push_rest(&mut b, org, q);
+            }
+            Facet::AttributeValues(name) => {
+                b.push(" FROM l7_flow_log f, json_each(f.attribute_names) n, json_each(f.attribute_values) v WHERE n.key = v.key AND n.value = ");
+                b.push_bind(name.clone());
+                b.push(" AND f.org_id = ");
+                self.push_rest(&mut b, org, q);
+            }
+            _ => self.push_from_where(&mut b, org, q),
+        }
+        b.push(") WHERE v != '' ORDER BY v LIMIT ");
+        b.push_bind(self.effective_limit(q) as i64);
+        let rows = b.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("v").map_err(StoreError::from))
+            .collect()
     }
 
     fn schema_ddl(&self, _org: OrgId) -> Vec<String> {
