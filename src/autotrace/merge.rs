@@ -165,14 +165,18 @@ impl Merger {
 
 /// Order rows by start time (stable) and merge them into flows (§5.1). The position of a flow in
 /// the result is its flow index.
-pub fn merge_rows(mut rows: Vec<Flow>) -> Vec<Flow> {
-    rows.sort_by_key(|f| f.start());
+pub fn merge_rows(rows: Vec<Flow>) -> Vec<Flow> {
+    // stable order by start time; sort positions, not the (large) flows themselves
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].start());
+    let mut slots: Vec<Option<Flow>> = rows.into_iter().map(Some).collect();
     let mut m = Merger {
-        flows: Vec::with_capacity(rows.len()),
+        flows: Vec::with_capacity(slots.len()),
         by_key: HashMap::new(),
         by_async: HashMap::new(),
     };
-    for f in rows {
+    for i in order {
+        let f = slots[i].take().expect("each row is visited once");
         if m.merge_flow(&f) || m.merge_async_flow(&f) {
             continue;
         }

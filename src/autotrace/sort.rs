@@ -173,6 +173,8 @@ impl Dsu {
 
 struct Sorter<'a> {
     flows: &'a [Flow],
+    /// Trace id → PSS whose `g_trace` holds it (for the async fallback of §6.4.4).
+    trace_sets: HashMap<&'a str, Vec<usize>>,
     rel: &'a [Vec<(usize, u8)>],
     ctx: RelCtx,
     opts: SortOpts,
@@ -216,6 +218,7 @@ pub fn build_tree(flows: &[Flow], rel: &[Vec<(usize, u8)>], ctx: &RelCtx, opts: 
         .collect();
     let mut s = Sorter {
         flows,
+        trace_sets: HashMap::new(),
         rel,
         ctx: *ctx,
         opts,
@@ -482,6 +485,7 @@ impl<'a> Sorter<'a> {
         for t in &f.trace_ids {
             if !ps.g_trace.contains(t) {
                 ps.g_trace.insert(t.clone());
+                self.trace_sets.entry(t.as_str()).or_default().push(p);
             }
         }
     }
@@ -778,26 +782,34 @@ impl<'a> Sorter<'a> {
             }
             return best;
         }
-        let j = ci.entries.partition_point(|e| e.start <= fc.start());
-        let mut best: Option<(usize, &'static str, i64, usize)> = None;
-        for k in (0..j).rev() {
-            let e = &ci.entries[k];
-            if best.is_some_and(|b| e.start < b.2) {
-                break;
+        let mut best: Option<Best> = None;
+        for sub in ci.subs_for(self, c) {
+            // s-p with a response: must cover c; the prefix maxima of `end` bound the scan
+            let j = sub.normal.partition_point(|e| e.start <= fc.start());
+            for k in (0..j).rev() {
+                let e = &sub.normal[k];
+                if best.as_ref().is_some_and(|b| e.start < b.start) || sub.max_end[k] < fc.end() {
+                    break;
+                }
+                if e.end >= fc.end() {
+                    if let Some(r) = self.attach_via_sys(e.pss, c) {
+                        Best::offer(&mut best, r, e);
+                    }
+                }
             }
-            if ci.max_end[k] < fc.end() && !ci.any_zero_rd[k] {
-                break;
-            }
-            if !(e.end >= fc.end() || e.zero_rd) {
-                continue;
-            }
-            if let Some((sp, why)) = self.attach_via_sys(e.pss, c) {
-                if best.is_none_or(|b| e.pos < b.3) {
-                    best = Some((sp, why, e.start, e.pos));
+            // s-p that lost its response cover everything after their start
+            let j = sub.zero.partition_point(|e| e.start <= fc.start());
+            for k in (0..j).rev() {
+                let e = &sub.zero[k];
+                if best.as_ref().is_some_and(|b| e.start < b.start) {
+                    break;
+                }
+                if let Some(r) = self.attach_via_sys(e.pss, c) {
+                    Best::offer(&mut best, r, e);
                 }
             }
         }
-        best.map(|b| (b.0, b.1))
+        best.map(|b| (b.sp, b.why))
     }
 
     /// Best parent by `attach_via_preceding` (largest s-p start, ties to list order).
@@ -814,20 +826,53 @@ impl<'a> Sorter<'a> {
             }
             return best;
         }
-        let j = ci.entries.partition_point(|e| e.start <= fc.start());
-        let mut best: Option<(usize, &'static str, i64, usize)> = None;
-        for k in (0..j).rev() {
-            let e = &ci.entries[k];
-            if best.is_some_and(|b| e.start < b.2) {
-                break;
+        // Few sets share c's trace ids: try exactly those (the trace test is required).
+        let by_trace: usize = fc
+            .trace_ids
+            .iter()
+            .map(|t| self.trace_sets.get(t.as_str()).map_or(0, Vec::len))
+            .sum();
+        let mut best: Option<Best> = None;
+        if by_trace <= 64 {
+            for t in &fc.trace_ids {
+                for &x in self.trace_sets.get(t.as_str()).into_iter().flatten() {
+                    let Some(e) = ci.entry_of.get(&x).map(|&k| &ci.entries[k]) else {
+                        continue;
+                    };
+                    if e.start > fc.start() {
+                        continue;
+                    }
+                    if let Some(r) = self.attach_via_preceding(x, c) {
+                        if best.as_ref().is_none_or(|b| {
+                            e.start > b.start || (e.start == b.start && e.pos < b.pos)
+                        }) {
+                            best = Some(Best {
+                                sp: r.0,
+                                why: r.1,
+                                start: e.start,
+                                pos: e.pos,
+                            });
+                        }
+                    }
+                }
             }
-            if let Some((sp, why)) = self.attach_via_preceding(e.pss, c) {
-                if best.is_none_or(|b| e.pos < b.3) {
-                    best = Some((sp, why, e.start, e.pos));
+            return best.map(|b| (b.sp, b.why));
+        }
+        for sub in ci.subs_for(self, c) {
+            for list in [&sub.normal, &sub.zero] {
+                let j = list.partition_point(|e| e.start <= fc.start());
+                for k in (0..j).rev() {
+                    let e = &list[k];
+                    if best.as_ref().is_some_and(|b| e.start < b.start) {
+                        break;
+                    }
+                    if let Some(r) = self.attach_via_preceding(e.pss, c) {
+                        Best::offer(&mut best, r, e);
+                    }
                 }
             }
         }
-        best.map(|b| (b.0, b.1))
+        best.map(|b| (b.sp, b.why))
     }
 
     fn build_app_pss(&mut self, app: &[usize], process_map: &mut IndexMap<InstKey, Vec<usize>>) {
@@ -1817,66 +1862,144 @@ struct Marks {
 }
 
 /// One candidate set of §6.4.4, keyed by the start time of its only s-p.
+#[derive(Clone)]
 struct CandEntry {
     start: i64,
     end: i64,
-    zero_rd: bool,
     pos: usize,
     pss: usize,
 }
 
-/// A §6.4.4 candidate list `L` with a start-time index over the s-p of each set.
+/// The best candidate so far: largest s-p start, ties to the smaller list position.
+struct Best {
+    sp: usize,
+    why: &'static str,
+    start: i64,
+    pos: usize,
+}
+
+impl Best {
+    fn offer(best: &mut Option<Best>, r: (usize, &'static str), e: &CandEntry) {
+        if best
+            .as_ref()
+            .is_none_or(|b| e.start > b.start || (e.start == b.start && e.pos < b.pos))
+        {
+            *best = Some(Best {
+                sp: r.0,
+                why: r.1,
+                start: e.start,
+                pos: e.pos,
+            });
+        }
+    }
+}
+
+/// Candidate sets of one process identity, sorted by (s-p start, list position).
+#[derive(Default)]
+struct SubIndex {
+    normal: Vec<CandEntry>,
+    /// Prefix maxima of `end` over `normal`.
+    max_end: Vec<i64>,
+    /// Sets whose s-p lost its response (`rd == 0`).
+    zero: Vec<CandEntry>,
+}
+
+impl SubIndex {
+    fn finish(&mut self) {
+        self.normal.sort_by_key(|e| (e.start, e.pos));
+        self.zero.sort_by_key(|e| (e.start, e.pos));
+        let mut me = i64::MIN;
+        self.max_end = self
+            .normal
+            .iter()
+            .map(|e| {
+                me = me.max(e.end);
+                me
+            })
+            .collect();
+    }
+}
+
+/// A §6.4.4 candidate list `L`, indexed by the process identities `process_matched` accepts
+/// (agent + pid, or agent + pod instance) and by s-p start time.
 struct CandIndex {
     list: Vec<usize>,
     /// Some set holds several s-p: fall back to the linear scan of the spec.
     multi_sp: bool,
     entries: Vec<CandEntry>,
-    /// Prefix maxima of `end` and prefix "some s-p lost its response" flags over `entries`.
-    max_end: Vec<i64>,
-    any_zero_rd: Vec<bool>,
+    entry_of: HashMap<usize, usize>,
+    by_pid: HashMap<(u16, i32), SubIndex>,
+    by_pod: HashMap<(u16, InstKey), SubIndex>,
 }
 
 impl CandIndex {
     fn build(s: &Sorter<'_>, list: Vec<usize>) -> CandIndex {
-        let mut entries = Vec::new();
-        let mut multi_sp = false;
+        let mut ci = CandIndex {
+            list: Vec::new(),
+            multi_sp: false,
+            entries: Vec::new(),
+            entry_of: HashMap::new(),
+            by_pid: HashMap::new(),
+            by_pod: HashMap::new(),
+        };
         for (pos, &p) in list.iter().enumerate() {
             let mut sps = s.t.pss[p]
                 .spans
                 .iter()
                 .copied()
                 .filter(|&x| s.f(x).tap_side() == "s-p");
-            if let Some(sp) = sps.next() {
-                if sps.next().is_some() {
-                    multi_sp = true;
-                }
-                let f = s.f(sp);
-                entries.push(CandEntry {
-                    start: f.start(),
-                    end: f.end(),
-                    zero_rd: f.rd() == 0,
-                    pos,
-                    pss: p,
-                });
+            let Some(sp) = sps.next() else {
+                continue;
+            };
+            if sps.next().is_some() {
+                ci.multi_sp = true;
             }
+            let f = s.f(sp);
+            let e = CandEntry {
+                start: f.start(),
+                end: f.end(),
+                pos,
+                pss: p,
+            };
+            let n = &s.t.nodes[sp];
+            let put = |sub: &mut SubIndex| {
+                if f.rd() == 0 {
+                    sub.zero.push(e.clone());
+                } else {
+                    sub.normal.push(e.clone());
+                }
+            };
+            if n.process_id != 0 {
+                put(ci.by_pid.entry((f.agent(), n.process_id)).or_default());
+            }
+            if n.inst_type == 10 && n.inst != InstKey::Id(0) {
+                put(ci.by_pod.entry((f.agent(), n.inst.clone())).or_default());
+            }
+            ci.entry_of.insert(p, ci.entries.len());
+            ci.entries.push(e);
         }
-        entries.sort_by_key(|e| (e.start, e.pos));
-        let mut max_end = Vec::with_capacity(entries.len());
-        let mut any_zero_rd = Vec::with_capacity(entries.len());
-        let (mut me, mut az) = (i64::MIN, false);
-        for e in &entries {
-            me = me.max(e.end);
-            az |= e.zero_rd;
-            max_end.push(me);
-            any_zero_rd.push(az);
+        for sub in ci.by_pid.values_mut().chain(ci.by_pod.values_mut()) {
+            sub.finish();
         }
-        CandIndex {
-            list,
-            multi_sp,
-            entries,
-            max_end,
-            any_zero_rd,
-        }
+        ci.list = list;
+        ci
+    }
+
+    /// The sub-indexes whose sets can be `process_matched` with client span `c`.
+    fn subs_for<'c>(&'c self, s: &Sorter<'_>, c: usize) -> impl Iterator<Item = &'c SubIndex> {
+        let n = &s.t.nodes[c];
+        let ag = s.f(c).agent();
+        let a = if n.process_id != 0 {
+            self.by_pid.get(&(ag, n.process_id))
+        } else {
+            None
+        };
+        let b = if n.inst_type == 10 {
+            self.by_pod.get(&(ag, n.inst.clone()))
+        } else {
+            None
+        };
+        a.into_iter().chain(b)
     }
 }
 
