@@ -61,6 +61,8 @@ pub struct Node {
 #[derive(Debug, Clone, Default)]
 pub struct Pss {
     pub spans: Vec<usize>,
+    /// The `s-p` members, in `spans` order.
+    sps: Vec<usize>,
     pub app_roots: Vec<usize>,
     pub app_leafs: Vec<usize>,
     leaf_sys_req: HashSet<u64>,
@@ -175,6 +177,9 @@ struct Sorter<'a> {
     flows: &'a [Flow],
     /// Trace id → PSS whose `g_trace` holds it (for the async fallback of §6.4.4).
     trace_sets: HashMap<&'a str, Vec<usize>>,
+    /// Syscall id → PSS whose `leaf_syscall_req` / `leaf_syscall_resp` holds it.
+    leaf_req_sets: HashMap<u64, Vec<usize>>,
+    leaf_resp_sets: HashMap<u64, Vec<usize>>,
     rel: &'a [Vec<(usize, u8)>],
     ctx: RelCtx,
     opts: SortOpts,
@@ -219,6 +224,8 @@ pub fn build_tree(flows: &[Flow], rel: &[Vec<(usize, u8)>], ctx: &RelCtx, opts: 
     let mut s = Sorter {
         flows,
         trace_sets: HashMap::new(),
+        leaf_req_sets: HashMap::new(),
+        leaf_resp_sets: HashMap::new(),
         rel,
         ctx: *ctx,
         opts,
@@ -234,6 +241,11 @@ pub fn build_tree(flows: &[Flow], rel: &[Vec<(usize, u8)>], ctx: &RelCtx, opts: 
 impl<'a> Sorter<'a> {
     fn f(&self, i: usize) -> &'a Flow {
         &self.flows[i]
+    }
+
+    /// Creation order of the NSS holding `i`.
+    fn nss_pos(&self, i: usize) -> usize {
+        self.t.nodes[i].nss.unwrap_or(usize::MAX)
     }
 
     fn has_parent(&self, i: usize) -> bool {
@@ -457,6 +469,9 @@ impl<'a> Sorter<'a> {
     fn append_sys_span(&mut self, p: usize, s: usize) {
         self.t.nodes[s].pss = Some(p);
         self.t.pss[p].spans.push(s);
+        if self.f(s).tap_side() == "s-p" {
+            self.t.pss[p].sps.push(s);
+        }
         self.unify_sys_extra(p, s);
         self.unify_auto_service(p, s);
         let f = self.f(s);
@@ -464,10 +479,20 @@ impl<'a> Sorter<'a> {
         let ps = &mut self.t.pss[p];
         if f.tap_side() == "c-p" {
             if r.syscall_trace_id_request != 0 {
-                ps.leaf_sys_req.insert(r.syscall_trace_id_request);
+                if ps.leaf_sys_req.insert(r.syscall_trace_id_request) {
+                    self.leaf_req_sets
+                        .entry(r.syscall_trace_id_request)
+                        .or_default()
+                        .push(p);
+                }
             }
             if r.syscall_trace_id_response != 0 {
-                ps.leaf_sys_resp.insert(r.syscall_trace_id_response);
+                if ps.leaf_sys_resp.insert(r.syscall_trace_id_response) {
+                    self.leaf_resp_sets
+                        .entry(r.syscall_trace_id_response)
+                        .or_default()
+                        .push(p);
+                }
             }
             if !r.x_request_id_0.is_empty() {
                 ps.leaf_xreq
@@ -783,6 +808,18 @@ impl<'a> Sorter<'a> {
             return best;
         }
         let mut best: Option<Best> = None;
+        for &(pos, x) in &ci.multi {
+            if let Some(r) = self.attach_via_sys(x, c) {
+                let e = CandEntry {
+                    start: self.f(r.0).start(),
+                    end: 0,
+                    pos,
+                    pss: x,
+                    sp: r.0,
+                };
+                Best::offer(&mut best, r, &e);
+            }
+        }
         for sub in ci.subs_for(self, c) {
             // s-p with a response: must cover c; the prefix maxima of `end` bound the scan
             let j = sub.normal.partition_point(|e| e.start <= fc.start());
@@ -797,8 +834,18 @@ impl<'a> Sorter<'a> {
                     }
                 }
             }
-            // s-p that lost its response cover everything after their start
+            // s-p that lost its response cover everything after their start: look them up by
+            // the keys the match predicates need, or scan back when the lookups are large
             let j = sub.zero.partition_point(|e| e.start <= fc.start());
+            if let Some(ks) = self.zero_candidates(sub, c, j) {
+                for k in ks {
+                    let e = &sub.zero[k];
+                    if let Some(r) = self.attach_via_sys(e.pss, c) {
+                        Best::offer(&mut best, r, e);
+                    }
+                }
+                continue;
+            }
             for k in (0..j).rev() {
                 let e = &sub.zero[k];
                 if best.as_ref().is_some_and(|b| e.start < b.start) {
@@ -810,6 +857,69 @@ impl<'a> Sorter<'a> {
             }
         }
         best.map(|b| (b.sp, b.why))
+    }
+
+    /// Zero-`rd` candidates of `sub` (positions below `j`) that can satisfy one of the match
+    /// predicates of `attach_via_sys`, or `None` when the lookups are too large to pay off.
+    fn zero_candidates(&self, sub: &SubIndex, c: usize, j: usize) -> Option<Vec<usize>> {
+        if sub.zero.is_empty() || j == 0 {
+            return Some(Vec::new());
+        }
+        let r = &self.f(c).rec;
+        let mut budget: usize = 64;
+        let mut ks: Vec<usize> = Vec::new();
+        let mut take = |v: Option<&Vec<usize>>, ks: &mut Vec<usize>| -> bool {
+            let Some(v) = v else { return true };
+            if v.len() > budget {
+                return false;
+            }
+            budget -= v.len();
+            ks.extend(v.iter().copied());
+            true
+        };
+        let (q, p) = (r.syscall_trace_id_request, r.syscall_trace_id_response);
+        let mut ok = take(sub.zero_by_sys.get(&q), &mut ks);
+        if p != q {
+            ok &= take(sub.zero_by_sys.get(&p), &mut ks);
+        }
+        if !r.x_request_id_0.is_empty() {
+            ok &= take(sub.zero_by_x0.get(&r.x_request_id_0), &mut ks);
+            ok &= take(sub.zero_by_x1.get(&r.x_request_id_0), &mut ks);
+        }
+        if !r.x_request_id_1.is_empty() {
+            ok &= take(sub.zero_by_x1.get(&r.x_request_id_1), &mut ks);
+        }
+        if !ok {
+            return None;
+        }
+        let mut sets: Vec<usize> = Vec::new();
+        let mut dynamic = |v: Option<&Vec<usize>>| -> bool {
+            let Some(v) = v else { return true };
+            if v.len() > budget {
+                return false;
+            }
+            budget -= v.len();
+            sets.extend(v.iter().copied());
+            true
+        };
+        let mut ok = true;
+        if q != 0 {
+            ok &= dynamic(self.leaf_resp_sets.get(&q));
+        }
+        if p != 0 {
+            ok &= dynamic(self.leaf_req_sets.get(&p));
+        }
+        for t in &self.f(c).trace_ids {
+            ok &= dynamic(self.trace_sets.get(t.as_str()));
+        }
+        if !ok {
+            return None;
+        }
+        ks.extend(sets.iter().filter_map(|x| sub.zero_of.get(x).copied()));
+        ks.retain(|&k| k < j);
+        ks.sort_unstable();
+        ks.dedup();
+        Some(ks)
     }
 
     /// Best parent by `attach_via_preceding` (largest s-p start, ties to list order).
@@ -833,6 +943,18 @@ impl<'a> Sorter<'a> {
             .map(|t| self.trace_sets.get(t.as_str()).map_or(0, Vec::len))
             .sum();
         let mut best: Option<Best> = None;
+        for &(pos, x) in &ci.multi {
+            if let Some(r) = self.attach_via_preceding(x, c) {
+                let e = CandEntry {
+                    start: self.f(r.0).start(),
+                    end: 0,
+                    pos,
+                    pss: x,
+                    sp: r.0,
+                };
+                Best::offer(&mut best, r, &e);
+            }
+        }
         if by_trace <= 64 {
             for t in &fc.trace_ids {
                 for &x in self.trace_sets.get(t.as_str()).into_iter().flatten() {
@@ -843,16 +965,7 @@ impl<'a> Sorter<'a> {
                         continue;
                     }
                     if let Some(r) = self.attach_via_preceding(x, c) {
-                        if best.as_ref().is_none_or(|b| {
-                            e.start > b.start || (e.start == b.start && e.pos < b.pos)
-                        }) {
-                            best = Some(Best {
-                                sp: r.0,
-                                why: r.1,
-                                start: e.start,
-                                pos: e.pos,
-                            });
-                        }
+                        Best::offer(&mut best, r, e);
                     }
                 }
             }
@@ -1050,6 +1163,7 @@ impl<'a> Sorter<'a> {
                         };
                         if delta(fs) < delta(self.f(old)) {
                             self.t.pss[p].spans.retain(|&x| x != old);
+                            self.t.pss[p].sps.retain(|&x| x != old);
                             self.t.nodes[old].pss = None;
                             self.detach(root);
                             self.t.nodes[root].parent = None;
@@ -1114,11 +1228,8 @@ impl<'a> Sorter<'a> {
         let ps = &self.t.pss[x];
         let csm = ps.leaf_sys_resp.contains(&rc.syscall_trace_id_request)
             || ps.leaf_sys_req.contains(&rc.syscall_trace_id_response);
-        for &s in &ps.spans {
+        for &s in &ps.sps {
             let fsp = self.f(s);
-            if fsp.tap_side() != "s-p" {
-                continue;
-            }
             if !(self.process_matched(s, c) && cover_lost_resp(fsp, fc)) {
                 return None;
             }
@@ -1156,11 +1267,7 @@ impl<'a> Sorter<'a> {
     }
 
     fn attach_via_preceding(&self, x: usize, c: usize) -> Option<(usize, &'static str)> {
-        let s = self.t.pss[x]
-            .spans
-            .iter()
-            .copied()
-            .find(|&s| self.f(s).tap_side() == "s-p")?;
+        let s = *self.t.pss[x].sps.first()?;
         if !(self.process_matched(s, c) && full_before_lost_resp(self.f(s), self.f(c))) {
             return None;
         }
@@ -1175,9 +1282,9 @@ impl<'a> Sorter<'a> {
         if fc.rec.server_port != 1 {
             return None;
         }
-        for &s in &self.t.pss[x].spans {
+        for &s in &self.t.pss[x].sps {
             let fsp = self.f(s);
-            if fsp.tap_side() != "s-p" || fsp.rec.server_port != 1 || self.has_parent(s) {
+            if fsp.rec.server_port != 1 || self.has_parent(s) {
                 continue;
             }
             if !(self.process_matched(s, c) && cover(fc, fsp)) {
@@ -1580,6 +1687,7 @@ impl<'a> Sorter<'a> {
         }
         // Scenario 5: NSS leaf → NSS root
         let mut m: IndexMap<usize, (usize, String)> = IndexMap::new();
+        let mut grpc = GrpcRoots::build(self, &mk);
         for &l in &mk.network_leafs {
             let fl = self.f(l);
             let rl = &fl.rec;
@@ -1630,20 +1738,30 @@ impl<'a> Sorter<'a> {
                     }
                 }
             }
-            if let Some(rid) = fl.request_id_truthy() {
-                if let Some(roots) = mk.roots_by_request_id.get(&rid) {
-                    for &n in roots {
-                        let fnn = self.f(n);
-                        if n == l || self.has_parent(n) || self.same_set(l, n) {
-                            continue;
+            if let Some(rid) = fl.request_id_truthy().filter(|_| self.opts.exhaustive) {
+                // the spec's scan, kept for differential tests
+                for &n in mk.roots_by_request_id.get(&rid).into_iter().flatten() {
+                    let fnn = self.f(n);
+                    if n == l || self.has_parent(n) || self.same_set(l, n) {
+                        continue;
+                    }
+                    if !matches!(rl.l7_protocol, l7::HTTP2 | l7::GRPC)
+                        || fnn.rec.l7_protocol != rl.l7_protocol
+                        || fnn.rd() > fl.rd()
+                    {
+                        continue;
+                    }
+                    self.set_parent(n, l, "net_span mounted due to grpc request_id");
+                }
+            } else if let Some(rid) = fl.request_id_truthy() {
+                if matches!(rl.l7_protocol, l7::HTTP2 | l7::GRPC) {
+                    let key = (rid, rl.l7_protocol);
+                    if let Some(b) = grpc.get_mut(&key) {
+                        for e in b.take(self, l) {
+                            if !self.set_parent(e.2, l, "net_span mounted due to grpc request_id") {
+                                b.leftover.push(e);
+                            }
                         }
-                        if !matches!(rl.l7_protocol, l7::HTTP2 | l7::GRPC)
-                            || fnn.rec.l7_protocol != rl.l7_protocol
-                            || fnn.rd() > fl.rd()
-                        {
-                            continue;
-                        }
-                        self.set_parent(n, l, "net_span mounted due to grpc request_id");
                     }
                 }
             }
@@ -1868,6 +1986,7 @@ struct CandEntry {
     end: i64,
     pos: usize,
     pss: usize,
+    sp: usize,
 }
 
 /// The best candidate so far: largest s-p start, ties to the smaller list position.
@@ -1902,12 +2021,44 @@ struct SubIndex {
     max_end: Vec<i64>,
     /// Sets whose s-p lost its response (`rd == 0`).
     zero: Vec<CandEntry>,
+    /// Positions in `zero` by the s-p's syscall ids, x_request_id_0 and x_request_id_1, and
+    /// by set id.
+    zero_by_sys: HashMap<u64, Vec<usize>>,
+    zero_by_x0: HashMap<String, Vec<usize>>,
+    zero_by_x1: HashMap<String, Vec<usize>>,
+    zero_of: HashMap<usize, usize>,
 }
 
 impl SubIndex {
-    fn finish(&mut self) {
+    fn finish(&mut self, flows: &[Flow]) {
         self.normal.sort_by_key(|e| (e.start, e.pos));
         self.zero.sort_by_key(|e| (e.start, e.pos));
+        for (k, e) in self.zero.iter().enumerate() {
+            let r = &flows[e.sp].rec;
+            self.zero_by_sys
+                .entry(r.syscall_trace_id_request)
+                .or_default()
+                .push(k);
+            if r.syscall_trace_id_response != r.syscall_trace_id_request {
+                self.zero_by_sys
+                    .entry(r.syscall_trace_id_response)
+                    .or_default()
+                    .push(k);
+            }
+            if !r.x_request_id_0.is_empty() {
+                self.zero_by_x0
+                    .entry(r.x_request_id_0.clone())
+                    .or_default()
+                    .push(k);
+            }
+            if !r.x_request_id_1.is_empty() {
+                self.zero_by_x1
+                    .entry(r.x_request_id_1.clone())
+                    .or_default()
+                    .push(k);
+            }
+            self.zero_of.insert(e.pss, k);
+        }
         let mut me = i64::MIN;
         self.max_end = self
             .normal
@@ -1924,8 +2075,10 @@ impl SubIndex {
 /// (agent + pid, or agent + pod instance) and by s-p start time.
 struct CandIndex {
     list: Vec<usize>,
-    /// Some set holds several s-p: fall back to the linear scan of the spec.
+    /// Exhaustive mode: the linear scan of the spec over `list`.
     multi_sp: bool,
+    /// Sets holding several s-p, checked linearly: (list position, set).
+    multi: Vec<(usize, usize)>,
     entries: Vec<CandEntry>,
     entry_of: HashMap<usize, usize>,
     by_pid: HashMap<(u16, i32), SubIndex>,
@@ -1937,22 +2090,21 @@ impl CandIndex {
         let mut ci = CandIndex {
             list: Vec::new(),
             multi_sp: false,
+            multi: Vec::new(),
             entries: Vec::new(),
             entry_of: HashMap::new(),
             by_pid: HashMap::new(),
             by_pod: HashMap::new(),
         };
         for (pos, &p) in list.iter().enumerate() {
-            let mut sps = s.t.pss[p]
-                .spans
-                .iter()
-                .copied()
-                .filter(|&x| s.f(x).tap_side() == "s-p");
+            let mut sps = s.t.pss[p].sps.iter().copied();
             let Some(sp) = sps.next() else {
                 continue;
             };
             if sps.next().is_some() {
-                ci.multi_sp = true;
+                // several s-p: a later one may be chosen; check this set linearly
+                ci.multi.push((pos, p));
+                continue;
             }
             let f = s.f(sp);
             let e = CandEntry {
@@ -1960,6 +2112,7 @@ impl CandIndex {
                 end: f.end(),
                 pos,
                 pss: p,
+                sp,
             };
             let n = &s.t.nodes[sp];
             let put = |sub: &mut SubIndex| {
@@ -1979,7 +2132,7 @@ impl CandIndex {
             ci.entries.push(e);
         }
         for sub in ci.by_pid.values_mut().chain(ci.by_pod.values_mut()) {
-            sub.finish();
+            sub.finish(s.flows);
         }
         ci.list = list;
         ci
@@ -2070,5 +2223,64 @@ impl Brothers {
         out.sort_unstable();
         out.dedup();
         out
+    }
+}
+
+/// NSS roots of the gRPC stream rule (§6.9 scenario 5 part 2), bucketed by
+/// `(request_id, l7_protocol)` and sorted by `rd`, so a leaf only visits the roots it can take:
+/// unparented roots with `rd(N) ≤ rd(L)`, linked in NSS order.
+struct GrpcRoots {
+    /// `(rd, NSS order, span)` sorted; entries before `done` are parented or in `leftover`.
+    sorted: Vec<(i64, usize, usize)>,
+    done: usize,
+    leftover: Vec<(i64, usize, usize)>,
+}
+
+impl GrpcRoots {
+    fn build(s: &Sorter<'_>, mk: &Marks) -> HashMap<(u64, u8), GrpcRoots> {
+        let mut out: HashMap<(u64, u8), GrpcRoots> = HashMap::new();
+        for (&rid, roots) in &mk.roots_by_request_id {
+            for &n in roots {
+                let f = s.f(n);
+                out.entry((rid, f.rec.l7_protocol))
+                    .or_insert_with(|| GrpcRoots {
+                        sorted: Vec::new(),
+                        done: 0,
+                        leftover: Vec::new(),
+                    })
+                    .sorted
+                    .push((f.rd(), s.nss_pos(n), n));
+            }
+        }
+        for b in out.values_mut() {
+            b.sorted.sort_unstable();
+        }
+        out
+    }
+
+    /// The roots leaf `l` links, in NSS order. Roots it cannot take stay in `leftover`.
+    fn take(&mut self, s: &Sorter<'_>, l: usize) -> Vec<(i64, usize, usize)> {
+        let rd = s.f(l).rd();
+        let cut = self.sorted.partition_point(|e| e.0 <= rd).max(self.done);
+        let mut cand = Vec::new();
+        let mut keep = Vec::new();
+        for &e in self
+            .leftover
+            .iter()
+            .chain(self.sorted[self.done..cut].iter())
+        {
+            if s.has_parent(e.2) {
+                continue;
+            }
+            if e.0 <= rd && e.2 != l && !s.same_set(l, e.2) {
+                cand.push(e);
+            } else {
+                keep.push(e);
+            }
+        }
+        self.leftover = keep;
+        self.done = cut;
+        cand.sort_unstable_by_key(|e| e.1);
+        cand
     }
 }
