@@ -478,21 +478,20 @@ impl<'a> Sorter<'a> {
         let r = &f.rec;
         let ps = &mut self.t.pss[p];
         if f.tap_side() == "c-p" {
-            if r.syscall_trace_id_request != 0 {
-                if ps.leaf_sys_req.insert(r.syscall_trace_id_request) {
-                    self.leaf_req_sets
-                        .entry(r.syscall_trace_id_request)
-                        .or_default()
-                        .push(p);
-                }
+            if r.syscall_trace_id_request != 0 && ps.leaf_sys_req.insert(r.syscall_trace_id_request)
+            {
+                self.leaf_req_sets
+                    .entry(r.syscall_trace_id_request)
+                    .or_default()
+                    .push(p);
             }
-            if r.syscall_trace_id_response != 0 {
-                if ps.leaf_sys_resp.insert(r.syscall_trace_id_response) {
-                    self.leaf_resp_sets
-                        .entry(r.syscall_trace_id_response)
-                        .or_default()
-                        .push(p);
-                }
+            if r.syscall_trace_id_response != 0
+                && ps.leaf_sys_resp.insert(r.syscall_trace_id_response)
+            {
+                self.leaf_resp_sets
+                    .entry(r.syscall_trace_id_response)
+                    .or_default()
+                    .push(p);
             }
             if !r.x_request_id_0.is_empty() {
                 ps.leaf_xreq
