@@ -288,46 +288,71 @@ fn shuffled_input_gives_the_same_trace() {
     }
 }
 
-/// Rough throughput check: `cargo test --release --test autotrace_properties -- --ignored`.
-#[test]
-#[ignore]
-fn assemble_10k_flows_quickly() {
+/// Many generated calls in one input. With `distinct_keys` the calls' keys (seqs, syscall
+/// ids, trace/span/x-request ids) are kept apart; without, they collide heavily. `gap_us`
+/// separates the calls in time.
+fn big_trace(seed: u64, target: usize, distinct_keys: bool, gap_us: i64) -> Vec<FlowRecord> {
     let mut g = Gen {
-        rng: StdRng::seed_from_u64(7),
+        rng: StdRng::seed_from_u64(seed),
         next_id: 0,
         used_starts: HashSet::new(),
     };
     let mut rows = Vec::new();
     let mut k = 0u64;
-    while rows.len() < 10_000 {
+    while rows.len() < target {
         let mut t = g.trace();
-        // keep keys of different traces apart (one big trace of many independent calls)
         for r in &mut t {
-            r.req_tcp_seq += (k as u32) * 1000;
-            r.resp_tcp_seq += (k as u32) * 1000;
-            if r.syscall_trace_id_request != 0 {
-                r.syscall_trace_id_request += k * 10;
-            }
-            if r.syscall_trace_id_response != 0 {
-                r.syscall_trace_id_response += k * 10;
-            }
-            let sfx = |v: &mut String| {
-                if !v.is_empty() {
-                    *v = format!("{v}-{k}");
+            if distinct_keys {
+                r.req_tcp_seq += (k as u32) * 1000;
+                r.resp_tcp_seq += (k as u32) * 1000;
+                if r.syscall_trace_id_request != 0 {
+                    r.syscall_trace_id_request += k * 10;
                 }
-            };
-            sfx(&mut r.trace_id);
-            sfx(&mut r._trace_id_2);
-            sfx(&mut r.span_id);
-            sfx(&mut r.parent_span_id);
-            sfx(&mut r.x_request_id_0);
-            sfx(&mut r.x_request_id_1);
-            r.start_time_us += (k as i64) * 100_000_000;
-            r.end_time_us += (k as i64) * 100_000_000;
+                if r.syscall_trace_id_response != 0 {
+                    r.syscall_trace_id_response += k * 10;
+                }
+                let sfx = |v: &mut String| {
+                    if !v.is_empty() {
+                        *v = format!("{v}-{k}");
+                    }
+                };
+                sfx(&mut r.trace_id);
+                sfx(&mut r._trace_id_2);
+                sfx(&mut r.span_id);
+                sfx(&mut r.parent_span_id);
+                sfx(&mut r.x_request_id_0);
+                sfx(&mut r.x_request_id_1);
+            }
+            r.start_time_us += (k as i64) * gap_us;
+            r.end_time_us += (k as i64) * gap_us;
         }
         rows.extend(t);
         k += 1;
     }
+    rows
+}
+
+#[test]
+fn indexes_match_the_linear_scans_on_large_inputs() {
+    for (seed, distinct, gap) in [(1, false, 5_000), (2, false, 60_000), (3, true, 20_000)] {
+        let rows = big_trace(seed, 1500, distinct, gap);
+        let p = params(seed);
+        let a = assemble(rows.clone(), vec![], None, &p);
+        check_invariants(&rows, &a, false);
+        let b = assemble_exhaustive(rows, None, &p);
+        assert_eq!(a, b, "seed {seed}");
+    }
+}
+
+/// Rough throughput check: `cargo test --release --test autotrace_properties -- --ignored`.
+#[test]
+#[ignore]
+fn assemble_10k_flows_quickly() {
+    let target: usize = std::env::var("AUTOTRACE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let rows = big_trace(7, target, true, 100_000_000);
     let n = rows.len();
     {
         // phase breakdown

@@ -24,6 +24,8 @@ fn async_eligible(f: &Flow) -> bool {
 struct Merger {
     flows: Vec<Flow>,
     by_key: HashMap<Key, Vec<usize>>,
+    /// Flows that are still requests (type 0, not async), by key.
+    req_by_key: HashMap<Key, Vec<usize>>,
     by_async: HashMap<(u8, String), Vec<usize>>,
 }
 
@@ -38,7 +40,13 @@ impl Merger {
         let is_grpc_frame =
             matches!(r.l7_protocol, l7::HTTP2 | l7::GRPC) && r.response_duration == 0;
         let allow_any_type = is_dns_sys || is_grpc_frame;
-        let Some(cands) = self.by_key.get(&key(f)) else {
+        // Only requests can take a regular response: scan the (smaller) request list then.
+        let index = if allow_any_type {
+            &self.by_key
+        } else {
+            &self.req_by_key
+        };
+        let Some(cands) = index.get(&key(f)) else {
             return false;
         };
         let mut target = None;
@@ -79,6 +87,11 @@ impl Merger {
         let t = &mut self.flows[i];
         if t.rec.r#type == 0 {
             t.rec.r#type = 2;
+            if let Some(v) = self.req_by_key.get_mut(&key(t)) {
+                if let Some(p) = v.iter().rposition(|&x| x == i) {
+                    v.remove(p);
+                }
+            }
         }
         t.ids.extend_from_slice(&f.ids);
         t.fill_falsy_from(f);
@@ -153,6 +166,9 @@ impl Merger {
     fn push(&mut self, f: Flow) {
         let i = self.flows.len();
         self.by_key.entry(key(&f)).or_default().push(i);
+        if f.rec.r#type == 0 && f.rec.is_async == 0 {
+            self.req_by_key.entry(key(&f)).or_default().push(i);
+        }
         if f.rec.r#type == 0 && async_eligible(&f) {
             self.by_async
                 .entry((f.rec.l7_protocol, f.tap_side().to_string()))
@@ -165,14 +181,19 @@ impl Merger {
 
 /// Order rows by start time (stable) and merge them into flows (§5.1). The position of a flow in
 /// the result is its flow index.
-pub fn merge_rows(mut rows: Vec<Flow>) -> Vec<Flow> {
-    rows.sort_by_key(|f| f.start());
+pub fn merge_rows(rows: Vec<Flow>) -> Vec<Flow> {
+    // stable order by start time; sort positions, not the (large) flows themselves
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].start());
+    let mut slots: Vec<Option<Flow>> = rows.into_iter().map(Some).collect();
     let mut m = Merger {
-        flows: Vec::with_capacity(rows.len()),
+        flows: Vec::with_capacity(slots.len()),
         by_key: HashMap::new(),
+        req_by_key: HashMap::new(),
         by_async: HashMap::new(),
     };
-    for f in rows {
+    for i in order {
+        let f = slots[i].take().expect("each row is visited once");
         if m.merge_flow(&f) || m.merge_async_flow(&f) {
             continue;
         }

@@ -61,6 +61,8 @@ pub struct Node {
 #[derive(Debug, Clone, Default)]
 pub struct Pss {
     pub spans: Vec<usize>,
+    /// The `s-p` members, in `spans` order.
+    sps: Vec<usize>,
     pub app_roots: Vec<usize>,
     pub app_leafs: Vec<usize>,
     leaf_sys_req: HashSet<u64>,
@@ -173,6 +175,11 @@ impl Dsu {
 
 struct Sorter<'a> {
     flows: &'a [Flow],
+    /// Trace id → PSS whose `g_trace` holds it (for the async fallback of §6.4.4).
+    trace_sets: HashMap<&'a str, Vec<usize>>,
+    /// Syscall id → PSS whose `leaf_syscall_req` / `leaf_syscall_resp` holds it.
+    leaf_req_sets: HashMap<u64, Vec<usize>>,
+    leaf_resp_sets: HashMap<u64, Vec<usize>>,
     rel: &'a [Vec<(usize, u8)>],
     ctx: RelCtx,
     opts: SortOpts,
@@ -216,6 +223,9 @@ pub fn build_tree(flows: &[Flow], rel: &[Vec<(usize, u8)>], ctx: &RelCtx, opts: 
         .collect();
     let mut s = Sorter {
         flows,
+        trace_sets: HashMap::new(),
+        leaf_req_sets: HashMap::new(),
+        leaf_resp_sets: HashMap::new(),
         rel,
         ctx: *ctx,
         opts,
@@ -231,6 +241,11 @@ pub fn build_tree(flows: &[Flow], rel: &[Vec<(usize, u8)>], ctx: &RelCtx, opts: 
 impl<'a> Sorter<'a> {
     fn f(&self, i: usize) -> &'a Flow {
         &self.flows[i]
+    }
+
+    /// Creation order of the NSS holding `i`.
+    fn nss_pos(&self, i: usize) -> usize {
+        self.t.nodes[i].nss.unwrap_or(usize::MAX)
     }
 
     fn has_parent(&self, i: usize) -> bool {
@@ -454,17 +469,29 @@ impl<'a> Sorter<'a> {
     fn append_sys_span(&mut self, p: usize, s: usize) {
         self.t.nodes[s].pss = Some(p);
         self.t.pss[p].spans.push(s);
+        if self.f(s).tap_side() == "s-p" {
+            self.t.pss[p].sps.push(s);
+        }
         self.unify_sys_extra(p, s);
         self.unify_auto_service(p, s);
         let f = self.f(s);
         let r = &f.rec;
         let ps = &mut self.t.pss[p];
         if f.tap_side() == "c-p" {
-            if r.syscall_trace_id_request != 0 {
-                ps.leaf_sys_req.insert(r.syscall_trace_id_request);
+            if r.syscall_trace_id_request != 0 && ps.leaf_sys_req.insert(r.syscall_trace_id_request)
+            {
+                self.leaf_req_sets
+                    .entry(r.syscall_trace_id_request)
+                    .or_default()
+                    .push(p);
             }
-            if r.syscall_trace_id_response != 0 {
-                ps.leaf_sys_resp.insert(r.syscall_trace_id_response);
+            if r.syscall_trace_id_response != 0
+                && ps.leaf_sys_resp.insert(r.syscall_trace_id_response)
+            {
+                self.leaf_resp_sets
+                    .entry(r.syscall_trace_id_response)
+                    .or_default()
+                    .push(p);
             }
             if !r.x_request_id_0.is_empty() {
                 ps.leaf_xreq
@@ -482,6 +509,7 @@ impl<'a> Sorter<'a> {
         for t in &f.trace_ids {
             if !ps.g_trace.contains(t) {
                 ps.g_trace.insert(t.clone());
+                self.trace_sets.entry(t.as_str()).or_default().push(p);
             }
         }
     }
@@ -778,26 +806,119 @@ impl<'a> Sorter<'a> {
             }
             return best;
         }
-        let j = ci.entries.partition_point(|e| e.start <= fc.start());
-        let mut best: Option<(usize, &'static str, i64, usize)> = None;
-        for k in (0..j).rev() {
-            let e = &ci.entries[k];
-            if best.is_some_and(|b| e.start < b.2) {
-                break;
+        let mut best: Option<Best> = None;
+        for &(pos, x) in &ci.multi {
+            if let Some(r) = self.attach_via_sys(x, c) {
+                let e = CandEntry {
+                    start: self.f(r.0).start(),
+                    end: 0,
+                    pos,
+                    pss: x,
+                    sp: r.0,
+                };
+                Best::offer(&mut best, r, &e);
             }
-            if ci.max_end[k] < fc.end() && !ci.any_zero_rd[k] {
-                break;
+        }
+        for sub in ci.subs_for(self, c) {
+            // s-p with a response: must cover c; the prefix maxima of `end` bound the scan
+            let j = sub.normal.partition_point(|e| e.start <= fc.start());
+            for k in (0..j).rev() {
+                let e = &sub.normal[k];
+                if best.as_ref().is_some_and(|b| e.start < b.start) || sub.max_end[k] < fc.end() {
+                    break;
+                }
+                if e.end >= fc.end() {
+                    if let Some(r) = self.attach_via_sys(e.pss, c) {
+                        Best::offer(&mut best, r, e);
+                    }
+                }
             }
-            if !(e.end >= fc.end() || e.zero_rd) {
+            // s-p that lost its response cover everything after their start: look them up by
+            // the keys the match predicates need, or scan back when the lookups are large
+            let j = sub.zero.partition_point(|e| e.start <= fc.start());
+            if let Some(ks) = self.zero_candidates(sub, c, j) {
+                for k in ks {
+                    let e = &sub.zero[k];
+                    if let Some(r) = self.attach_via_sys(e.pss, c) {
+                        Best::offer(&mut best, r, e);
+                    }
+                }
                 continue;
             }
-            if let Some((sp, why)) = self.attach_via_sys(e.pss, c) {
-                if best.is_none_or(|b| e.pos < b.3) {
-                    best = Some((sp, why, e.start, e.pos));
+            for k in (0..j).rev() {
+                let e = &sub.zero[k];
+                if best.as_ref().is_some_and(|b| e.start < b.start) {
+                    break;
+                }
+                if let Some(r) = self.attach_via_sys(e.pss, c) {
+                    Best::offer(&mut best, r, e);
                 }
             }
         }
-        best.map(|b| (b.0, b.1))
+        best.map(|b| (b.sp, b.why))
+    }
+
+    /// Zero-`rd` candidates of `sub` (positions below `j`) that can satisfy one of the match
+    /// predicates of `attach_via_sys`, or `None` when the lookups are too large to pay off.
+    fn zero_candidates(&self, sub: &SubIndex, c: usize, j: usize) -> Option<Vec<usize>> {
+        if sub.zero.is_empty() || j == 0 {
+            return Some(Vec::new());
+        }
+        let r = &self.f(c).rec;
+        let mut budget: usize = 64;
+        let mut ks: Vec<usize> = Vec::new();
+        let mut take = |v: Option<&Vec<usize>>, ks: &mut Vec<usize>| -> bool {
+            let Some(v) = v else { return true };
+            if v.len() > budget {
+                return false;
+            }
+            budget -= v.len();
+            ks.extend(v.iter().copied());
+            true
+        };
+        let (q, p) = (r.syscall_trace_id_request, r.syscall_trace_id_response);
+        let mut ok = take(sub.zero_by_sys.get(&q), &mut ks);
+        if p != q {
+            ok &= take(sub.zero_by_sys.get(&p), &mut ks);
+        }
+        if !r.x_request_id_0.is_empty() {
+            ok &= take(sub.zero_by_x0.get(&r.x_request_id_0), &mut ks);
+            ok &= take(sub.zero_by_x1.get(&r.x_request_id_0), &mut ks);
+        }
+        if !r.x_request_id_1.is_empty() {
+            ok &= take(sub.zero_by_x1.get(&r.x_request_id_1), &mut ks);
+        }
+        if !ok {
+            return None;
+        }
+        let mut sets: Vec<usize> = Vec::new();
+        let mut dynamic = |v: Option<&Vec<usize>>| -> bool {
+            let Some(v) = v else { return true };
+            if v.len() > budget {
+                return false;
+            }
+            budget -= v.len();
+            sets.extend(v.iter().copied());
+            true
+        };
+        let mut ok = true;
+        if q != 0 {
+            ok &= dynamic(self.leaf_resp_sets.get(&q));
+        }
+        if p != 0 {
+            ok &= dynamic(self.leaf_req_sets.get(&p));
+        }
+        for t in &self.f(c).trace_ids {
+            ok &= dynamic(self.trace_sets.get(t.as_str()));
+        }
+        if !ok {
+            return None;
+        }
+        ks.extend(sets.iter().filter_map(|x| sub.zero_of.get(x).copied()));
+        ks.retain(|&k| k < j);
+        ks.sort_unstable();
+        ks.dedup();
+        Some(ks)
     }
 
     /// Best parent by `attach_via_preceding` (largest s-p start, ties to list order).
@@ -814,20 +935,56 @@ impl<'a> Sorter<'a> {
             }
             return best;
         }
-        let j = ci.entries.partition_point(|e| e.start <= fc.start());
-        let mut best: Option<(usize, &'static str, i64, usize)> = None;
-        for k in (0..j).rev() {
-            let e = &ci.entries[k];
-            if best.is_some_and(|b| e.start < b.2) {
-                break;
+        // Few sets share c's trace ids: try exactly those (the trace test is required).
+        let by_trace: usize = fc
+            .trace_ids
+            .iter()
+            .map(|t| self.trace_sets.get(t.as_str()).map_or(0, Vec::len))
+            .sum();
+        let mut best: Option<Best> = None;
+        for &(pos, x) in &ci.multi {
+            if let Some(r) = self.attach_via_preceding(x, c) {
+                let e = CandEntry {
+                    start: self.f(r.0).start(),
+                    end: 0,
+                    pos,
+                    pss: x,
+                    sp: r.0,
+                };
+                Best::offer(&mut best, r, &e);
             }
-            if let Some((sp, why)) = self.attach_via_preceding(e.pss, c) {
-                if best.is_none_or(|b| e.pos < b.3) {
-                    best = Some((sp, why, e.start, e.pos));
+        }
+        if by_trace <= 64 {
+            for t in &fc.trace_ids {
+                for &x in self.trace_sets.get(t.as_str()).into_iter().flatten() {
+                    let Some(e) = ci.entry_of.get(&x).map(|&k| &ci.entries[k]) else {
+                        continue;
+                    };
+                    if e.start > fc.start() {
+                        continue;
+                    }
+                    if let Some(r) = self.attach_via_preceding(x, c) {
+                        Best::offer(&mut best, r, e);
+                    }
+                }
+            }
+            return best.map(|b| (b.sp, b.why));
+        }
+        for sub in ci.subs_for(self, c) {
+            for list in [&sub.normal, &sub.zero] {
+                let j = list.partition_point(|e| e.start <= fc.start());
+                for k in (0..j).rev() {
+                    let e = &list[k];
+                    if best.as_ref().is_some_and(|b| e.start < b.start) {
+                        break;
+                    }
+                    if let Some(r) = self.attach_via_preceding(e.pss, c) {
+                        Best::offer(&mut best, r, e);
+                    }
                 }
             }
         }
-        best.map(|b| (b.0, b.1))
+        best.map(|b| (b.sp, b.why))
     }
 
     fn build_app_pss(&mut self, app: &[usize], process_map: &mut IndexMap<InstKey, Vec<usize>>) {
@@ -1005,6 +1162,7 @@ impl<'a> Sorter<'a> {
                         };
                         if delta(fs) < delta(self.f(old)) {
                             self.t.pss[p].spans.retain(|&x| x != old);
+                            self.t.pss[p].sps.retain(|&x| x != old);
                             self.t.nodes[old].pss = None;
                             self.detach(root);
                             self.t.nodes[root].parent = None;
@@ -1069,11 +1227,8 @@ impl<'a> Sorter<'a> {
         let ps = &self.t.pss[x];
         let csm = ps.leaf_sys_resp.contains(&rc.syscall_trace_id_request)
             || ps.leaf_sys_req.contains(&rc.syscall_trace_id_response);
-        for &s in &ps.spans {
+        for &s in &ps.sps {
             let fsp = self.f(s);
-            if fsp.tap_side() != "s-p" {
-                continue;
-            }
             if !(self.process_matched(s, c) && cover_lost_resp(fsp, fc)) {
                 return None;
             }
@@ -1111,11 +1266,7 @@ impl<'a> Sorter<'a> {
     }
 
     fn attach_via_preceding(&self, x: usize, c: usize) -> Option<(usize, &'static str)> {
-        let s = self.t.pss[x]
-            .spans
-            .iter()
-            .copied()
-            .find(|&s| self.f(s).tap_side() == "s-p")?;
+        let s = *self.t.pss[x].sps.first()?;
         if !(self.process_matched(s, c) && full_before_lost_resp(self.f(s), self.f(c))) {
             return None;
         }
@@ -1130,9 +1281,9 @@ impl<'a> Sorter<'a> {
         if fc.rec.server_port != 1 {
             return None;
         }
-        for &s in &self.t.pss[x].spans {
+        for &s in &self.t.pss[x].sps {
             let fsp = self.f(s);
-            if fsp.tap_side() != "s-p" || fsp.rec.server_port != 1 || self.has_parent(s) {
+            if fsp.rec.server_port != 1 || self.has_parent(s) {
                 continue;
             }
             if !(self.process_matched(s, c) && cover(fc, fsp)) {
@@ -1535,6 +1686,7 @@ impl<'a> Sorter<'a> {
         }
         // Scenario 5: NSS leaf → NSS root
         let mut m: IndexMap<usize, (usize, String)> = IndexMap::new();
+        let mut grpc = GrpcRoots::build(self, &mk);
         for &l in &mk.network_leafs {
             let fl = self.f(l);
             let rl = &fl.rec;
@@ -1585,20 +1737,30 @@ impl<'a> Sorter<'a> {
                     }
                 }
             }
-            if let Some(rid) = fl.request_id_truthy() {
-                if let Some(roots) = mk.roots_by_request_id.get(&rid) {
-                    for &n in roots {
-                        let fnn = self.f(n);
-                        if n == l || self.has_parent(n) || self.same_set(l, n) {
-                            continue;
+            if let Some(rid) = fl.request_id_truthy().filter(|_| self.opts.exhaustive) {
+                // the spec's scan, kept for differential tests
+                for &n in mk.roots_by_request_id.get(&rid).into_iter().flatten() {
+                    let fnn = self.f(n);
+                    if n == l || self.has_parent(n) || self.same_set(l, n) {
+                        continue;
+                    }
+                    if !matches!(rl.l7_protocol, l7::HTTP2 | l7::GRPC)
+                        || fnn.rec.l7_protocol != rl.l7_protocol
+                        || fnn.rd() > fl.rd()
+                    {
+                        continue;
+                    }
+                    self.set_parent(n, l, "net_span mounted due to grpc request_id");
+                }
+            } else if let Some(rid) = fl.request_id_truthy() {
+                if matches!(rl.l7_protocol, l7::HTTP2 | l7::GRPC) {
+                    let key = (rid, rl.l7_protocol);
+                    if let Some(b) = grpc.get_mut(&key) {
+                        for e in b.take(self, l) {
+                            if !self.set_parent(e.2, l, "net_span mounted due to grpc request_id") {
+                                b.leftover.push(e);
+                            }
                         }
-                        if !matches!(rl.l7_protocol, l7::HTTP2 | l7::GRPC)
-                            || fnn.rec.l7_protocol != rl.l7_protocol
-                            || fnn.rd() > fl.rd()
-                        {
-                            continue;
-                        }
-                        self.set_parent(n, l, "net_span mounted due to grpc request_id");
                     }
                 }
             }
@@ -1817,66 +1979,179 @@ struct Marks {
 }
 
 /// One candidate set of §6.4.4, keyed by the start time of its only s-p.
+#[derive(Clone)]
 struct CandEntry {
     start: i64,
     end: i64,
-    zero_rd: bool,
     pos: usize,
     pss: usize,
+    sp: usize,
 }
 
-/// A §6.4.4 candidate list `L` with a start-time index over the s-p of each set.
+/// The best candidate so far: largest s-p start, ties to the smaller list position.
+struct Best {
+    sp: usize,
+    why: &'static str,
+    start: i64,
+    pos: usize,
+}
+
+impl Best {
+    fn offer(best: &mut Option<Best>, r: (usize, &'static str), e: &CandEntry) {
+        if best
+            .as_ref()
+            .is_none_or(|b| e.start > b.start || (e.start == b.start && e.pos < b.pos))
+        {
+            *best = Some(Best {
+                sp: r.0,
+                why: r.1,
+                start: e.start,
+                pos: e.pos,
+            });
+        }
+    }
+}
+
+/// Candidate sets of one process identity, sorted by (s-p start, list position).
+#[derive(Default)]
+struct SubIndex {
+    normal: Vec<CandEntry>,
+    /// Prefix maxima of `end` over `normal`.
+    max_end: Vec<i64>,
+    /// Sets whose s-p lost its response (`rd == 0`).
+    zero: Vec<CandEntry>,
+    /// Positions in `zero` by the s-p's syscall ids, x_request_id_0 and x_request_id_1, and
+    /// by set id.
+    zero_by_sys: HashMap<u64, Vec<usize>>,
+    zero_by_x0: HashMap<String, Vec<usize>>,
+    zero_by_x1: HashMap<String, Vec<usize>>,
+    zero_of: HashMap<usize, usize>,
+}
+
+impl SubIndex {
+    fn finish(&mut self, flows: &[Flow]) {
+        self.normal.sort_by_key(|e| (e.start, e.pos));
+        self.zero.sort_by_key(|e| (e.start, e.pos));
+        for (k, e) in self.zero.iter().enumerate() {
+            let r = &flows[e.sp].rec;
+            self.zero_by_sys
+                .entry(r.syscall_trace_id_request)
+                .or_default()
+                .push(k);
+            if r.syscall_trace_id_response != r.syscall_trace_id_request {
+                self.zero_by_sys
+                    .entry(r.syscall_trace_id_response)
+                    .or_default()
+                    .push(k);
+            }
+            if !r.x_request_id_0.is_empty() {
+                self.zero_by_x0
+                    .entry(r.x_request_id_0.clone())
+                    .or_default()
+                    .push(k);
+            }
+            if !r.x_request_id_1.is_empty() {
+                self.zero_by_x1
+                    .entry(r.x_request_id_1.clone())
+                    .or_default()
+                    .push(k);
+            }
+            self.zero_of.insert(e.pss, k);
+        }
+        let mut me = i64::MIN;
+        self.max_end = self
+            .normal
+            .iter()
+            .map(|e| {
+                me = me.max(e.end);
+                me
+            })
+            .collect();
+    }
+}
+
+/// A §6.4.4 candidate list `L`, indexed by the process identities `process_matched` accepts
+/// (agent + pid, or agent + pod instance) and by s-p start time.
 struct CandIndex {
     list: Vec<usize>,
-    /// Some set holds several s-p: fall back to the linear scan of the spec.
+    /// Exhaustive mode: the linear scan of the spec over `list`.
     multi_sp: bool,
+    /// Sets holding several s-p, checked linearly: (list position, set).
+    multi: Vec<(usize, usize)>,
     entries: Vec<CandEntry>,
-    /// Prefix maxima of `end` and prefix "some s-p lost its response" flags over `entries`.
-    max_end: Vec<i64>,
-    any_zero_rd: Vec<bool>,
+    entry_of: HashMap<usize, usize>,
+    by_pid: HashMap<(u16, i32), SubIndex>,
+    by_pod: HashMap<(u16, InstKey), SubIndex>,
 }
 
 impl CandIndex {
     fn build(s: &Sorter<'_>, list: Vec<usize>) -> CandIndex {
-        let mut entries = Vec::new();
-        let mut multi_sp = false;
+        let mut ci = CandIndex {
+            list: Vec::new(),
+            multi_sp: false,
+            multi: Vec::new(),
+            entries: Vec::new(),
+            entry_of: HashMap::new(),
+            by_pid: HashMap::new(),
+            by_pod: HashMap::new(),
+        };
         for (pos, &p) in list.iter().enumerate() {
-            let mut sps = s.t.pss[p]
-                .spans
-                .iter()
-                .copied()
-                .filter(|&x| s.f(x).tap_side() == "s-p");
-            if let Some(sp) = sps.next() {
-                if sps.next().is_some() {
-                    multi_sp = true;
-                }
-                let f = s.f(sp);
-                entries.push(CandEntry {
-                    start: f.start(),
-                    end: f.end(),
-                    zero_rd: f.rd() == 0,
-                    pos,
-                    pss: p,
-                });
+            let mut sps = s.t.pss[p].sps.iter().copied();
+            let Some(sp) = sps.next() else {
+                continue;
+            };
+            if sps.next().is_some() {
+                // several s-p: a later one may be chosen; check this set linearly
+                ci.multi.push((pos, p));
+                continue;
             }
+            let f = s.f(sp);
+            let e = CandEntry {
+                start: f.start(),
+                end: f.end(),
+                pos,
+                pss: p,
+                sp,
+            };
+            let n = &s.t.nodes[sp];
+            let put = |sub: &mut SubIndex| {
+                if f.rd() == 0 {
+                    sub.zero.push(e.clone());
+                } else {
+                    sub.normal.push(e.clone());
+                }
+            };
+            if n.process_id != 0 {
+                put(ci.by_pid.entry((f.agent(), n.process_id)).or_default());
+            }
+            if n.inst_type == 10 && n.inst != InstKey::Id(0) {
+                put(ci.by_pod.entry((f.agent(), n.inst.clone())).or_default());
+            }
+            ci.entry_of.insert(p, ci.entries.len());
+            ci.entries.push(e);
         }
-        entries.sort_by_key(|e| (e.start, e.pos));
-        let mut max_end = Vec::with_capacity(entries.len());
-        let mut any_zero_rd = Vec::with_capacity(entries.len());
-        let (mut me, mut az) = (i64::MIN, false);
-        for e in &entries {
-            me = me.max(e.end);
-            az |= e.zero_rd;
-            max_end.push(me);
-            any_zero_rd.push(az);
+        for sub in ci.by_pid.values_mut().chain(ci.by_pod.values_mut()) {
+            sub.finish(s.flows);
         }
-        CandIndex {
-            list,
-            multi_sp,
-            entries,
-            max_end,
-            any_zero_rd,
-        }
+        ci.list = list;
+        ci
+    }
+
+    /// The sub-indexes whose sets can be `process_matched` with client span `c`.
+    fn subs_for<'c>(&'c self, s: &Sorter<'_>, c: usize) -> impl Iterator<Item = &'c SubIndex> {
+        let n = &s.t.nodes[c];
+        let ag = s.f(c).agent();
+        let a = if n.process_id != 0 {
+            self.by_pid.get(&(ag, n.process_id))
+        } else {
+            None
+        };
+        let b = if n.inst_type == 10 {
+            self.by_pod.get(&(ag, n.inst.clone()))
+        } else {
+            None
+        };
+        a.into_iter().chain(b)
     }
 }
 
@@ -1947,5 +2222,64 @@ impl Brothers {
         out.sort_unstable();
         out.dedup();
         out
+    }
+}
+
+/// NSS roots of the gRPC stream rule (§6.9 scenario 5 part 2), bucketed by
+/// `(request_id, l7_protocol)` and sorted by `rd`, so a leaf only visits the roots it can take:
+/// unparented roots with `rd(N) ≤ rd(L)`, linked in NSS order.
+struct GrpcRoots {
+    /// `(rd, NSS order, span)` sorted; entries before `done` are parented or in `leftover`.
+    sorted: Vec<(i64, usize, usize)>,
+    done: usize,
+    leftover: Vec<(i64, usize, usize)>,
+}
+
+impl GrpcRoots {
+    fn build(s: &Sorter<'_>, mk: &Marks) -> HashMap<(u64, u8), GrpcRoots> {
+        let mut out: HashMap<(u64, u8), GrpcRoots> = HashMap::new();
+        for (&rid, roots) in &mk.roots_by_request_id {
+            for &n in roots {
+                let f = s.f(n);
+                out.entry((rid, f.rec.l7_protocol))
+                    .or_insert_with(|| GrpcRoots {
+                        sorted: Vec::new(),
+                        done: 0,
+                        leftover: Vec::new(),
+                    })
+                    .sorted
+                    .push((f.rd(), s.nss_pos(n), n));
+            }
+        }
+        for b in out.values_mut() {
+            b.sorted.sort_unstable();
+        }
+        out
+    }
+
+    /// The roots leaf `l` links, in NSS order. Roots it cannot take stay in `leftover`.
+    fn take(&mut self, s: &Sorter<'_>, l: usize) -> Vec<(i64, usize, usize)> {
+        let rd = s.f(l).rd();
+        let cut = self.sorted.partition_point(|e| e.0 <= rd).max(self.done);
+        let mut cand = Vec::new();
+        let mut keep = Vec::new();
+        for &e in self
+            .leftover
+            .iter()
+            .chain(self.sorted[self.done..cut].iter())
+        {
+            if s.has_parent(e.2) {
+                continue;
+            }
+            if e.0 <= rd && e.2 != l && !s.same_set(l, e.2) {
+                cand.push(e);
+            } else {
+                keep.push(e);
+            }
+        }
+        self.leftover = keep;
+        self.done = cut;
+        cand.sort_unstable_by_key(|e| e.1);
+        cand
     }
 }
