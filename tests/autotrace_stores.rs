@@ -82,6 +82,9 @@ impl FlowStore for Counting {
     fn schema_ddl(&self, org: OrgId) -> Vec<String> {
         self.inner.schema_ddl(org)
     }
+    async fn distinct_values(&self, org: OrgId, q: &FlowQuery, facet: &Facet) -> StoreResult<Vec<String>> {
+        self.inner.distinct_values(org, q, facet).await
+    }
 }
 
 /// The spec's default row (§10) at `T0 + start .. T0 + end`, `_id = (sec << 32) | n`.
