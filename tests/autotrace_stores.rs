@@ -9,7 +9,7 @@ use deepflow_tempo::autotrace::{ExternalAppSpan, TraceParams, TraceResult};
 use deepflow_tempo::service::TraceService;
 use deepflow_tempo::store::model::*;
 use deepflow_tempo::store::{
-    FlowQuery, FlowStore, SchemaOptions, SharedStore, StoreKind, StoreResult,
+    Facet, FlowQuery, FlowStore, SchemaOptions, SharedStore, StoreKind, StoreResult,
 };
 use deepflow_tempo::synth;
 use std::collections::HashMap;
