@@ -26,6 +26,8 @@ pub struct Config {
     pub tracing: TraceParams,
     pub tempo: TempoConfig,
     pub cache: CacheConfig,
+    /// `search.*`: limits of TraceQL search.
+    pub search: crate::search::SearchConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +116,7 @@ impl Default for Config {
             tracing: TraceParams::default(),
             tempo: TempoConfig::default(),
             cache: CacheConfig::default(),
+            search: crate::search::SearchConfig::default(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod autotrace;
 pub mod config;
 pub mod error;
 pub mod load;
+pub mod search;
 pub mod server;
 pub mod service;
 pub mod store;

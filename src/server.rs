@@ -40,6 +40,7 @@ pub fn app_state(cfg: &Config, store: SharedStore) -> AppState {
     AppState {
         store,
         tempo: Arc::new(tempo),
+        search: cfg.search.clone(),
     }
 }
 

@@ -82,7 +82,12 @@ impl FlowStore for Counting {
     fn schema_ddl(&self, org: OrgId) -> Vec<String> {
         self.inner.schema_ddl(org)
     }
-    async fn distinct_values(&self, org: OrgId, q: &FlowQuery, facet: &Facet) -> StoreResult<Vec<String>> {
+    async fn distinct_values(
+        &self,
+        org: OrgId,
+        q: &FlowQuery,
+        facet: &Facet,
+    ) -> StoreResult<Vec<String>> {
         self.inner.distinct_values(org, q, facet).await
     }
 }

@@ -2,6 +2,7 @@
 //! else: no SQL, no tracing logic.
 
 pub mod health;
+pub mod search;
 pub mod tempo;
 
 use crate::error::ApiError;
@@ -16,12 +17,14 @@ use std::sync::Arc;
 pub struct AppState {
     pub store: SharedStore,
     pub tempo: Arc<TempoService>,
+    pub search: crate::search::SearchConfig,
 }
 
 /// Register every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     tempo::configure(cfg);
+    search::configure(cfg);
 }
 
 /// The organisation a request reads: DeepFlow's `X-Org-Id`, else a numeric Tempo tenant

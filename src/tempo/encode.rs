@@ -209,7 +209,7 @@ fn resource_attributes(s: &OutSpan) -> Vec<KeyValue> {
     v
 }
 
-fn span_kind(r: &FlowRecord) -> span::SpanKind {
+pub fn span_kind(r: &FlowRecord) -> span::SpanKind {
     use span::SpanKind as K;
     if r.signal_source == signal_source::OTEL {
         match r.span_kind {
@@ -231,7 +231,7 @@ fn span_kind(r: &FlowRecord) -> span::SpanKind {
     }
 }
 
-fn span_status(r: &FlowRecord) -> Status {
+pub fn span_status(r: &FlowRecord) -> Status {
     let code = match r.response_status {
         response_status::SUCCESS => status::StatusCode::Ok,
         response_status::TIMEOUT
@@ -389,7 +389,7 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
     v
 }
 
-fn db_system(proto: u8) -> Option<&'static str> {
+pub fn db_system(proto: u8) -> Option<&'static str> {
     Some(match proto {
         60 => "mysql",
         61 => "postgresql",

@@ -9,9 +9,11 @@
 pub mod ast;
 pub mod duration;
 pub mod error;
+pub mod eval;
 pub mod lenient;
 pub mod lexer;
 pub mod parser;
+pub mod plan;
 pub mod validate;
 
 pub use ast::*;

@@ -1,0 +1,271 @@
+//! From TraceQL spanset filters to a store predicate that selects a superset of the matching
+//! rows: conditions the store can test directly (columns, OTel attributes, service names)
+//! become SQL, anything else becomes "every row". The executor re-checks every row exactly, so
+//! the plan only has to be cheap and never miss a row.
+
+use super::ast::*;
+use crate::store::{CmpOp, Col, Filter};
+
+/// A superset predicate for rows matching any of the filters.
+pub fn plan_filters(filters: &[&SpansetFilter]) -> Filter {
+    if filters.is_empty() {
+        return Filter::True;
+    }
+    let parts: Vec<Filter> = filters.iter().map(|f| plan_expr(&f.expr)).collect();
+    if parts.iter().any(|p| *p == Filter::True) {
+        Filter::True
+    } else {
+        Filter::Or(parts)
+    }
+}
+
+/// A superset predicate for one field expression (booleans only; anything else is `True`).
+pub fn plan_expr(e: &FieldExpr) -> Filter {
+    match e {
+        FieldExpr::Binary {
+            op: BinaryOp::And,
+            lhs,
+            rhs,
+            ..
+        } => match (plan_expr(lhs), plan_expr(rhs)) {
+            (Filter::True, x) | (x, Filter::True) => x,
+            (a, b) => Filter::And(vec![a, b]),
+        },
+        FieldExpr::Binary {
+            op: BinaryOp::Or,
+            lhs,
+            rhs,
+            ..
+        } => match (plan_expr(lhs), plan_expr(rhs)) {
+            (Filter::True, _) | (_, Filter::True) => Filter::True,
+            (a, b) => Filter::Or(vec![a, b]),
+        },
+        FieldExpr::Binary { op, lhs, rhs, .. } => match (&**lhs, &**rhs) {
+            (FieldExpr::Attribute(a), FieldExpr::Static(s)) => condition(a, *op, s),
+            (FieldExpr::Static(s), FieldExpr::Attribute(a)) => match flip(*op) {
+                Some(op) => condition(a, op, s),
+                None => Filter::True,
+            },
+            _ => Filter::True,
+        },
+        FieldExpr::Unary {
+            op: UnaryOp::Exists,
+            expr,
+            ..
+        } => match &**expr {
+            FieldExpr::Attribute(Attribute::Scoped { name, .. }) if !is_mapped(name) => {
+                Filter::AttrExists(name.clone())
+            }
+            _ => Filter::True,
+        },
+        _ => Filter::True,
+    }
+}
+
+fn flip(op: BinaryOp) -> Option<BinaryOp> {
+    Some(match op {
+        BinaryOp::Eq | BinaryOp::Neq => op,
+        BinaryOp::Lt => BinaryOp::Gt,
+        BinaryOp::Lte => BinaryOp::Gte,
+        BinaryOp::Gt => BinaryOp::Lt,
+        BinaryOp::Gte => BinaryOp::Lte,
+        _ => return None,
+    })
+}
+
+fn cmp(op: BinaryOp) -> Option<CmpOp> {
+    Some(match op {
+        BinaryOp::Eq => CmpOp::Eq,
+        BinaryOp::Neq => CmpOp::Neq,
+        BinaryOp::Lt => CmpOp::Lt,
+        BinaryOp::Lte => CmpOp::Lte,
+        BinaryOp::Gt => CmpOp::Gt,
+        BinaryOp::Gte => CmpOp::Gte,
+        _ => return None,
+    })
+}
+
+/// Span attribute names this program derives from DeepFlow's columns (not OTel attributes).
+pub const MAPPED_SPAN_NAMES: &[&str] = &[
+    "http.method",
+    "http.url",
+    "http.target",
+    "http.host",
+    "http.status_code",
+    "db.system",
+    "db.statement",
+    "db.operation",
+    "rpc.system",
+    "rpc.service",
+    "rpc.method",
+    "client.address",
+    "server.address",
+    "server.port",
+];
+
+fn is_mapped(name: &str) -> bool {
+    MAPPED_SPAN_NAMES.contains(&name) || name.starts_with("deepflow.")
+}
+
+fn text_column(name: &str) -> Option<Col> {
+    Some(match name {
+        "http.method" | "deepflow.request_type" | "db.operation" => Col::RequestType,
+        "http.target" | "db.statement" | "deepflow.request_resource" | "rpc.method" => {
+            Col::RequestResource
+        }
+        "http.host" | "deepflow.request_domain" | "rpc.service" => Col::RequestDomain,
+        "deepflow.endpoint" => Col::Endpoint,
+        "deepflow.observation_point" => Col::ObservationPoint,
+        "deepflow.x_request_id_0" => Col::XRequestId0,
+        "deepflow.x_request_id_1" => Col::XRequestId1,
+        "deepflow.response_exception" => Col::ResponseException,
+        _ => return None,
+    })
+}
+
+fn int_column(name: &str) -> Option<Col> {
+    Some(match name {
+        "http.status_code" | "deepflow.response_code" => Col::ResponseCode,
+        "deepflow.response_status" => Col::ResponseStatus,
+        "deepflow.agent_id" => Col::AgentId,
+        "server.port" => Col::ServerPort,
+        _ => return None,
+    })
+}
+
+fn condition(a: &Attribute, op: BinaryOp, s: &Static) -> Filter {
+    match a {
+        Attribute::Intrinsic(Intrinsic::Duration) => match (s, cmp(op)) {
+            (Static::Duration(ns), Some(c)) => {
+                // Durations are stored in µs: round outward so no row is lost.
+                let (lo, hi) = (ns.div_euclid(1000), (ns + 999).div_euclid(1000));
+                match c {
+                    CmpOp::Gt | CmpOp::Gte => Filter::IntCmp(Col::ResponseDuration, CmpOp::Gte, lo),
+                    CmpOp::Lt | CmpOp::Lte => Filter::IntCmp(Col::ResponseDuration, CmpOp::Lte, hi),
+                    CmpOp::Eq => Filter::And(vec![
+                        Filter::IntCmp(Col::ResponseDuration, CmpOp::Gte, lo),
+                        Filter::IntCmp(Col::ResponseDuration, CmpOp::Lte, hi),
+                    ]),
+                    CmpOp::Neq => Filter::True,
+                }
+            }
+            _ => Filter::True,
+        },
+        Attribute::Intrinsic(Intrinsic::Status) => match (s, op) {
+            (Static::Status(st), BinaryOp::Eq | BinaryOp::Neq) => {
+                let codes = match st {
+                    Status::Ok => vec![0],
+                    Status::Error => vec![2, 3, 4],
+                    Status::Unset => vec![1, 5, 6],
+                };
+                let f = Filter::IntIn(Col::ResponseStatus, codes);
+                if op == BinaryOp::Eq {
+                    f
+                } else {
+                    Filter::Not(Box::new(f))
+                }
+            }
+            _ => Filter::True,
+        },
+        Attribute::Intrinsic(_) => Filter::True,
+        Attribute::Scoped { parent: true, .. } => Filter::True,
+        Attribute::Scoped { scope, name, .. } => {
+            let resource_ok = matches!(scope, Scope::Resource | Scope::None);
+            let span_ok = matches!(scope, Scope::Span | Scope::None);
+            if resource_ok && name == "service.name" {
+                return match (s, op) {
+                    (Static::String(v), BinaryOp::Eq) => {
+                        let f = Filter::ServiceIn(vec![v.clone()]);
+                        if *scope == Scope::None {
+                            Filter::Or(vec![f, Filter::Attr(name.clone(), CmpOp::Eq, v.clone())])
+                        } else {
+                            f
+                        }
+                    }
+                    _ => Filter::True,
+                };
+            }
+            if !span_ok {
+                return Filter::True;
+            }
+            let Some(c) = cmp(op) else {
+                return Filter::True;
+            };
+            if let Some(col) = text_column(name) {
+                return match s {
+                    Static::String(v) => Filter::StrCmp(col, c, v.clone()),
+                    _ => Filter::True,
+                };
+            }
+            if let Some(col) = int_column(name) {
+                return match s {
+                    Static::Int(v) => Filter::IntCmp(col, c, *v),
+                    _ => Filter::True,
+                };
+            }
+            if is_mapped(name) {
+                return Filter::True;
+            }
+            // An OTel attribute: stored as text, so only equality of a text form is exact.
+            match (s, c) {
+                (Static::String(v), CmpOp::Eq) => Filter::Attr(name.clone(), CmpOp::Eq, v.clone()),
+                (Static::Int(v), CmpOp::Eq) => Filter::Attr(name.clone(), CmpOp::Eq, v.to_string()),
+                (Static::Bool(v), CmpOp::Eq) => {
+                    Filter::Attr(name.clone(), CmpOp::Eq, v.to_string())
+                }
+                (_, CmpOp::Neq) => Filter::True,
+                _ => Filter::AttrExists(name.clone()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(q: &str) -> Filter {
+        let query = crate::traceql::parse(q).unwrap();
+        plan_filters(&query.spanset_filters())
+    }
+
+    #[test]
+    fn plans_are_supersets() {
+        assert_eq!(plan("{}"), Filter::True);
+        assert_eq!(
+            plan(r#"{resource.service.name = "x" && duration > 100ms}"#),
+            Filter::Or(vec![Filter::And(vec![
+                Filter::ServiceIn(vec!["x".into()]),
+                Filter::IntCmp(Col::ResponseDuration, CmpOp::Gte, 100_000),
+            ])])
+        );
+        assert_eq!(
+            plan("{status = error}"),
+            Filter::Or(vec![Filter::IntIn(Col::ResponseStatus, vec![2, 3, 4])])
+        );
+        assert_eq!(plan(r#"{name = "x" || kind = server}"#), Filter::True);
+        assert_eq!(
+            plan(r#"{span.http.method = "GET"}"#),
+            Filter::Or(vec![Filter::StrCmp(
+                Col::RequestType,
+                CmpOp::Eq,
+                "GET".into()
+            )])
+        );
+        assert_eq!(
+            plan(r#"{span.tenant = "acme"}"#),
+            Filter::Or(vec![Filter::Attr(
+                "tenant".into(),
+                CmpOp::Eq,
+                "acme".into()
+            )])
+        );
+        assert_eq!(
+            plan(r#"{span.a = "1"} && {span.b = "2"}"#).to_owned(),
+            Filter::Or(vec![
+                Filter::Attr("a".into(), CmpOp::Eq, "1".into()),
+                Filter::Attr("b".into(), CmpOp::Eq, "2".into()),
+            ])
+        );
+    }
+}
