@@ -737,16 +737,11 @@ impl<'a> Sorter<'a> {
             }
             let ci = &cand_cache[&key];
             let mut parent = self.best_via_sys(ci, c);
-            let mut rev: Option<(usize, &'static str)> = None;
-            if self.f(c).rec.server_port == 1 {
-                for &x in &ci.list {
-                    if let Some((sp, why)) = self.append_via_unix(x, c) {
-                        if rev.is_none_or(|(b, _)| self.f(sp).start() < self.f(b).start()) {
-                            rev = Some((sp, why));
-                        }
-                    }
-                }
-            }
+            let rev = if self.f(c).rec.server_port == 1 {
+                self.best_via_unix(ci, c)
+            } else {
+                None
+            };
             if parent.is_none() && !self.f(c).trace_ids.is_empty() {
                 parent = self.best_via_preceding(ci, c);
             }
@@ -919,6 +914,51 @@ impl<'a> Sorter<'a> {
         ks.sort_unstable();
         ks.dedup();
         Some(ks)
+    }
+
+    /// Reverse (unix socket) child by `append_via_unix`: smallest s-p start, ties to list order.
+    fn best_via_unix(&self, ci: &CandIndex, c: usize) -> Option<(usize, &'static str)> {
+        let fc = self.f(c);
+        let mut best: Option<Best> = None;
+        let offer = |best: &mut Option<Best>, r: (usize, &'static str), start: i64, pos: usize| {
+            if best
+                .as_ref()
+                .is_none_or(|b| start < b.start || (start == b.start && pos < b.pos))
+            {
+                *best = Some(Best {
+                    sp: r.0,
+                    why: r.1,
+                    start,
+                    pos,
+                });
+            }
+        };
+        if ci.multi_sp {
+            for (pos, &x) in ci.list.iter().enumerate() {
+                if let Some(r) = self.append_via_unix(x, c) {
+                    offer(&mut best, r, self.f(r.0).start(), pos);
+                }
+            }
+            return best.map(|b| (b.sp, b.why));
+        }
+        for &(pos, x) in &ci.multi {
+            if let Some(r) = self.append_via_unix(x, c) {
+                offer(&mut best, r, self.f(r.0).start(), pos);
+            }
+        }
+        // a single unix s-p must lie inside c: c.start ≤ s.start ≤ c.end
+        for sub in ci.subs_for(self, c) {
+            let lo = sub.unix.partition_point(|e| e.start < fc.start());
+            for e in &sub.unix[lo..] {
+                if e.start > fc.end() {
+                    break;
+                }
+                if let Some(r) = self.append_via_unix(e.pss, c) {
+                    offer(&mut best, r, e.start, e.pos);
+                }
+            }
+        }
+        best.map(|b| (b.sp, b.why))
     }
 
     /// Best parent by `attach_via_preceding` (largest s-p start, ties to list order).
@@ -2026,12 +2066,15 @@ struct SubIndex {
     zero_by_x0: HashMap<String, Vec<usize>>,
     zero_by_x1: HashMap<String, Vec<usize>>,
     zero_of: HashMap<usize, usize>,
+    /// Sets whose s-p is a unix-socket span (`server_port == 1`).
+    unix: Vec<CandEntry>,
 }
 
 impl SubIndex {
     fn finish(&mut self, flows: &[Flow]) {
         self.normal.sort_by_key(|e| (e.start, e.pos));
         self.zero.sort_by_key(|e| (e.start, e.pos));
+        self.unix.sort_by_key(|e| (e.start, e.pos));
         for (k, e) in self.zero.iter().enumerate() {
             let r = &flows[e.sp].rec;
             self.zero_by_sys
@@ -2115,6 +2158,9 @@ impl CandIndex {
             };
             let n = &s.t.nodes[sp];
             let put = |sub: &mut SubIndex| {
+                if f.rec.server_port == 1 {
+                    sub.unix.push(e.clone());
+                }
                 if f.rd() == 0 {
                     sub.zero.push(e.clone());
                 } else {
