@@ -128,8 +128,12 @@ fn attribute_json(r: &FlowRecord) -> String {
 }
 
 impl TraceResult {
-    /// The L7FlowTracing `DATA` object: `{"tracing", "services", "host_clock_correction"}`.
+    /// The L7FlowTracing `DATA` object: `{"tracing", "services", "host_clock_correction"}`,
+    /// or `{}` when nothing was found.
     pub fn to_deepflow_json(&self, has_attributes: bool) -> Value {
+        if self.spans.is_empty() {
+            return json!({});
+        }
         let tracing: Vec<Value> = self
             .spans
             .iter()
@@ -157,6 +161,9 @@ impl TraceResult {
     /// The tracing-completion `DATA` object (§8.1 step 7): no `services`, and each span without
     /// the tree/service/display fields.
     pub fn to_completion_json(&self) -> Value {
+        if self.spans.is_empty() {
+            return json!({});
+        }
         const DROP: [&str; 12] = [
             "selftime",
             "Enum(tap_side)",
