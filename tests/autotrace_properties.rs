@@ -316,8 +316,10 @@ fn big_trace(seed: u64, target: usize, distinct_keys: bool, gap_us: i64) -> Vec<
                         *v = format!("{v}-{k}");
                     }
                 };
-                sfx(&mut r.trace_id);
-                sfx(&mut r._trace_id_2);
+                if std::env::var("AUTOTRACE_BENCH_SHARED_TRACE").is_err() {
+                    sfx(&mut r.trace_id);
+                    sfx(&mut r._trace_id_2);
+                }
                 sfx(&mut r.span_id);
                 sfx(&mut r.parent_span_id);
                 sfx(&mut r.x_request_id_0);
@@ -345,6 +347,8 @@ fn indexes_match_the_linear_scans_on_large_inputs() {
 }
 
 /// Rough throughput check: `cargo test --release --test autotrace_properties -- --ignored`.
+/// `AUTOTRACE_BENCH_N` sets the size; `AUTOTRACE_BENCH_SHARED_TRACE=1` makes all calls share
+/// their trace ids (one giant trace instead of many independent ones).
 #[test]
 #[ignore]
 fn assemble_10k_flows_quickly() {

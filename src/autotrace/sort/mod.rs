@@ -76,6 +76,8 @@ pub struct Pss {
     /// The `s-p` members, in `spans` order.
     sps: Vec<usize>,
     pub app_roots: Vec<usize>,
+    /// Roots before this position all have a parent (see `first_free_root`).
+    free_root_cursor: usize,
     pub app_leafs: Vec<usize>,
     leaf_sys_req: HashSet<u64>,
     leaf_sys_resp: HashSet<u64>,

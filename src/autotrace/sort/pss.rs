@@ -321,6 +321,7 @@ impl<'a> Sorter<'a> {
                     }
                 }
                 let mut splits: IndexMap<String, usize> = IndexMap::new();
+                let mut seen_roots: HashSet<usize> = HashSet::new();
                 let mut root_memo: HashMap<usize, usize> = HashMap::new();
                 for &s in &spans {
                     let mut path = Vec::new();
@@ -365,7 +366,7 @@ impl<'a> Sorter<'a> {
                     };
                     self.t.pss[q].spans.push(s);
                     self.t.nodes[s].pss = Some(q);
-                    if !self.t.pss[q].app_roots.contains(&r) {
+                    if seen_roots.insert(r) {
                         self.t.pss[q].app_roots.push(r);
                     }
                 }
@@ -410,11 +411,13 @@ impl<'a> Sorter<'a> {
         let fs = self.f(s);
         let r = &fs.rec;
         if !r.span_id.is_empty() {
+            // every root of a split set has the set's key as parent_span_id (§6.3 c), so the
+            // first root decides
             let root = self.t.pss[p]
                 .app_roots
-                .iter()
+                .first()
                 .copied()
-                .find(|&x| self.f(x).rec.parent_span_id == r.span_id);
+                .filter(|&x| self.f(x).rec.parent_span_id == r.span_id);
             if let Some(root) = root {
                 const WHY: &str = "s-p sys_span mounted due to same span_id as parent";
                 match self.t.nodes[root].parent {
@@ -486,12 +489,16 @@ impl<'a> Sorter<'a> {
         false
     }
 
-    pub(super) fn first_free_root(&self, p: usize) -> Option<usize> {
-        self.t.pss[p]
-            .app_roots
-            .iter()
-            .copied()
-            .find(|&x| !self.has_parent(x))
+    /// The first root without a parent. Roots only ever gain parents, so a cursor skips the
+    /// ones already taken.
+    pub(super) fn first_free_root(&mut self, p: usize) -> Option<usize> {
+        let ps = &self.t.pss[p];
+        let mut k = ps.free_root_cursor;
+        while k < ps.app_roots.len() && self.t.nodes[ps.app_roots[k]].parent.is_some() {
+            k += 1;
+        }
+        self.t.pss[p].free_root_cursor = k;
+        self.t.pss[p].app_roots.get(k).copied()
     }
 
     pub(super) fn attach_via_sys(&self, x: usize, c: usize) -> Option<(usize, &'static str)> {
