@@ -6,9 +6,9 @@
 //! Start times are distinct so that the flow indices (start-time order) do not depend on the
 //! input order; with equal starts the spec's stable sort makes the input order significant.
 
-mod common;
+mod autotrace_common;
 
-use common::*;
+use autotrace_common::*;
 use deepflow_tempo::autotrace::{assemble, assemble_exhaustive, TraceParams, TraceResult};
 use deepflow_tempo::store::model::FlowRecord;
 use rand::rngs::StdRng;

@@ -1,9 +1,9 @@
 //! The §10 scenarios S1–S13 of the tracing spec, driven through `assemble` (the rows are the
 //! fetch result), with the project policy of §9 applied.
 
-mod common;
+mod autotrace_common;
 
-use common::*;
+use autotrace_common::*;
 use deepflow_tempo::autotrace::{assemble, TraceParams, TraceResult, TracingSource};
 use deepflow_tempo::store::model::FlowRecord;
 

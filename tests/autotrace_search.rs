@@ -2,9 +2,9 @@
 //! in-memory evaluator over exactly the listed rows: the query sequence (keys, windows) and the
 //! final tree are asserted.
 
-mod common;
+mod autotrace_common;
 
-use common::*;
+use autotrace_common::*;
 use deepflow_tempo::autotrace::{
     ExternalAppSpan, Search, SearchError, SearchOutcome, SearchQuery, StopReason, TimeWindow,
     TraceParams,
