@@ -1,11 +1,11 @@
 //! The §10 scenarios S1–S13 of the tracing spec, driven through `assemble` (the rows are the
 //! fetch result), with the project policy of §9 applied.
 
-mod scenario_support;
+mod autotrace_common;
 
+use autotrace_common::*;
 use deepflow_tempo::autotrace::{assemble, TraceParams, TraceResult, TracingSource};
 use deepflow_tempo::store::model::FlowRecord;
-use scenario_support::*;
 
 fn run(rows: Vec<FlowRecord>, entry: u64) -> TraceResult {
     assemble(rows, vec![], Some(entry), &TraceParams::default())
@@ -850,4 +850,48 @@ fn s13_grpc_stream_and_zero_duration_child_under_policy_o1() {
     ]);
     assert_eq!(v.span(1301).childs, vec![v.span(1302).id, v.span(1303).id]);
     assert_eq!(v.order(), vec![1301, 1303, 1302]);
+}
+
+#[test]
+fn unknown_signal_source_joins_the_nss_of_a_related_packet_span() {
+    // §2.4.1: an xFlow row with the same TCP seqs as a packet `c` row becomes its child
+    let rows = vec![
+        row(1401, 0, "c", 1, 0, 10000).seq(100, 200).b(),
+        row(1402, 1, "c", 1, 0, 10000).seq(100, 200).b(),
+        row(1403, 1, "c", 1, 0, 10000).seq(900, 901).b(),
+    ];
+    let res = run(rows, 1401);
+    let v = View(&res);
+    assert_eq!(v.parent(1402), Some(1401));
+    assert_eq!(v.why(1402), Some(TCP));
+    assert_eq!(v.span(1402).deepflow_span_id, "None.c.1");
+    assert_eq!(v.span(1402).auto_service, None);
+    // an unrelated unknown-source row has no record
+    assert!(res.spans.iter().all(|s| !s.ids.contains(&1403)));
+}
+
+#[test]
+fn empty_input_renders_empty_data() {
+    let res = assemble(vec![], vec![], None, &TraceParams::default());
+    assert_eq!(res.to_deepflow_json(false), serde_json::json!({}));
+    assert_eq!(res.to_completion_json(), serde_json::json!({}));
+}
+
+#[test]
+fn attributes_are_rendered_per_request() {
+    let rows = vec![row(1501, 0, "c", 1, 0, 10)
+        .with(|r| {
+            r.attribute_names = vec!["k".into(), "q\"".into()];
+            r.attribute_values = vec!["v".into(), "w".into()];
+        })
+        .b()];
+    let res = run(rows, 1501);
+    assert_eq!(
+        res.to_deepflow_json(false)["tracing"][0]["attribute"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        res.to_deepflow_json(true)["tracing"][0]["attribute"],
+        r#"{"k":"v","q\"":"w"}"#
+    );
 }

@@ -2,14 +2,14 @@
 //! in-memory evaluator over exactly the listed rows: the query sequence (keys, windows) and the
 //! final tree are asserted.
 
-mod scenario_support;
+mod autotrace_common;
 
+use autotrace_common::*;
 use deepflow_tempo::autotrace::{
     ExternalAppSpan, Search, SearchError, SearchOutcome, SearchQuery, StopReason, TimeWindow,
     TraceParams,
 };
 use deepflow_tempo::store::model::FlowRecord;
-use scenario_support::*;
 
 const T0: i64 = 1_700_000_000_000_000;
 const SEC: u64 = 1_700_000_000;
@@ -443,4 +443,53 @@ fn limits_are_reported() {
     let ev = Evaluator { rows: s15a_rows() };
     let (_, out) = drive(Search::by_id(id(1), w, &params), &ev);
     assert!(out.hit_limit);
+}
+
+#[test]
+fn expanded_time_range_widens_trace_queries_and_follows_the_rows() {
+    let params = TraceParams {
+        iteration_expand_time_range: 100,
+        ..TraceParams::default()
+    };
+    let w = TimeWindow::new(1_699_999_990, 1_700_000_010);
+    let mut rows = s15b_rows();
+    // a row of trace T found only thanks to the wider trace-id window, ending 50 s later
+    rows.push(
+        row(
+            ((SEC + 50) << 32) | 7,
+            0,
+            "c",
+            4,
+            T0 + 49_000_000,
+            T0 + 50_000_000,
+        )
+        .tr("T")
+        .seq(77, 88)
+        .b(),
+    );
+    let ev = Evaluator { rows };
+    let (qs, out) = drive(Search::by_id(id(2), w, &params), &ev);
+    let SearchQuery::ByTraceIds { window, .. } = &qs[1] else {
+        panic!("{qs:?}")
+    };
+    assert_eq!(*window, TimeWindow::new(1_699_999_890, 1_700_000_110));
+    let SearchQuery::Associate { window, .. } = &qs[2] else {
+        panic!("{qs:?}")
+    };
+    assert_eq!(*window, TimeWindow::new(1_699_999_990, 1_700_000_050));
+    assert!(out.ids.contains(&(((SEC + 50) << 32) | 7)));
+}
+
+#[test]
+fn multiple_trace_ids_can_be_allowed() {
+    let params = TraceParams {
+        allow_multiple_trace_ids_in_tracing_result: true,
+        ..TraceParams::default()
+    };
+    let w = TimeWindow::new(1_699_999_940, 1_700_000_060);
+    let ev = Evaluator { rows: s15b_rows() };
+    let (qs, out) = drive(Search::by_id(id(2), w, &params), &ev);
+    // row 3 (trace U) is now accepted and U is searched
+    assert!(out.ids.contains(&id(3)));
+    assert!(qs.iter().any(|q| matches!(q, SearchQuery::ByTraceIds { trace_ids, .. } if trace_ids.contains(&"U".to_string()))));
 }

@@ -3,6 +3,29 @@
 //! Owns the algorithm parameters (`TraceParams`), the sans-IO search state machine (`search`)
 //! and the assembly pipeline `merge → relate → sort → output` (`assemble`). It must not perform
 //! IO, read clocks or use randomness; the store layer runs the queries this module describes.
+//!
+//! Typical use: drive a [`Search`] by answering each [`SearchQuery`], then assemble.
+//!
+//! ```
+//! use deepflow_tempo::autotrace::{Search, SearchQuery, TimeWindow, TraceParams};
+//! use deepflow_tempo::store::model::{FlowMeta, FlowRecord};
+//!
+//! let params = TraceParams::default();
+//! let mut search = Search::by_trace_id("abc", TimeWindow::new(0, 60), &params);
+//! while let Some(query) = search.next().unwrap() {
+//!     match query {
+//!         // run the query against the store and feed the rows back
+//!         SearchQuery::Fetch { .. } => search.feed_records(Vec::<FlowRecord>::new()).unwrap(),
+//!         _ => search.feed_meta(Vec::<FlowMeta>::new()).unwrap(),
+//!     }
+//! }
+//! let outcome = search.finish();
+//! let partial = outcome.hit_limit;
+//! let trace = outcome.assemble(&params);
+//! assert!(trace.spans.is_empty() && !partial);
+//! let data = trace.to_deepflow_json(false); // L7FlowTracing `DATA`
+//! assert_eq!(data, serde_json::json!({}));
+//! ```
 
 pub mod clock;
 pub mod flow;

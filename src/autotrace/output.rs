@@ -128,8 +128,12 @@ fn attribute_json(r: &FlowRecord) -> String {
 }
 
 impl TraceResult {
-    /// The L7FlowTracing `DATA` object: `{"tracing", "services", "host_clock_correction"}`.
+    /// The L7FlowTracing `DATA` object: `{"tracing", "services", "host_clock_correction"}`,
+    /// or `{}` when nothing was found.
     pub fn to_deepflow_json(&self, has_attributes: bool) -> Value {
+        if self.spans.is_empty() {
+            return json!({});
+        }
         let tracing: Vec<Value> = self
             .spans
             .iter()
@@ -157,6 +161,9 @@ impl TraceResult {
     /// The tracing-completion `DATA` object (§8.1 step 7): no `services`, and each span without
     /// the tree/service/display fields.
     pub fn to_completion_json(&self) -> Value {
+        if self.spans.is_empty() {
+            return json!({});
+        }
         const DROP: [&str; 12] = [
             "selftime",
             "Enum(tap_side)",
@@ -587,6 +594,7 @@ pub fn build_output(
         .filter_map(|&s| dsid[s].as_deref())
         .collect();
     let mut spans = Vec::with_capacity(kept_order.len());
+    let id0: Vec<u64> = flows.iter().map(|f| f.ids[0]).collect();
     let mut flows: Vec<Option<Flow>> = flows.into_iter().map(Some).collect();
     for &s in &kept_order {
         let node = &nodes[s];
@@ -610,59 +618,45 @@ pub fn build_output(
             f.agent()
         };
         let shift = corr.get(&agent).copied().unwrap_or(0);
-        let related_ids = rel[s]
+        // §7.4 related_ids
+        let related_ids: Vec<String> = rel[s]
             .iter()
             .filter(|(j, _)| kept[*j])
-            .copied()
-            .collect::<Vec<_>>();
+            .map(|&(j, bits)| format!("{j}-{}-{}", names(bits), id0[j]))
+            .collect();
         let (uid, uname) = match &service_of[s] {
             Some((a, b)) => (Some(a.clone()), Some(b.clone())),
             None => (None, None),
         };
         let svc = node.svc.clone().unwrap_or_default();
         let extra = node.extra.clone();
-        spans.push((
+        spans.push(OutSpan {
+            id: s,
+            ids: f.ids.clone(),
+            parent_id,
+            childs: node.childs.clone(),
             related_ids,
-            OutSpan {
-                id: s,
-                ids: f.ids.clone(),
-                parent_id,
-                childs: node.childs.clone(),
-                related_ids: Vec::new(),
-                selftime: selftime[s],
-                set_parent_info: node.reason.clone(),
-                deepflow_span_id: dsid[s].clone().unwrap_or_default(),
-                deepflow_parent_span_id: parent_dsid,
-                render_start_time_us: f.start() + shift,
-                render_end_time_us: f.end() + shift,
-                service_uid: uid,
-                service_uname: uname,
-                auto_service_id: node.svc.as_ref().and(svc.auto_service_id),
-                auto_service: node.svc.as_ref().and(svc.auto_service.clone()),
-                auto_service_type: node.svc.as_ref().and(svc.auto_service_type),
-                process_id: extra.as_ref().and_then(|e| e.process_id),
-                subnet: extra.as_ref().and_then(|e| e.subnet.clone()),
-                ip: extra.as_ref().and_then(|e| e.ip.clone()),
-                process_kname: extra.as_ref().and_then(|e| e.process_kname.clone()),
-                gprocess: extra.as_ref().and_then(|e| e.gprocess.clone()),
-                trace_id: f.origin_trace_id.clone(),
-                trace_ids: f.trace_ids.clone(),
-                record: f.rec,
-            },
-        ));
+            selftime: selftime[s],
+            set_parent_info: node.reason.clone(),
+            deepflow_span_id: dsid[s].clone().unwrap_or_default(),
+            deepflow_parent_span_id: parent_dsid,
+            render_start_time_us: f.start() + shift,
+            render_end_time_us: f.end() + shift,
+            service_uid: uid,
+            service_uname: uname,
+            auto_service_id: node.svc.as_ref().and(svc.auto_service_id),
+            auto_service: node.svc.as_ref().and(svc.auto_service.clone()),
+            auto_service_type: node.svc.as_ref().and(svc.auto_service_type),
+            process_id: extra.as_ref().and_then(|e| e.process_id),
+            subnet: extra.as_ref().and_then(|e| e.subnet.clone()),
+            ip: extra.as_ref().and_then(|e| e.ip.clone()),
+            process_kname: extra.as_ref().and_then(|e| e.process_kname.clone()),
+            gprocess: extra.as_ref().and_then(|e| e.gprocess.clone()),
+            trace_id: f.origin_trace_id.clone(),
+            trace_ids: f.trace_ids.clone(),
+            record: f.rec,
+        });
     }
-    // §7.4 related_ids (needs the first `_id` of every kept flow)
-    let id0: HashMap<usize, u64> = spans.iter().map(|(_, o)| (o.id, o.ids[0])).collect();
-    let spans: Vec<OutSpan> = spans
-        .into_iter()
-        .map(|(rels, mut o)| {
-            o.related_ids = rels
-                .into_iter()
-                .map(|(j, bits)| format!("{j}-{}-{}", names(bits), id0[&j]))
-                .collect();
-            o
-        })
-        .collect();
     TraceResult {
         spans,
         services,

@@ -59,6 +59,16 @@ impl RelCtx {
 /// Candidate indexes of §4.1 over a universe of flows.
 pub struct Index<'a> {
     tcp: HashMap<u32, Vec<usize>>,
+    /// The zero-seq TCP flows (strong mode only), by start (`req_tcp_seq == 0`, not a
+    /// response) and by end (`resp_tcp_seq == 0`, not a request), so a zero-seq subject only
+    /// visits flows inside the time tolerance instead of the whole bucket.
+    zero_req_by_start: Vec<(i64, usize)>,
+    zero_resp_by_end: Vec<(i64, usize)>,
+    /// The zero-seq bucket as the weak rule can use it: flows indexed under 0 through a zero
+    /// `req_tcp_seq`, by their `resp_tcp_seq`, and through a zero `resp_tcp_seq`, by their
+    /// `req_tcp_seq` (only a truthy seq of the other side can match).
+    zero_req_by_resp: HashMap<u32, Vec<usize>>,
+    zero_resp_by_req: HashMap<u32, Vec<usize>>,
     span: HashMap<&'a str, Vec<usize>>,
     xreq: HashMap<&'a str, Vec<usize>>,
     sys: HashMap<u64, Vec<usize>>,
@@ -76,6 +86,10 @@ impl<'a> Index<'a> {
     pub fn build(flows: &'a [Flow], ctx: &RelCtx) -> Self {
         let mut ix = Index {
             tcp: HashMap::new(),
+            zero_req_by_start: Vec::new(),
+            zero_resp_by_end: Vec::new(),
+            zero_req_by_resp: HashMap::new(),
+            zero_resp_by_req: HashMap::new(),
             span: HashMap::new(),
             xreq: HashMap::new(),
             sys: HashMap::new(),
@@ -85,10 +99,24 @@ impl<'a> Index<'a> {
             let r = &f.rec;
             if !f.is_app() && r.protocol == 6 {
                 if r.r#type != 1 {
-                    push(&mut ix.tcp, r.req_tcp_seq, i);
+                    if r.req_tcp_seq == 0 {
+                        ix.zero_req_by_start.push((f.start(), i));
+                        if r.resp_tcp_seq != 0 {
+                            push(&mut ix.zero_req_by_resp, r.resp_tcp_seq, i);
+                        }
+                    } else {
+                        push(&mut ix.tcp, r.req_tcp_seq, i);
+                    }
                 }
                 if r.r#type != 0 {
-                    push(&mut ix.tcp, r.resp_tcp_seq, i);
+                    if r.resp_tcp_seq == 0 {
+                        ix.zero_resp_by_end.push((f.end(), i));
+                        if r.req_tcp_seq != 0 {
+                            push(&mut ix.zero_resp_by_req, r.req_tcp_seq, i);
+                        }
+                    } else {
+                        push(&mut ix.tcp, r.resp_tcp_seq, i);
+                    }
                 }
             }
             if !r.span_id.is_empty() {
@@ -115,7 +143,22 @@ impl<'a> Index<'a> {
                 }
             }
         }
+        ix.zero_req_by_start.sort_unstable();
+        ix.zero_resp_by_end.sort_unstable();
         ix
+    }
+
+    /// Zero-seq candidates of a subject (strong mode): not-response flows with `req == 0`
+    /// starting within `d` of `a`, or not-request flows with `resp == 0` ending within `d`.
+    fn zero_window(&self, by_start: bool, t: i64, d: i64) -> &[(i64, usize)] {
+        let v = if by_start {
+            &self.zero_req_by_start
+        } else {
+            &self.zero_resp_by_end
+        };
+        let lo = v.partition_point(|e| e.0 < t - d);
+        let hi = v.partition_point(|e| e.0 <= t + d);
+        &v[lo..hi]
     }
 }
 
@@ -150,12 +193,33 @@ pub fn relate_subject(
         if r.r#type != 0 && Some(r.resp_tcp_seq) != keys[0] {
             keys[1] = Some(r.resp_tcp_seq);
         }
-        for k in keys.into_iter().flatten() {
-            // The weak rule needs a truthy seq on the subject; skip the (possibly huge) zero bucket.
-            if !strong && k == 0 {
+        let dmax = ctx.network_delay_us + ctx.host_clock_offset_us;
+        let mut zero: Vec<usize> = Vec::new();
+        for (side, k) in keys.into_iter().enumerate() {
+            let Some(k) = k else { continue };
+            let cands: &[usize] = if k != 0 {
+                get(&ix.tcp, &k)
+            } else if strong {
+                // is_relate needs equal (zero) seqs and the start (request side) or end
+                // (response side) within the tolerance
+                let by_start = side == 0 && r.req_tcp_seq == 0;
+                let t = if by_start { a.start() } else { a.end() };
+                zero.clear();
+                zero.extend(ix.zero_window(by_start, t, dmax).iter().map(|e| e.1));
+                if r.req_tcp_seq == 0 && r.resp_tcp_seq == 0 && r.r#type == 2 {
+                    zero.extend(ix.zero_window(false, a.end(), dmax).iter().map(|e| e.1));
+                }
+                &zero
+            } else if side == 0 && r.req_tcp_seq == 0 && r.resp_tcp_seq != 0 {
+                // weak rule through the zero bucket: only `resp == a.resp` can hold
+                get(&ix.zero_req_by_resp, &r.resp_tcp_seq)
+            } else if side == 1 && r.req_tcp_seq != 0 {
+                // weak rule through the zero bucket: only `req == a.req` can hold
+                get(&ix.zero_resp_by_req, &r.req_tcp_seq)
+            } else {
                 continue;
-            }
-            for &j in get(&ix.tcp, &k) {
+            };
+            for &j in cands {
                 if j == a_i {
                     continue;
                 }
@@ -453,6 +517,101 @@ mod tests {
             response_duration: (end - start) as u64,
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn strong_tcp_candidates_match_a_brute_force_over_the_spec_index() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..50 {
+            let flows: Vec<Flow> = (0..60)
+                .map(|i| {
+                    let s = rng.random_range(0..300_000);
+                    let mut x = f(
+                        i,
+                        "c",
+                        rng.random_range(1..3),
+                        s,
+                        s + rng.random_range(0..100_000),
+                        (rng.random_range(0..3), rng.random_range(0..3)),
+                    );
+                    x.rec.r#type = rng.random_range(0..3);
+                    x
+                })
+                .collect();
+            let c = ctx();
+            let ix = Index::build(&flows, &c);
+            let indexed_under = |b: &Flow, k: u32| {
+                (b.rec.r#type != 1 && b.rec.req_tcp_seq == k)
+                    || (b.rec.r#type != 0 && b.rec.resp_tcp_seq == k)
+            };
+            for a in 0..flows.len() {
+                let mut out = Vec::new();
+                relate_subject(&flows, &ix, a, true, false, &c, &mut out);
+                normalise(&mut out);
+                let got: Vec<usize> = out.iter().map(|p| p.0).collect();
+                let fa = &flows[a];
+                let want: Vec<usize> = (0..flows.len())
+                    .filter(|&b| {
+                        let fb = &flows[b];
+                        b != a
+                            && ((fa.rec.r#type != 1 && indexed_under(fb, fa.rec.req_tcp_seq))
+                                || (fa.rec.r#type != 0 && indexed_under(fb, fa.rec.resp_tcp_seq)))
+                            && is_relate(fa, fb, &c)
+                    })
+                    .collect();
+                assert_eq!(got, want, "subject {a}");
+            }
+        }
+    }
+
+    #[test]
+    fn weak_tcp_candidates_match_a_brute_force_over_the_spec_index() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        for _ in 0..50 {
+            let flows: Vec<Flow> = (0..60)
+                .map(|i| {
+                    let s = rng.random_range(0..300_000);
+                    let mut x = f(
+                        i,
+                        "c",
+                        rng.random_range(1..3),
+                        s,
+                        s + rng.random_range(0..100_000),
+                        (rng.random_range(0..3), rng.random_range(0..3)),
+                    );
+                    x.rec.r#type = rng.random_range(0..3);
+                    x
+                })
+                .collect();
+            let c = ctx();
+            let rel = relation_map(&flows, &c);
+            let indexed_under = |b: &Flow, k: u32| {
+                (b.rec.r#type != 1 && b.rec.req_tcp_seq == k)
+                    || (b.rec.r#type != 0 && b.rec.resp_tcp_seq == k)
+            };
+            for (a, fa) in flows.iter().enumerate() {
+                let got: Vec<usize> = rel[a].iter().map(|p| p.0).collect();
+                let want: Vec<usize> = (0..flows.len())
+                    .filter(|&b| {
+                        let fb = &flows[b];
+                        let d = c.dev(fa, fb);
+                        let (ra, rb) = (&fa.rec, &fb.rec);
+                        b != a
+                            && ((ra.r#type != 1 && indexed_under(fb, ra.req_tcp_seq))
+                                || (ra.r#type != 0 && indexed_under(fb, ra.resp_tcp_seq)))
+                            && ((ra.req_tcp_seq != 0
+                                && ra.req_tcp_seq == rb.req_tcp_seq
+                                && (fa.start() - fb.start()).abs() <= d)
+                                || (ra.resp_tcp_seq != 0
+                                    && ra.resp_tcp_seq == rb.resp_tcp_seq
+                                    && (fa.end() - fb.end()).abs() <= d))
+                    })
+                    .collect();
+                assert_eq!(got, want, "subject {a}");
+            }
+        }
     }
 
     #[test]
