@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use deepflow_tempo::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
-use deepflow_tempo::store::model::{make_id, L7FlowLogRow, OrgId};
+use deepflow_tempo::store::model::{make_id, DeviceName, L7FlowLogRow, NameTables, OrgId, PodName};
 use deepflow_tempo::store::sqlite::SqliteStore;
 use deepflow_tempo::store::{FlowStore, SchemaOptions};
 use std::io::{BufRead, BufReader};
@@ -236,4 +236,268 @@ pub fn generated_rows(n: usize, seed: u64, t0_s: u32) -> Vec<L7FlowLogRow> {
             }
         })
         .collect()
+}
+
+/// The application trace id of the S4 fixture.
+pub const T4: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// The spec's S4 (two instrumented services, eBPF and packets, trace T4) at `t0` µs.
+pub fn s4_rows(t0: i64) -> Vec<L7FlowLogRow> {
+    struct R(
+        u32,
+        u16,
+        &'static str,
+        u16,
+        i64,
+        i64,
+        (u32, u32),
+        (u64, u64),
+        i32,
+        &'static str,
+        &'static str,
+        (u32, u32),
+    );
+    let a = (50, 5);
+    let b = (60, 6);
+    let c = (70, 7);
+    let rows = [
+        R(
+            401,
+            4,
+            "c-app",
+            1,
+            0,
+            10_000,
+            (0, 0),
+            (0, 0),
+            0,
+            "aaaa000000000001",
+            "",
+            a,
+        ),
+        R(
+            402,
+            3,
+            "c-p",
+            1,
+            500,
+            9500,
+            (111, 222),
+            (1, 2),
+            10,
+            "aaaa000000000001",
+            "",
+            a,
+        ),
+        R(
+            403,
+            0,
+            "c",
+            1,
+            600,
+            9400,
+            (111, 222),
+            (0, 0),
+            0,
+            "aaaa000000000001",
+            "",
+            a,
+        ),
+        R(
+            404,
+            0,
+            "s",
+            2,
+            800,
+            9200,
+            (111, 222),
+            (0, 0),
+            0,
+            "aaaa000000000001",
+            "",
+            b,
+        ),
+        R(
+            405,
+            3,
+            "s-p",
+            2,
+            900,
+            9100,
+            (111, 222),
+            (3, 4),
+            20,
+            "aaaa000000000001",
+            "",
+            b,
+        ),
+        R(
+            406,
+            4,
+            "s-app",
+            2,
+            1000,
+            9000,
+            (0, 0),
+            (0, 0),
+            0,
+            "bbbb000000000001",
+            "aaaa000000000001",
+            b,
+        ),
+        R(
+            407,
+            4,
+            "app",
+            2,
+            1500,
+            8500,
+            (0, 0),
+            (0, 0),
+            0,
+            "bbbb000000000002",
+            "bbbb000000000001",
+            b,
+        ),
+        R(
+            408,
+            4,
+            "c-app",
+            2,
+            2000,
+            8000,
+            (0, 0),
+            (0, 0),
+            0,
+            "bbbb000000000003",
+            "bbbb000000000002",
+            b,
+        ),
+        R(
+            409,
+            3,
+            "c-p",
+            2,
+            2100,
+            7900,
+            (333, 444),
+            (3, 4),
+            20,
+            "bbbb000000000003",
+            "",
+            b,
+        ),
+        R(
+            410,
+            3,
+            "s-p",
+            3,
+            2300,
+            7700,
+            (333, 444),
+            (5, 5),
+            30,
+            "bbbb000000000003",
+            "",
+            c,
+        ),
+    ];
+    rows.iter()
+        .map(|R(n, sig, tap, ag, s, e, seq, sys, pid, sp, psp, own)| {
+            let (s, e) = (t0 + s, t0 + e);
+            let client = tap.starts_with('c');
+            // Client rows: side 0 is the own service, side 1 the callee (B or C); server rows: side 1.
+            let callee = if *n <= 405 { b } else { c };
+            let (side0, side1) = if client {
+                (*own, callee)
+            } else {
+                (if *n <= 406 { a } else { b }, *own)
+            };
+            let mut r = L7FlowLogRow {
+                _id: make_id((e / 1_000_000) as u32, 1, *n),
+                start_time: s,
+                end_time: e,
+                signal_source: *sig,
+                observation_point: tap.to_string(),
+                agent_id: *ag,
+                r#type: 2,
+                protocol: if *sig == 4 { 0 } else { 6 },
+                l7_protocol: 20,
+                biz_protocol: "HTTP".into(),
+                version: "1.1".into(),
+                request_type: "GET".into(),
+                request_resource: format!("/api/{n}"),
+                endpoint: format!("/api/{n}"),
+                response_code: Some(200),
+                server_port: 80,
+                req_tcp_seq: seq.0,
+                resp_tcp_seq: seq.1,
+                syscall_trace_id_request: sys.0,
+                syscall_trace_id_response: sys.1,
+                trace_id: T4.into(),
+                span_id: sp.to_string(),
+                parent_span_id: psp.to_string(),
+                auto_instance_type_0: 10,
+                auto_instance_type_1: 10,
+                auto_service_type_0: 130,
+                auto_service_type_1: 130,
+                auto_service_id_0: side0.0,
+                auto_instance_id_0: side0.1,
+                auto_service_id_1: side1.0,
+                auto_instance_id_1: side1.1,
+                pod_id_0: side0.1,
+                pod_id_1: side1.1,
+                app_service: if *sig == 4 {
+                    format!("svc-{}", (b'a' + (own.1 - 5) as u8) as char)
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            };
+            if client {
+                r.process_id_0 = *pid;
+            } else {
+                r.process_id_1 = *pid;
+            }
+            r.normalise(*n);
+            r
+        })
+        .collect()
+}
+
+pub fn names() -> NameTables {
+    let dev = |t: u64, id: u64, name: &str| DeviceName {
+        devicetype: t,
+        deviceid: id,
+        name: name.into(),
+        ..Default::default()
+    };
+    NameTables {
+        devices: vec![
+            dev(130, 50, "svc-a"),
+            dev(130, 60, "svc-b"),
+            dev(130, 70, "svc-c"),
+            dev(10, 5, "svc-a-7d9f"),
+            dev(10, 6, "svc-b-5c4d"),
+            dev(10, 7, "svc-c-1a2b"),
+        ],
+        pods: vec![
+            PodName {
+                id: 5,
+                name: "svc-a-7d9f".into(),
+                ..Default::default()
+            },
+            PodName {
+                id: 6,
+                name: "svc-b-5c4d".into(),
+                ..Default::default()
+            },
+            PodName {
+                id: 7,
+                name: "svc-c-1a2b".into(),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    }
 }
