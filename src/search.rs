@@ -192,9 +192,9 @@ fn span_attr(r: &FlowRecord, name: &str) -> Option<Static> {
         "deepflow.x_request_id_0" => non_empty(&r.x_request_id_0),
         "deepflow.x_request_id_1" => non_empty(&r.x_request_id_1),
         "deepflow.trace_id" => non_empty(&r.joined_trace_id()),
-        "deepflow.req_tcp_seq" => (r.req_tcp_seq != 0).then(|| Static::Int(r.req_tcp_seq as i64)),
+        "deepflow.req_tcp_seq" => (r.req_tcp_seq != 0).then_some(Static::Int(r.req_tcp_seq as i64)),
         "deepflow.resp_tcp_seq" => {
-            (r.resp_tcp_seq != 0).then(|| Static::Int(r.resp_tcp_seq as i64))
+            (r.resp_tcp_seq != 0).then_some(Static::Int(r.resp_tcp_seq as i64))
         }
         "deepflow.syscall_trace_id_request" => (r.syscall_trace_id_request != 0)
             .then(|| Static::String(r.syscall_trace_id_request.to_string())),
@@ -786,7 +786,7 @@ pub async fn search(
         ));
     }
     // Most recent first; the same trace reported once.
-    hits.sort_by(|a, b| b.0.cmp(&a.0));
+    hits.sort_by_key(|h| std::cmp::Reverse(h.0));
     let mut seen = std::collections::HashSet::new();
     let traces: Vec<pb::TraceSearchMetadata> = hits
         .into_iter()

@@ -309,7 +309,7 @@ fn search_json(r: &pb::SearchResponse) -> Value {
             o
         })
         .collect();
-    let m = r.metrics.clone().unwrap_or_default();
+    let m = r.metrics.unwrap_or_default();
     let mut metrics = json!({});
     if m.inspected_traces != 0 {
         metrics["inspectedTraces"] = json!(m.inspected_traces);

@@ -110,7 +110,7 @@ impl ClickHouseStore {
     }
 
     /// `FROM <db>.l7_flow_log WHERE …` with its bound values.
-    fn from_where(&self, org: OrgId, q: &FlowQuery) -> (String, Vec<BindValue>) {
+    fn where_clause(&self, org: OrgId, q: &FlowQuery) -> (String, Vec<BindValue>) {
         let mut sql = format!(" FROM `{}`.`l7_flow_log` WHERE ", self.flow_db(org));
         let mut binds = Vec::new();
         if let Some(w) = q.effective_window() {
@@ -130,7 +130,7 @@ impl ClickHouseStore {
 
     /// `FROM … WHERE … ORDER … LIMIT n` with its bound values.
     fn tail(&self, org: OrgId, q: &FlowQuery) -> (String, Vec<BindValue>) {
-        let (mut sql, binds) = self.from_where(org, q);
+        let (mut sql, binds) = self.where_clause(org, q);
         match q.order {
             Order::Unordered => {}
             Order::StartTimeAsc => sql.push_str(" ORDER BY start_time ASC, _id ASC"),
@@ -503,7 +503,7 @@ impl FlowStore for ClickHouseStore {
         facet: &Facet,
     ) -> StoreResult<Vec<String>> {
         let tag = self.tag_db(org);
-        let (from_where, mut binds) = self.from_where(org, q);
+        let (from_where, mut binds) = self.where_clause(org, q);
         let (expr, mut pre) = match facet {
             Facet::Column(col) => (format!("ifNull(toString(`{}`), '')", col.name()), vec![]),
             Facet::Service => (service_expr(&tag), vec![]),

@@ -12,7 +12,7 @@ pub fn plan_filters(filters: &[&SpansetFilter]) -> Filter {
         return Filter::True;
     }
     let parts: Vec<Filter> = filters.iter().map(|f| plan_expr(&f.expr)).collect();
-    if parts.iter().any(|p| *p == Filter::True) {
+    if parts.contains(&Filter::True) {
         Filter::True
     } else {
         Filter::Or(parts)
