@@ -1,7 +1,9 @@
-//! End-to-end trace by ID against the test ClickHouse (chDB behind tools/ch_front.py):
-//! a generated `l7_flow_log` of ~1 million rows (zero-code traces of ~100 flows plus one of
-//! ~10,000), then Tempo trace-by-ID lookups (cache off) through `TempoService`: p50/p99 per
-//! trace size and the ratio of total time to the time spent in ClickHouse queries.
+//! End-to-end against the test ClickHouse (chDB behind tools/ch_front.py): a generated
+//! `l7_flow_log` of ~1 million rows (zero-code traces of ~100 flows plus one of ~10,000), then
+//! - Tempo trace-by-ID lookups (cache off) through `TempoService`: p50/p99 per trace size and
+//!   the ratio of total time to the time spent in ClickHouse queries;
+//! - a TraceQL filter search `{resource.service.name="svc-3" && duration>100ms}` over the last
+//!   hour and a tag-values call (`resource.service.name`): p50/p99.
 //!
 //! `cargo bench --bench e2e_clickhouse` runs the full size; under `cargo test` (no `--bench`
 //! argument) it runs a small smoke version. Uses `CLICKHOUSE_URL` or starts its own front.
@@ -11,7 +13,10 @@ mod common;
 
 use deepflow_tempo::autotrace::TraceParams;
 use deepflow_tempo::config::{CacheConfig, TempoConfig};
+use deepflow_tempo::search::{self, SearchConfig, SearchRequest};
 use deepflow_tempo::service::{TempoService, TraceService};
+use deepflow_tempo::store::model::{DeviceName, NameTables};
+use deepflow_tempo::store::{Facet, Filter, FlowQuery, TimeWindow};
 use deepflow_tempo::synth::{self, Shape};
 use deepflow_tempo::tempo::ids::TraceId;
 use std::time::Instant;
@@ -100,7 +105,12 @@ fn main() {
         rows += big.rows.len();
         batch.extend(big.rows);
         store.insert_rows(org, &batch).await.unwrap();
+        let devices = (0..40)
+            .map(|i| DeviceName { devicetype: 130, deviceid: 200 + i, name: format!("svc-{i}"), ..Default::default() })
+            .collect();
+        store.insert_names(org, &NameTables { devices, ..Default::default() }).await.unwrap();
         eprintln!("loaded {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
+        let search_store = store.clone();
 
         let params = TraceParams {
             l7_tracing_limit: 20_000,
@@ -148,10 +158,47 @@ fn main() {
                 flows: trace.flows,
             });
         }
+        // Search and tag values over the last hour (the whole table).
+        let now_s = now_us / 1_000_000;
+        let query = deepflow_tempo::traceql::parse(r#"{resource.service.name="svc-3" && duration>100ms}"#).unwrap();
+        let req = SearchRequest { query, start_s: now_s - 3700, end_s: now_s, limit: 20, spss: 3 };
+        let mut searches = Vec::new();
+        let mut found = 0;
+        for _ in 0..if full { 10 } else { 2 } {
+            let t = Instant::now();
+            let r = search::search(&search_store, org, &req, &SearchConfig::default(), 60_000).await.unwrap();
+            searches.push(t.elapsed().as_micros() as u64);
+            found = r.traces.len();
+        }
+        let mut tag_values = Vec::new();
+        let mut services = 0;
+        let q = FlowQuery::new(Filter::True).window(TimeWindow::new((now_s - 3700) as u32, now_s as u32)).limit(1000);
+        for _ in 0..if full { 10 } else { 2 } {
+            let t = Instant::now();
+            services = search_store.distinct_values(org, &q, &Facet::Service).await.unwrap().len();
+            tag_values.push(t.elapsed().as_micros() as u64);
+        }
+        searches.sort_unstable();
+        tag_values.sort_unstable();
+
         println!("\n{rows} rows in l7_flow_log\n");
         println!("| trace | flows | requests | p50 ms | p99 ms | total / ClickHouse time |");
         println!("|---|---|---|---|---|---|");
         report("zero-code, ~100 flows", &small);
         report("zero-code, ~10,000 flows", &large);
+        println!("\n| query | requests | p50 ms | p99 ms | result |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| search `{{resource.service.name=\"svc-3\" && duration>100ms}}`, last hour | {} | {:.1} | {:.1} | {found} traces |",
+            searches.len(),
+            pct(&searches, 0.5),
+            pct(&searches, 0.99)
+        );
+        println!(
+            "| tag values `resource.service.name`, last hour | {} | {:.1} | {:.1} | {services} values |",
+            tag_values.len(),
+            pct(&tag_values, 0.5),
+            pct(&tag_values, 0.99)
+        );
     });
 }
