@@ -24,7 +24,21 @@ use std::time::Instant;
 struct Sample {
     total_us: u64,
     store_us: u64,
+    assemble_us: u64,
+    encode_us: u64,
+    queries: u32,
     flows: usize,
+}
+
+fn sample(t: Instant, trace: &deepflow_tempo::service::TempoTrace) -> Sample {
+    Sample {
+        total_us: t.elapsed().as_micros() as u64,
+        store_us: trace.timing.store_us,
+        assemble_us: trace.timing.assemble_us,
+        encode_us: trace.timing.encode_us,
+        queries: trace.timing.queries,
+        flows: trace.flows,
+    }
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -37,13 +51,19 @@ fn report(name: &str, samples: &[Sample]) {
     totals.sort_unstable();
     let total: u64 = samples.iter().map(|s| s.total_us).sum();
     let store: u64 = samples.iter().map(|s| s.store_us).sum();
+    let n = samples.len() as f64;
+    let mean = |f: fn(&Sample) -> u64| samples.iter().map(f).sum::<u64>() as f64 / n / 1000.0;
     println!(
-        "| {name} | {} | {} | {:.1} | {:.1} | {:.3} |",
+        "| {name} | {} | {} | {:.1} | {:.1} | {:.3} | {} | {:.1} | {:.1} | {:.1} |",
         samples[0].flows,
         samples.len(),
         pct(&totals, 0.5),
         pct(&totals, 0.99),
-        total as f64 / store.max(1) as f64
+        total as f64 / store.max(1) as f64,
+        samples[0].queries,
+        mean(|s| s.store_us),
+        mean(|s| s.assemble_us),
+        mean(|s| s.encode_us),
     );
 }
 
@@ -137,11 +157,7 @@ fn main() {
                 .await
                 .unwrap()
                 .expect("trace found");
-            small.push(Sample {
-                total_us: t.elapsed().as_micros() as u64,
-                store_us: trace.timing.store_us,
-                flows: trace.flows,
-            });
+            small.push(sample(t, &trace));
         }
         let mut large = Vec::new();
         for _ in 0..runs_big {
@@ -152,11 +168,7 @@ fn main() {
                 .await
                 .unwrap()
                 .expect("trace found");
-            large.push(Sample {
-                total_us: t.elapsed().as_micros() as u64,
-                store_us: trace.timing.store_us,
-                flows: trace.flows,
-            });
+            large.push(sample(t, &trace));
         }
         // Search and tag values over the last hour (the whole table).
         let now_s = now_us / 1_000_000;
@@ -182,8 +194,8 @@ fn main() {
         tag_values.sort_unstable();
 
         println!("\n{rows} rows in l7_flow_log\n");
-        println!("| trace | flows | requests | p50 ms | p99 ms | total / ClickHouse time |");
-        println!("|---|---|---|---|---|---|");
+        println!("| trace | flows | requests | p50 ms | p99 ms | total / ClickHouse time | queries | mean store ms | mean assembly ms | mean encode ms |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         report("zero-code, ~100 flows", &small);
         report("zero-code, ~10,000 flows", &large);
         println!("\n| query | requests | p50 ms | p99 ms | result |");
