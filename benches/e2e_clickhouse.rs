@@ -131,6 +131,7 @@ fn main() {
         store.insert_names(org, &NameTables { devices, ..Default::default() }).await.unwrap();
         eprintln!("loaded {rows} rows in {:.1} s", t.elapsed().as_secs_f64());
         let search_store = store.clone();
+        let search_tracer = TraceService::new(store.clone(), TraceParams::default());
 
         let params = TraceParams {
             l7_tracing_limit: 20_000,
@@ -178,7 +179,7 @@ fn main() {
         let mut found = 0;
         for _ in 0..if full { 10 } else { 2 } {
             let t = Instant::now();
-            let r = search::search(&search_store, org, &req, &SearchConfig::default(), 60_000).await.unwrap();
+            let r = search::search(&search_tracer, org, &req, &SearchConfig::default(), 60_000).await.unwrap();
             searches.push(t.elapsed().as_micros() as u64);
             found = r.traces.len();
         }

@@ -37,6 +37,9 @@ pub struct SearchConfig {
     pub max_window: u64,
     /// `search.max_rows`: most rows one search reads (most recent first).
     pub max_rows: u64,
+    /// `search.max_structural_traces`: most candidate traces assembled to evaluate structural
+    /// operators (`>`, `>>`, `~`, …), most recent first.
+    pub max_structural_traces: usize,
 }
 
 impl Default for SearchConfig {
@@ -49,6 +52,7 @@ impl Default for SearchConfig {
             default_window: 3600,
             max_window: 168 * 3600,
             max_rows: 20_000,
+            max_structural_traces: 50,
         }
     }
 }
@@ -447,32 +451,139 @@ fn stages(q: &Query) -> Result<&[Stage], NotSupported> {
     }
 }
 
-/// Evaluate a spanset expression on one hit's rows.
+/// Parent links of a hit's rows (position → parent position), known once its trace is
+/// assembled; structural operators need them.
+type Parents<'a> = Option<&'a [Option<usize>]>;
+
+/// Whether the query uses a structural operator (and so needs assembled traces).
+pub fn has_structural(q: &Query) -> bool {
+    fn walk(e: &SpansetExpr) -> bool {
+        match e {
+            SpansetExpr::Filter(_) => false,
+            SpansetExpr::Op { op, lhs, rhs } => op.is_structural() || walk(lhs) || walk(rhs),
+        }
+    }
+    match &q.root {
+        RootExpr::Pipeline(p) => p
+            .stages
+            .iter()
+            .any(|s| matches!(s, Stage::Spanset(e) if walk(e))),
+        _ => false,
+    }
+}
+
+fn ancestors(i: usize, parents: &[Option<usize>]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut cur = parents[i];
+    while let Some(p) = cur {
+        if out.len() > parents.len() {
+            break; // a cycle: never loop
+        }
+        out.push(p);
+        cur = parents[p];
+    }
+    out
+}
+
+/// Evaluate a spanset expression over the candidate rows of one hit; returns row positions.
 fn eval_spanset(
     e: &SpansetExpr,
     ev: &Evaluator,
     rows: &[&FlowRecord],
+    candidates: &[usize],
     ctx: &TraceCtx,
+    parents: Parents<'_>,
 ) -> Result<Vec<usize>, NotSupported> {
+    use std::collections::HashSet;
     match e {
-        SpansetExpr::Filter(f) => Ok((0..rows.len())
+        SpansetExpr::Filter(f) => Ok(candidates
+            .iter()
+            .copied()
             .filter(|&i| ev.matches(f, &RowSpan { r: rows[i], ctx }))
             .collect()),
         SpansetExpr::Op { op, lhs, rhs } => {
-            let l = eval_spanset(lhs, ev, rows, ctx)?;
-            let r = eval_spanset(rhs, ev, rows, ctx)?;
+            let l = eval_spanset(lhs, ev, rows, candidates, ctx, parents)?;
+            let r = eval_spanset(rhs, ev, rows, candidates, ctx, parents)?;
             match op {
-                SpansetOp::And => Ok(if l.is_empty() || r.is_empty() {
-                    vec![]
-                } else {
-                    union(l, r)
-                }),
-                SpansetOp::Union => Ok(union(l, r)),
-                other => Err(NotSupported(format!(
-                    "the structural operator `{}`",
-                    other.as_str()
-                ))),
+                SpansetOp::And => {
+                    return Ok(if l.is_empty() || r.is_empty() {
+                        vec![]
+                    } else {
+                        union(l, r)
+                    });
+                }
+                SpansetOp::Union => return Ok(union(l, r)),
+                _ => {}
             }
+            let Some(parents) = parents else {
+                return Err(NotSupported(format!(
+                    "the structural operator `{}` without an assembled trace",
+                    op.as_str()
+                )));
+            };
+            let left: HashSet<usize> = l.iter().copied().collect();
+            // For each right-hand span: the left-hand spans it stands in the relation with.
+            let related = |x: usize| -> Vec<usize> {
+                match op {
+                    SpansetOp::Child | SpansetOp::NotChild | SpansetOp::UnionChild => parents[x]
+                        .filter(|p| left.contains(p))
+                        .into_iter()
+                        .collect(),
+                    SpansetOp::Parent | SpansetOp::NotParent | SpansetOp::UnionParent => l
+                        .iter()
+                        .copied()
+                        .filter(|&c| parents[c] == Some(x))
+                        .collect(),
+                    SpansetOp::Descendant
+                    | SpansetOp::NotDescendant
+                    | SpansetOp::UnionDescendant => ancestors(x, parents)
+                        .into_iter()
+                        .filter(|a| left.contains(a))
+                        .collect(),
+                    SpansetOp::Ancestor | SpansetOp::NotAncestor | SpansetOp::UnionAncestor => l
+                        .iter()
+                        .copied()
+                        .filter(|&d| ancestors(d, parents).contains(&x))
+                        .collect(),
+                    SpansetOp::Sibling | SpansetOp::NotSibling | SpansetOp::UnionSibling => l
+                        .iter()
+                        .copied()
+                        .filter(|&o| o != x && parents[o].is_some() && parents[o] == parents[x])
+                        .collect(),
+                    SpansetOp::And | SpansetOp::Union => vec![],
+                }
+            };
+            let negated = matches!(
+                op,
+                SpansetOp::NotChild
+                    | SpansetOp::NotParent
+                    | SpansetOp::NotDescendant
+                    | SpansetOp::NotAncestor
+                    | SpansetOp::NotSibling
+            );
+            let union_form = matches!(
+                op,
+                SpansetOp::UnionChild
+                    | SpansetOp::UnionParent
+                    | SpansetOp::UnionDescendant
+                    | SpansetOp::UnionAncestor
+                    | SpansetOp::UnionSibling
+            );
+            let mut out = Vec::new();
+            for &x in &r {
+                let rel = related(x);
+                if negated {
+                    if rel.is_empty() {
+                        out.push(x);
+                    }
+                } else if !rel.is_empty() {
+                    out.push(x);
+                    if union_form {
+                        out.extend(rel);
+                    }
+                }
+            }
+            Ok(union(out, vec![]))
         }
     }
 }
@@ -560,6 +671,7 @@ fn run_pipeline(
     ev: &Evaluator,
     rows: &[&FlowRecord],
     ctx: &TraceCtx,
+    parents: Parents<'_>,
 ) -> Result<(Vec<Spanset>, Vec<Attribute>), NotSupported> {
     let mut sets: Vec<Spanset> = vec![Spanset {
         rows: (0..rows.len()).collect(),
@@ -571,11 +683,10 @@ fn run_pipeline(
             Stage::Spanset(expr) => {
                 let mut out = Vec::new();
                 for set in &sets {
-                    let sub: Vec<&FlowRecord> = set.rows.iter().map(|&i| rows[i]).collect();
-                    let hits = eval_spanset(expr, ev, &sub, ctx)?;
+                    let hits = eval_spanset(expr, ev, rows, &set.rows, ctx, parents)?;
                     if !hits.is_empty() {
                         out.push(Spanset {
-                            rows: hits.into_iter().map(|i| set.rows[i]).collect(),
+                            rows: hits,
                             attrs: set.attrs.clone(),
                         });
                     }
@@ -636,15 +747,18 @@ fn run_pipeline(
     Ok((sets, selected))
 }
 
-/// Search the store.
+/// Search the store (through the tracer, which also assembles traces for structural queries).
 pub async fn search(
-    store: &SharedStore,
+    tracer: &crate::service::TraceService,
     org: OrgId,
     req: &SearchRequest,
     cfg: &SearchConfig,
     tolerance_us: i64,
 ) -> Result<pb::SearchResponse, SearchError> {
+    let store: &SharedStore = &tracer.store;
     let stages = stages(&req.query)?;
+    let structural = has_structural(&req.query);
+    let mut assembled = 0usize;
     let filters = req.query.spanset_filters();
     let ev = Evaluator::new(&filters).map_err(SearchError::BadQuery)?;
     let window = TimeWindow::new(
@@ -695,9 +809,62 @@ pub async fn search(
     }
     let mut hits: Vec<(i64, pb::TraceSearchMetadata)> = Vec::new();
     for (key, idx) in &groups {
-        let group_rows: Vec<&FlowRecord> = idx.iter().map(|&i| &rows[i]).collect();
-        let trace_id = hit_trace_id(key, &group_rows);
+        let matched_rows: Vec<&FlowRecord> = idx.iter().map(|&i| &rows[i]).collect();
+        let trace_id = hit_trace_id(key, &matched_rows);
+        // Structural operators need the trace's real parent links: assemble it (bounded).
+        let mut owned: Vec<FlowRecord> = Vec::new();
+        let mut parents: Option<Vec<Option<usize>>> = None;
+        if structural {
+            if assembled >= cfg.max_structural_traces {
+                break;
+            }
+            assembled += 1;
+            let start = matched_rows
+                .iter()
+                .map(|r| r.start_time_us)
+                .min()
+                .unwrap_or(0)
+                / 1_000_000;
+            let end = matched_rows
+                .iter()
+                .map(|r| r.end_time_us)
+                .max()
+                .unwrap_or(0)
+                / 1_000_000;
+            let (_, result, _) = match key {
+                HitKey::App(t) => tracer.trace_by_trace_id(org, t, start - 5, end + 5).await?,
+                HitKey::Request(_) => {
+                    let entry = matched_rows
+                        .iter()
+                        .min_by_key(|r| (r.start_time_us, r._id))
+                        .expect("a group has rows");
+                    tracer
+                        .trace_by_id(org, entry._id, start - 5, end + 5)
+                        .await?
+                }
+            };
+            let pos: HashMap<usize, usize> = result
+                .spans
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.id, i))
+                .collect();
+            parents = Some(
+                result
+                    .spans
+                    .iter()
+                    .map(|s| s.parent_id.and_then(|p| pos.get(&p).copied()))
+                    .collect(),
+            );
+            owned = result.spans.into_iter().map(|s| s.record).collect();
+        }
+        let group_rows: Vec<&FlowRecord> = if structural {
+            owned.iter().collect()
+        } else {
+            matched_rows.clone()
+        };
         let ctx_rows: Vec<&FlowRecord> = match key {
+            _ if structural => group_rows.clone(),
             HitKey::App(t) => by_trace
                 .get(t)
                 .map(|v| v.iter().collect())
@@ -705,7 +872,7 @@ pub async fn search(
             HitKey::Request(_) => group_rows.clone(),
         };
         let ctx = trace_ctx(&trace_id, &ctx_rows);
-        let (sets, selected) = run_pipeline(stages, &ev, &group_rows, &ctx)?;
+        let (sets, selected) = run_pipeline(stages, &ev, &group_rows, &ctx, parents.as_deref())?;
         if sets.is_empty() {
             continue;
         }

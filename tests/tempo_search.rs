@@ -45,6 +45,7 @@ on_both_stores!(
     legacy_tag_search,
     tag_names,
     tag_values,
+    structural_operators,
 );
 
 struct Fixture {
@@ -368,12 +369,81 @@ async fn pipelines(f: Fixture) {
         )
         .await;
     assert!(traces(&v).is_empty());
+}
 
-    let (s, body) = f
-        .get(&format!("/api/search?q={}", urlencode("{} >> {}")))
+/// Names of the S4 spans a structural query returns.
+async fn structural_names(f: &Fixture, q: &str) -> Vec<String> {
+    let v = f.search(q, "&spss=20").await;
+    let mut names: Vec<String> = traces(&v)
+        .iter()
+        .filter(|t| t["traceID"] == T4.trim_start_matches('0'))
+        .flat_map(|t| {
+            t["spanSets"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_string())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+async fn structural_operators(f: Fixture) {
+    // Over the assembled full-stack tree (app, eBPF and network spans).
+    assert_eq!(
+        structural_names(&f, r#"{name = "/api/406"} > {name = "/api/407"}"#).await,
+        vec!["/api/407"]
+    );
+    assert!(
+        structural_names(&f, r#"{name = "/api/407"} > {name = "/api/406"}"#)
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        structural_names(
+            &f,
+            r#"{resource.service.name = "svc-a"} >> {resource.service.name = "svc-c"}"#
+        )
+        .await,
+        vec!["/api/410"]
+    );
+    assert_eq!(
+        structural_names(&f, r#"{name = "/api/410"} << {name = "/api/401"}"#).await,
+        vec!["/api/401"]
+    );
+    assert_eq!(
+        structural_names(&f, r#"{name = "/api/405"} < {kind = server}"#).await,
+        vec!["/api/404"]
+    );
+    // Negated: client spans whose parent is not a client span.
+    assert_eq!(
+        structural_names(&f, "{kind = client} !> {kind = client}").await,
+        vec!["/api/401", "/api/408"]
+    );
+    // Union form: both ends of the relation.
+    assert_eq!(
+        structural_names(&f, r#"{name = "/api/406"} &> {name = "/api/407"}"#).await,
+        vec!["/api/406", "/api/407"]
+    );
+    // Zero-code traces: eBPF client calls made by a server process, and siblings under one s-p.
+    let v = f
+        .search(r#"{span.deepflow.observation_point = "s-p"} > {span.deepflow.observation_point = "c-p"}"#, "&limit=50")
         .await;
-    assert_eq!(s, 501, "{body}");
-    assert!(body.contains(">>"), "{body}");
+    assert!(
+        traces(&v).iter().any(|t| t["traceID"]
+            .as_str()
+            .unwrap()
+            .starts_with("64656570666c6f77")),
+        "{v}"
+    );
+    let v = f
+        .search(r#"{span.deepflow.observation_point = "c-p"} ~ {span.deepflow.observation_point = "c-p"}"#, "&limit=50")
+        .await;
+    assert!(
+        !traces(&v).is_empty(),
+        "sibling client calls of one server span"
+    );
 }
 
 async fn limits_spss_and_ordering(f: Fixture) {

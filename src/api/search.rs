@@ -387,7 +387,7 @@ async fn search_route(
         limit: limit as usize,
         spss: spss as usize,
     };
-    let resp = search::search(&state.store, org, &sreq, cfg, tolerance)
+    let resp = search::search(&state.tempo.tracer, org, &sreq, cfg, tolerance)
         .await
         .map_err(|e| match e {
             search::SearchError::NotSupported(n) => ApiError::NotImplemented(n.to_string()),
