@@ -161,52 +161,89 @@ impl IfEmpty for String {
     }
 }
 
-/// The resource attributes of a span (always including `service.name`).
-fn resource_attributes(s: &OutSpan) -> Vec<KeyValue> {
-    let r = &s.record;
-    let sd = side(&r.observation_point);
-    let signal = Signal::of(r);
-    let mut v = vec![kv_str("service.name", service_name(s))];
-    let instance = match signal {
-        Signal::App => first_nonempty(&[&r.app_instance, s.auto_instance()]),
-        _ => s.auto_instance(),
-    };
-    if !instance.is_empty() && signal != Signal::Network {
-        v.push(kv_str("service.instance.id", instance));
-    }
-    let pod = pick(sd, &r.pod_0, &r.pod_1);
-    if !pod.is_empty() && signal != Signal::Network {
-        v.push(kv_str("k8s.pod.name", pod));
-    }
-    let node = first_nonempty(&[
-        pick(sd, &r.pod_node_0, &r.pod_node_1),
-        &r.vtap_pod_node_name,
-    ]);
-    if !node.is_empty() {
-        v.push(kv_str("k8s.node.name", node));
-    }
-    let host = first_nonempty(&[pick(sd, &r.host_0, &r.host_1), &r.vtap_host_name]);
-    if !host.is_empty() {
-        v.push(kv_str("host.name", host));
-    }
-    if signal == Signal::Ebpf {
-        let pid = s.process_id.unwrap_or(if sd == 0 {
-            r.process_id_0
-        } else {
-            r.process_id_1
-        });
-        if pid != 0 {
-            v.push(kv_int("process.pid", pid as i64));
+/// What identifies a span's resource: spans with equal keys share one `ResourceSpans`.
+/// Borrowed from the span, so grouping allocates only the service name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ResourceKey<'a> {
+    signal: Signal,
+    service: String,
+    instance: &'a str,
+    pod: &'a str,
+    node: &'a str,
+    host: &'a str,
+    pid: i32,
+    exe: &'a str,
+    agent: u16,
+}
+
+impl<'a> ResourceKey<'a> {
+    fn of(s: &'a OutSpan) -> ResourceKey<'a> {
+        let r = &s.record;
+        let sd = side(&r.observation_point);
+        let signal = Signal::of(r);
+        let net = signal == Signal::Network;
+        let instance = match signal {
+            Signal::App => first_nonempty(&[&r.app_instance, s.auto_instance()]),
+            Signal::Ebpf => s.auto_instance(),
+            Signal::Network => "",
+        };
+        let ebpf = signal == Signal::Ebpf;
+        ResourceKey {
+            signal,
+            service: service_name(s),
+            instance,
+            pod: if net {
+                ""
+            } else {
+                pick(sd, &r.pod_0, &r.pod_1)
+            },
+            node: first_nonempty(&[
+                pick(sd, &r.pod_node_0, &r.pod_node_1),
+                &r.vtap_pod_node_name,
+            ]),
+            host: first_nonempty(&[pick(sd, &r.host_0, &r.host_1), &r.vtap_host_name]),
+            pid: if ebpf {
+                s.process_id.unwrap_or(if sd == 0 {
+                    r.process_id_0
+                } else {
+                    r.process_id_1
+                })
+            } else {
+                0
+            },
+            exe: if ebpf {
+                pick(sd, &r.process_kname_0, &r.process_kname_1)
+            } else {
+                ""
+            },
+            agent: r.agent_id,
         }
-        let exe = pick(sd, &r.process_kname_0, &r.process_kname_1);
-        if !exe.is_empty() {
-            v.push(kv_str("process.executable.name", exe));
+    }
+
+    /// The resource attributes (always including `service.name`).
+    fn attributes(&self) -> Vec<KeyValue> {
+        let mut v = vec![kv_str("service.name", self.service.clone())];
+        for (k, val) in [
+            ("service.instance.id", self.instance),
+            ("k8s.pod.name", self.pod),
+            ("k8s.node.name", self.node),
+            ("host.name", self.host),
+        ] {
+            if !val.is_empty() {
+                v.push(kv_str(k, val));
+            }
         }
+        if self.pid != 0 {
+            v.push(kv_int("process.pid", self.pid as i64));
+        }
+        if !self.exe.is_empty() {
+            v.push(kv_str("process.executable.name", self.exe));
+        }
+        if self.agent != 0 {
+            v.push(kv_int("deepflow.agent_id", self.agent as i64));
+        }
+        v
     }
-    if r.agent_id != 0 {
-        v.push(kv_int("deepflow.agent_id", r.agent_id as i64));
-    }
-    v
 }
 
 pub fn span_kind(r: &FlowRecord) -> span::SpanKind {
@@ -447,17 +484,6 @@ fn span_events(r: &FlowRecord) -> Vec<span::Event> {
         .collect()
 }
 
-/// Spans share a `ResourceSpans` when their resource attributes and signal are equal.
-type ResourceKey = (Vec<(String, String)>, Signal);
-
-fn value_text(v: &Option<AnyValue>) -> String {
-    match v.as_ref().and_then(|v| v.value.as_ref()) {
-        Some(any_value::Value::StringValue(s)) => s.clone(),
-        Some(any_value::Value::IntValue(i)) => i.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
 /// Encode an assembled trace under `trace_id`.
 pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
     // Span IDs first, so parents can be looked up by flow index.
@@ -476,17 +502,9 @@ pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
         }
         ids.insert(s.id, id);
     }
-    let mut groups: IndexMap<ResourceKey, Vec<Span>> = IndexMap::new();
-    let mut resources: HashMap<ResourceKey, Vec<KeyValue>> = HashMap::new();
+    let mut groups: IndexMap<ResourceKey<'_>, Vec<Span>> = IndexMap::new();
     for s in &result.spans {
         let r = &s.record;
-        let attrs = resource_attributes(s);
-        let key_attrs: Vec<(String, String)> = attrs
-            .iter()
-            .map(|kv| (kv.key.clone(), value_text(&kv.value)))
-            .collect();
-        let key = (key_attrs, Signal::of(r));
-        resources.entry(key.clone()).or_insert(attrs);
         let parent = s
             .parent_id
             .and_then(|p| ids.get(&p))
@@ -494,7 +512,7 @@ pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
             .unwrap_or_default();
         let start = s.render_start_time_us.max(0) as u64 * 1000;
         let end = (s.render_end_time_us.max(s.render_start_time_us)).max(0) as u64 * 1000;
-        groups.entry(key).or_default().push(Span {
+        groups.entry(ResourceKey::of(s)).or_default().push(Span {
             trace_id: trace_id.0.to_vec(),
             span_id: ids[&s.id].to_vec(),
             parent_span_id: parent,
@@ -512,12 +530,12 @@ pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
         .into_iter()
         .map(|(key, spans)| ResourceSpans {
             resource: Some(Resource {
-                attributes: resources.remove(&key).unwrap_or_default(),
+                attributes: key.attributes(),
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
                 scope: Some(InstrumentationScope {
-                    name: key.1.scope().into(),
+                    name: key.signal.scope().into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
