@@ -590,6 +590,19 @@ async fn s15a_tracing_by_id_over_http(store: SharedStore, org: OrgId) {
     assert_eq!(info["queries"][4]["read"], "records");
     assert_eq!(info["queries"][4]["rows"], 5);
 
+    // max_iteration bounds the search: one iteration finds 1–4 only (5 needs the second);
+    // 0 counts as 1.
+    for (n, want) in [(1, 4), (0, 4), (2, 5)] {
+        let mut req = tracing_request(rows[0]._id);
+        req["max_iteration"] = json!(n);
+        let d = data(&srv.post(TRACING, &req).await, "Flow_Log_L7_Tracing");
+        assert_eq!(
+            d["tracing"].as_array().unwrap().len(),
+            want,
+            "max_iteration {n}"
+        );
+    }
+
     // Without debug: no extras. has_attributes: the attribute JSON string per span.
     let mut req = tracing_request(rows[0]._id);
     req["has_attributes"] = json!(1);
@@ -961,6 +974,15 @@ async fn l7_flow_tracing_validation_matrix() {
         assert_eq!(e, json!({ *key: msg }), "{field} = {value:?}: {body}");
     }
 
+    // DESCRIPTION is written as DeepFlow writes it.
+    let a = srv.post(TRACING, &with(&base, "time_start", None)).await;
+    assert_eq!(
+        a.body["DESCRIPTION"],
+        r#"{"time_start": "This field is required."}"#
+    );
+    let a = srv.post(TRACING, &with(&base, "foo", Some(json!(1)))).await;
+    assert_eq!(a.body["DESCRIPTION"], r#"{"foo": "Rogue field"}"#);
+
     // Several faults at once: every one is reported.
     let e = invalid(
         &srv.post(
@@ -1040,6 +1062,11 @@ async fn malformed_bodies(srv: &Server, path: &str) {
             "{d}"
         );
     }
+    // Larger than the 16 MiB limit: 413, still in the envelope.
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(17 << 20));
+    let a = srv.post_text(path, &big).await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(a.body["OPT_STATUS"], "INVALID_POST_DATA");
     // Invalid UTF-8.
     let a = srv
         .send(

@@ -37,15 +37,13 @@ const TYPE_PARAMS: &str = "TracingAlgoParams";
 const COMPLETION_MAX_ITERATION: u32 = 30;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/stats/querier/L7FlowTracing")
-            .app_data(web::PayloadConfig::new(MAX_BODY))
-            .route(web::post().to(l7_flow_tracing)),
+    cfg.route(
+        "/v1/stats/querier/L7FlowTracing",
+        web::post().to(l7_flow_tracing),
     )
-    .service(
-        web::resource("/v1/stats/querier/tracing-completion-by-external-app-spans")
-            .app_data(web::PayloadConfig::new(MAX_BODY))
-            .route(web::post().to(tracing_completion)),
+    .route(
+        "/v1/stats/querier/tracing-completion-by-external-app-spans",
+        web::post().to(tracing_completion),
     )
     .route(
         "/v1/stats/querier/TracingAlgoParams",
@@ -61,6 +59,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 enum Failure {
     /// DESCRIPTION text: a validation error JSON, or a message for an unparsable body.
     Invalid(String),
+    /// The body is larger than `MAX_BODY`.
+    TooLarge,
     Api(ApiError),
 }
 
@@ -86,6 +86,11 @@ impl Failure {
     fn response(self) -> HttpResponse {
         let (status, opt, description) = match self {
             Failure::Invalid(d) => (StatusCode::BAD_REQUEST, "INVALID_POST_DATA", d),
+            Failure::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "INVALID_POST_DATA",
+                format!("request body is larger than {MAX_BODY} bytes"),
+            ),
             Failure::Api(e) => {
                 let status = e.status_code();
                 let opt = if status == StatusCode::BAD_REQUEST {
@@ -304,8 +309,61 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// JSON text with Python's separators (`", "`, `": "`), as DeepFlow's messages are written.
+struct PythonStyle;
+
+impl serde_json::ser::Formatter for PythonStyle {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+fn python_json(v: &Value) -> String {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonStyle);
+    match serde::Serialize::serialize(v, &mut ser) {
+        Ok(()) => String::from_utf8(out).unwrap_or_else(|_| v.to_string()),
+        Err(_) => v.to_string(),
+    }
+}
+
 fn invalid(errors: Map<String, Value>) -> Failure {
-    Failure::Invalid(Value::Object(errors).to_string())
+    Failure::Invalid(python_json(&Value::Object(errors)))
+}
+
+/// The whole body, at most `MAX_BODY` bytes.
+async fn read_body(payload: web::Payload) -> Result<web::Bytes, Failure> {
+    match payload.to_bytes_limited(MAX_BODY).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(Failure::Invalid(format!(
+            "cannot read the request body: {e}"
+        ))),
+        Err(_) => Err(Failure::TooLarge),
+    }
 }
 
 /// The body as a JSON object; anything else is a 400.
@@ -673,9 +731,9 @@ fn debug_info(
 async fn l7_flow_tracing(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> HttpResponse {
-    match run_tracing(&req, &state, &body).await {
+    match run_tracing(&req, &state, body).await {
         Ok(r) => r,
         Err(f) => f.response(),
     }
@@ -684,10 +742,10 @@ async fn l7_flow_tracing(
 async fn run_tracing(
     req: &HttpRequest,
     state: &AppState,
-    body: &[u8],
+    body: web::Payload,
 ) -> Result<HttpResponse, Failure> {
     let started = Instant::now();
-    let r = validate_tracing(&parse_object(body)?)?;
+    let r = validate_tracing(&parse_object(&read_body(body).await?)?)?;
     let org = org_of(req)?;
     let mut params = state.tempo.tracer.params.clone();
     if let Some(v) = r.max_iteration {
@@ -732,9 +790,9 @@ async fn run_tracing(
 async fn tracing_completion(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> HttpResponse {
-    match run_completion(&req, &state, &body).await {
+    match run_completion(&req, &state, body).await {
         Ok(r) => r,
         Err(f) => f.response(),
     }
@@ -743,10 +801,10 @@ async fn tracing_completion(
 async fn run_completion(
     req: &HttpRequest,
     state: &AppState,
-    body: &[u8],
+    body: web::Payload,
 ) -> Result<HttpResponse, Failure> {
     let started = Instant::now();
-    let r = validate_completion(&parse_object(body)?)?;
+    let r = validate_completion(&parse_object(&read_body(body).await?)?)?;
     let org = org_of(req)?;
     let mut params = state.tempo.tracer.params.clone();
     params.max_iteration = r.max_iteration;
@@ -800,7 +858,7 @@ mod tests {
     fn errors(f: Failure) -> Value {
         match f {
             Failure::Invalid(d) => serde_json::from_str(&d).unwrap(),
-            Failure::Api(e) => panic!("not a validation error: {e}"),
+            other => panic!("not a validation error: {other:?}"),
         }
     }
 
@@ -838,6 +896,12 @@ mod tests {
                 "foo": "Rogue field",
             })
         );
+    }
+
+    #[test]
+    fn descriptions_use_python_separators() {
+        let v = json!({"a": "x", "b": {"0": [1, 2]}});
+        assert_eq!(python_json(&v), r#"{"a": "x", "b": {"0": [1, 2]}}"#);
     }
 
     #[test]
