@@ -1288,3 +1288,56 @@ async fn wrong_methods_are_not_served() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_values_do_not_break_the_server() {
+    let (store, org) = common::sqlite_store().await;
+    store.insert_rows(org, &s15a_rows()).await.unwrap();
+    let rows = s15a_rows();
+    let srv = Server::start(store, org, Config::default()).await;
+    let max = json!(i64::MAX);
+    let mut req = tracing_request(rows[0]._id);
+    req["network_delay_us"] = max.clone();
+    req["host_clock_offset_us"] = max.clone();
+    req["ntp_delay_us"] = max.clone();
+    req["max_iteration"] = max.clone();
+    let a = srv.post(TRACING, &req).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let mut req = tracing_request(rows[0]._id);
+    req["time_start"] = max.clone();
+    req["time_end"] = max.clone();
+    data(&srv.post(TRACING, &req).await, "Flow_Log_L7_Tracing");
+    let mut req = s14_request(T);
+    req["network_delay_us"] = max.clone();
+    req["max_iteration"] = max.clone();
+    req["app_spans"][0]["start_time_us"] = max.clone();
+    req["app_spans"][0]["end_time_us"] = max.clone();
+    req["app_spans"][1]["start_time_us"] = json!(0);
+    data(
+        &srv.post(COMPLETION, &req).await,
+        "tracing-completion-by-external-app-spans",
+    );
+    // DeepFlow rows found (S14) next to external spans at the ends of the time range.
+    let srv = {
+        let (store, org) = common::sqlite_store().await;
+        store.insert_rows(org, &s14_rows()).await.unwrap();
+        Server::start(store, org, Config::default()).await
+    };
+    for (start, end) in [
+        (json!(0), max.clone()),
+        (max.clone(), max.clone()),
+        (max.clone(), json!(1)),
+        (json!(1), json!(0)),
+    ] {
+        let mut req = s14_request(T);
+        req["network_delay_us"] = max.clone();
+        req["app_spans"][1]["start_time_us"] = start;
+        req["app_spans"][1]["end_time_us"] = end;
+        let d = data(
+            &srv.post(COMPLETION, &req).await,
+            "tracing-completion-by-external-app-spans",
+        );
+        // The DeepFlow rows are found through span 0, whatever span 1 says.
+        assert_eq!(d["tracing"].as_array().unwrap().len(), 7, "{d}");
+    }
+}

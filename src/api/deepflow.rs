@@ -33,6 +33,13 @@ const TYPE_TRACING: &str = "Flow_Log_L7_Tracing";
 const TYPE_COMPLETION: &str = "tracing-completion-by-external-app-spans";
 const TYPE_PARAMS: &str = "TracingAlgoParams";
 
+/// Tolerances above this (µs, about 116 days) are treated as this: it already covers any
+/// search window, and keeps the engine's time arithmetic far from overflow.
+const MAX_TOLERANCE_US: i64 = 10_000_000_000_000;
+
+/// Request windows end here at the latest: the `time` column is unsigned 32-bit seconds.
+const MAX_TIME_S: i64 = u32::MAX as i64;
+
 /// `max_iteration` of the completion API when the request has none (hard-coded, §1.2).
 const COMPLETION_MAX_ITERATION: u32 = 30;
 
@@ -445,8 +452,8 @@ fn validate_tracing(obj: &Map<String, Value>) -> Result<TracingRequest, Failure>
     let debug = f.boolean("debug", "DEBUG");
     f.finish().map_err(invalid)?;
     Ok(TracingRequest {
-        time_start: time_start.unwrap_or(0),
-        time_end: time_end.unwrap_or(0),
+        time_start: time_start.unwrap_or(0).min(MAX_TIME_S),
+        time_end: time_end.unwrap_or(0).min(MAX_TIME_S),
         id: id.flatten(),
         trace_id: trace_id.filter(|t| !t.trim().is_empty()),
         has_attributes: has_attributes.unwrap_or(0) != 0,
@@ -752,10 +759,10 @@ async fn run_tracing(
         params.max_iteration = v;
     }
     if let Some(v) = r.network_delay_us {
-        params.network_delay_us = v;
+        params.network_delay_us = v.min(MAX_TOLERANCE_US);
     }
     if let Some(v) = r.host_clock_offset_us {
-        params.host_clock_offset_us = v;
+        params.host_clock_offset_us = v.min(MAX_TOLERANCE_US);
     }
     if let Some(v) = r.otel_only {
         params.otel_only = v;
@@ -809,7 +816,7 @@ async fn run_completion(
     let mut params = state.tempo.tracer.params.clone();
     params.max_iteration = r.max_iteration;
     if let Some(v) = r.network_delay_us {
-        params.network_delay_us = v;
+        params.network_delay_us = v.min(MAX_TOLERANCE_US);
     }
     if let Some(v) = r.otel_only {
         params.otel_only = v;
