@@ -1,7 +1,8 @@
 //! DeepFlow's tracing API over HTTP (spec `autotrace.md` §1, §7.9, §8): S14 (tracing
 //! completion) and S15 (L7FlowTracing) end to end on both stores, the public document's
 //! example completion request, `TracingAlgoParams`, the `debug` extras, store failures, and a
-//! validation matrix covering every field of both requests wrong in every way §1.1–1.2 lists.
+//! validation matrix covering every field of both requests wrong in every way §1.1–1.2 lists,
+//! extreme values, and random bodies (always a 200 or a 400 in the envelope).
 
 mod common;
 
@@ -1340,4 +1341,129 @@ async fn extreme_values_do_not_break_the_server() {
         // The DeepFlow rows are found through span 0, whatever span 1 says.
         assert_eq!(d["tracing"].as_array().unwrap().len(), 7, "{d}");
     }
+}
+
+/// A random JSON value of the kinds a client could send in place of a field.
+fn random_value(rng: &mut rand::rngs::StdRng, depth: u32) -> Value {
+    use rand::Rng;
+    let choices = if depth > 2 { 9 } else { 11 };
+    match rng.random_range(0..choices) {
+        0 => Value::Null,
+        1 => json!(rng.random::<bool>()),
+        2 => json!(rng.random_range(-3i64..40)),
+        3 => json!(rng.random::<i64>()),
+        4 => json!(rng.random::<u64>()),
+        5 => json!(rng.random_range(-1e19f64..1e19)),
+        6 => json!(T0 + rng.random_range(-20_000i64..40_000)),
+        7 => {
+            json!(["", "x", "0", "-1", " 17 ", "1e3", "otel", T, P, X, Y][rng.random_range(0..11)])
+        }
+        8 => json!(rng.random_range(0u32..7).to_string()),
+        9 => Value::Array(
+            (0..rng.random_range(0..3))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
+        _ => {
+            let mut m = serde_json::Map::new();
+            for _ in 0..rng.random_range(0..3) {
+                m.insert(
+                    ["a", "span_id", "trace_id"][rng.random_range(0..3)].into(),
+                    random_value(rng, depth + 1),
+                );
+            }
+            Value::Object(m)
+        }
+    }
+}
+
+/// Random bodies built from each request's own keys (and a few rogue ones): every answer is a
+/// 200 or a 400 in the envelope, never a 5xx, a panic or a dropped connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bodies_get_200_or_400() {
+    use rand::{Rng, SeedableRng};
+    let (store, org) = common::sqlite_store().await;
+    store.insert_rows(org, &s14_rows()).await.unwrap();
+    store.insert_rows(org, &s15a_rows()).await.unwrap();
+    let srv = Server::start(store, org, Config::default()).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    let tracing_keys = [
+        "time_start",
+        "TIME_START",
+        "time_end",
+        "TIME_END",
+        "database",
+        "table",
+        "_id",
+        "trace_id",
+        "has_attributes",
+        "max_iteration",
+        "network_delay_us",
+        "HOST_CLOCK_OFFSET_US",
+        "ntp_delay_us",
+        "signal_sources",
+        "region",
+        "debug",
+        "rogue",
+    ];
+    let span_keys = [
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "span_kind",
+        "start_time_us",
+        "end_time_us",
+        "app_service",
+    ];
+    let mut outcomes: HashMap<u16, usize> = HashMap::new();
+    for i in 0..400 {
+        let (path, mut body) = if i % 2 == 0 {
+            (TRACING, tracing_request(s15a_rows()[0]._id))
+        } else {
+            (COMPLETION, s14_request(T))
+        };
+        for _ in 0..rng.random_range(1..4) {
+            if path == TRACING || rng.random_bool(0.3) {
+                let key = if path == TRACING {
+                    tracing_keys[rng.random_range(0..tracing_keys.len())]
+                } else {
+                    [
+                        "app_spans",
+                        "max_iteration",
+                        "NETWORK_DELAY_US",
+                        "debug",
+                        "x",
+                    ][rng.random_range(0..5)]
+                };
+                body[key] = random_value(&mut rng, 0);
+            } else {
+                let k = span_keys[rng.random_range(0..span_keys.len())];
+                let n = rng.random_range(0..2);
+                if let Some(Value::Object(span)) =
+                    body.get_mut("app_spans").and_then(|s| s.get_mut(n))
+                {
+                    span.insert(k.into(), random_value(&mut rng, 0));
+                }
+            }
+        }
+        let a = srv.post(path, &body).await;
+        assert!(a.status == 200 || a.status == 400, "{body} → {}", a.body);
+        assert_eq!(a.content_type, "application/json");
+        let want = if a.status == 200 {
+            "SUCCESS"
+        } else {
+            "INVALID_POST_DATA"
+        };
+        assert_eq!(a.body["OPT_STATUS"], want, "{body} → {}", a.body);
+        *outcomes.entry(a.status).or_default() += 1;
+    }
+    // Both kinds of answer occur.
+    assert!(
+        outcomes.get(&200).copied().unwrap_or(0) > 20,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.get(&400).copied().unwrap_or(0) > 20,
+        "{outcomes:?}"
+    );
 }
