@@ -417,6 +417,26 @@ struct TracingRequest {
     debug: bool,
 }
 
+impl TracingRequest {
+    /// The configured parameters with this request's overrides.
+    fn params(&self, config: &TraceParams) -> TraceParams {
+        let mut p = config.clone();
+        if let Some(v) = self.max_iteration {
+            p.max_iteration = v;
+        }
+        if let Some(v) = self.network_delay_us {
+            p.network_delay_us = v.min(MAX_TOLERANCE_US);
+        }
+        if let Some(v) = self.host_clock_offset_us {
+            p.host_clock_offset_us = v.min(MAX_TOLERANCE_US);
+        }
+        if let Some(v) = self.otel_only {
+            p.otel_only = v;
+        }
+        p
+    }
+}
+
 fn validate_tracing(obj: &Map<String, Value>) -> Result<TracingRequest, Failure> {
     let mut f = Fields::new(obj);
     let time_start = f.int("time_start", "TIME_START", true, Some(0));
@@ -473,6 +493,23 @@ struct CompletionRequest {
     network_delay_us: Option<i64>,
     otel_only: Option<bool>,
     debug: bool,
+}
+
+impl CompletionRequest {
+    /// The configured parameters with this request's overrides: `max_iteration` is the
+    /// request's or 30 (never the configuration's), `host_clock_offset_us` always the
+    /// configuration's, `has_attributes` does not exist here (§1.2).
+    fn params(&self, config: &TraceParams) -> TraceParams {
+        let mut p = config.clone();
+        p.max_iteration = self.max_iteration;
+        if let Some(v) = self.network_delay_us {
+            p.network_delay_us = v.min(MAX_TOLERANCE_US);
+        }
+        if let Some(v) = self.otel_only {
+            p.otel_only = v;
+        }
+        p
+    }
 }
 
 /// One AppSpan (strict: only its six fields).
@@ -754,19 +791,7 @@ async fn run_tracing(
     let started = Instant::now();
     let r = validate_tracing(&parse_object(&read_body(body).await?)?)?;
     let org = org_of(req)?;
-    let mut params = state.tempo.tracer.params.clone();
-    if let Some(v) = r.max_iteration {
-        params.max_iteration = v;
-    }
-    if let Some(v) = r.network_delay_us {
-        params.network_delay_us = v.min(MAX_TOLERANCE_US);
-    }
-    if let Some(v) = r.host_clock_offset_us {
-        params.host_clock_offset_us = v.min(MAX_TOLERANCE_US);
-    }
-    if let Some(v) = r.otel_only {
-        params.otel_only = v;
-    }
+    let params = r.params(&state.tempo.tracer.params);
     let (svc, rec) = tracer(state, params, r.debug);
     let found = match (r.id, &r.trace_id) {
         (Some(id), _) => Some(svc.trace_by_id(org, id, r.time_start, r.time_end).await?),
@@ -813,14 +838,7 @@ async fn run_completion(
     let started = Instant::now();
     let r = validate_completion(&parse_object(&read_body(body).await?)?)?;
     let org = org_of(req)?;
-    let mut params = state.tempo.tracer.params.clone();
-    params.max_iteration = r.max_iteration;
-    if let Some(v) = r.network_delay_us {
-        params.network_delay_us = v.min(MAX_TOLERANCE_US);
-    }
-    if let Some(v) = r.otel_only {
-        params.otel_only = v;
-    }
+    let params = r.params(&state.tempo.tracer.params);
     let (svc, rec) = tracer(state, params.clone(), r.debug);
     let (outcome, result, timing) = svc.complete(org, r.spans, &params).await?;
     // An unknown trace still has the external spans: they are returned alone (REF-QUIRK T-2).
@@ -902,6 +920,54 @@ mod tests {
                 "signal_sources": "Please provide at least 1 item.",
                 "foo": "Rogue field",
             })
+        );
+    }
+
+    #[test]
+    fn defaults_come_from_the_configuration_except_completion_iterations() {
+        let config = TraceParams {
+            max_iteration: 7,
+            network_delay_us: 3_000_000,
+            host_clock_offset_us: 20_000,
+            ..TraceParams::default()
+        };
+        let base = json!({"time_start": 1, "time_end": 2, "database": "d", "table": "t"});
+        let p = validate_tracing(&obj(base.clone()))
+            .unwrap()
+            .params(&config);
+        assert_eq!(p, config);
+        let mut over = base;
+        over["MAX_ITERATION"] = json!(2);
+        over["network_delay_us"] = json!(5);
+        over["host_clock_offset_us"] = json!(i64::MAX);
+        over["signal_sources"] = json!(["otel"]);
+        let p = validate_tracing(&obj(over)).unwrap().params(&config);
+        assert_eq!(
+            (
+                p.max_iteration,
+                p.network_delay_us,
+                p.host_clock_offset_us,
+                p.otel_only
+            ),
+            (2, 5, MAX_TOLERANCE_US, true)
+        );
+
+        let span = json!({"trace_id": "", "span_id": "a", "parent_span_id": "", "span_kind": 1,
+                          "start_time_us": 1, "end_time_us": 2});
+        let c = validate_completion(&obj(json!({"app_spans": [span.clone()]}))).unwrap();
+        let p = c.params(&config);
+        assert_eq!(
+            (p.max_iteration, p.network_delay_us, p.host_clock_offset_us),
+            (30, 3_000_000, 20_000)
+        );
+        let c = validate_completion(&obj(
+            json!({"APP_SPANS": [span], "max_iteration": 4, "NETWORK_DELAY_US": 9}),
+        ))
+        .unwrap();
+        let p = c.params(&config);
+        assert_eq!(
+            (p.max_iteration, p.network_delay_us, p.host_clock_offset_us),
+            (4, 9, 20_000)
         );
     }
 
