@@ -1,6 +1,7 @@
 //! HTTP handlers (actix-web): parse the request, call the service, encode the answer. Nothing
 //! else: no SQL, no tracing logic.
 
+pub mod deepflow;
 pub mod health;
 pub mod search;
 pub mod tempo;
@@ -23,6 +24,7 @@ pub struct AppState {
 /// Register every route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    deepflow::configure(cfg);
     tempo::configure(cfg);
     search::configure(cfg);
 }
