@@ -15,9 +15,7 @@ use crate::autotrace::{ExternalAppSpan, TraceParams};
 use crate::error::ApiError;
 use crate::service::{TraceService, TraceTiming};
 use crate::store::model::{FlowMeta, FlowRecord, L7FlowLogRow, NameTables, OrgId};
-use crate::store::{
-    Filter, FlowQuery, FlowStore, SchemaOptions, SharedStore, StoreKind, StoreResult,
-};
+use crate::store::{FlowQuery, FlowStore, SchemaOptions, SharedStore, StoreKind, StoreResult};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use async_trait::async_trait;
@@ -661,42 +659,13 @@ impl FlowStore for Recording {
     fn schema_ddl(&self, org: OrgId) -> Vec<String> {
         self.inner.schema_ddl(org)
     }
-}
-
-/// Values shown per `IN` list before eliding the rest.
-const SHOWN_VALUES: usize = 20;
-
-fn value_list<T: std::fmt::Display>(vals: &[T], quote: bool) -> String {
-    let mut parts: Vec<String> = vals
-        .iter()
-        .take(SHOWN_VALUES)
-        .map(|v| {
-            if quote {
-                format!("'{}'", v.to_string().replace('\'', "\\'"))
-            } else {
-                v.to_string()
-            }
-        })
-        .collect();
-    if vals.len() > SHOWN_VALUES {
-        parts.push(format!("... {} more", vals.len() - SHOWN_VALUES));
-    }
-    parts.join(",")
-}
-
-fn describe_filter(f: &Filter) -> String {
-    let join = |fs: &[Filter], op: &str| {
-        let parts: Vec<String> = fs.iter().map(describe_filter).collect();
-        format!("({})", parts.join(op))
-    };
-    match f {
-        Filter::True => "1=1".into(),
-        Filter::False => "1=0".into(),
-        Filter::IntIn(c, v) => format!("{} IN ({})", c.name(), value_list(v, false)),
-        Filter::StrIn(c, v) => format!("{} IN ({})", c.name(), value_list(v, true)),
-        Filter::TraceIdIn(v) => format!("FastFilter(trace_id) IN ({})", value_list(v, true)),
-        Filter::And(fs) => join(fs, " AND "),
-        Filter::Or(fs) => join(fs, " OR "),
+    async fn distinct_values(
+        &self,
+        org: OrgId,
+        q: &FlowQuery,
+        facet: &crate::store::Facet,
+    ) -> StoreResult<Vec<String>> {
+        self.inner.distinct_values(org, q, facet).await
     }
 }
 
@@ -706,7 +675,7 @@ fn describe(q: &FlowQuery) -> String {
     if let Some(w) = q.window {
         s.push_str(&format!("time>={} AND time<={} AND ", w.start_s, w.end_s));
     }
-    s.push_str(&describe_filter(&q.filter));
+    s.push_str(&q.filter.to_string());
     if let Some(l) = q.limit {
         s.push_str(&format!(" LIMIT {l}"));
     }
@@ -875,6 +844,7 @@ async fn tracing_algo_params(state: web::Data<AppState>) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Filter;
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()

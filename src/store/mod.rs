@@ -254,6 +254,72 @@ impl Filter {
     }
 }
 
+/// Values shown per `IN` list before eliding the rest (in [`Filter`]'s description).
+const SHOWN_VALUES: usize = 20;
+
+fn value_list<T: std::fmt::Display>(vals: &[T], quote: bool) -> String {
+    let mut parts: Vec<String> = vals
+        .iter()
+        .take(SHOWN_VALUES)
+        .map(|v| {
+            if quote {
+                format!("'{}'", v.to_string().replace('\'', "\\'"))
+            } else {
+                v.to_string()
+            }
+        })
+        .collect();
+    if vals.len() > SHOWN_VALUES {
+        parts.push(format!("... {} more", vals.len() - SHOWN_VALUES));
+    }
+    parts.join(",")
+}
+
+/// A readable description in DeepFlow's querier dialect (for debug output; never SQL).
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let join = |fs: &[Filter], op: &str| {
+            let parts: Vec<String> = fs.iter().map(Filter::to_string).collect();
+            format!("({})", parts.join(op))
+        };
+        match self {
+            Filter::True => f.write_str("1=1"),
+            Filter::False => f.write_str("1=0"),
+            Filter::IntIn(c, v) => write!(f, "{} IN ({})", c.name(), value_list(v, false)),
+            Filter::StrIn(c, v) => write!(f, "{} IN ({})", c.name(), value_list(v, true)),
+            Filter::TraceIdIn(v) => write!(f, "FastFilter(trace_id) IN ({})", value_list(v, true)),
+            Filter::And(fs) => f.write_str(&join(fs, " AND ")),
+            Filter::Or(fs) => f.write_str(&join(fs, " OR ")),
+            Filter::Not(inner) => write!(f, "NOT ({inner})"),
+            Filter::IntCmp(c, op, v) => write!(f, "{} {} {v}", c.name(), op.sql()),
+            Filter::StrCmp(c, op, v) => write!(
+                f,
+                "{} {} {}",
+                c.name(),
+                op.sql(),
+                value_list(std::slice::from_ref(v), true)
+            ),
+            Filter::StrRegex(c, re, negated) => {
+                write!(
+                    f,
+                    "{}{} REGEXP {}",
+                    if *negated { "NOT " } else { "" },
+                    c.name(),
+                    value_list(std::slice::from_ref(re), true)
+                )
+            }
+            Filter::Attr(name, op, v) => write!(
+                f,
+                "attribute.{name} {} {}",
+                op.sql(),
+                value_list(std::slice::from_ref(v), true)
+            ),
+            Filter::AttrExists(name) => write!(f, "exist(attribute.{name})"),
+            Filter::ServiceIn(v) => write!(f, "service IN ({})", value_list(v, true)),
+        }
+    }
+}
+
 /// Row order of a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Order {
