@@ -168,10 +168,17 @@ impl TraceParams {
         }
     }
 
+    /// A tolerance as the engine uses it: at least 1 µs and at most 10^13 µs (about 116 days,
+    /// beyond any search window), so sums of tolerances and times never overflow whatever a
+    /// caller passes.
+    pub fn clamp_tolerance(us: i64) -> i64 {
+        us.clamp(1, 10_000_000_000_000)
+    }
+
     pub(crate) fn rel_ctx(&self) -> relate::RelCtx {
         relate::RelCtx {
-            network_delay_us: self.network_delay_us,
-            host_clock_offset_us: self.host_clock_offset_us,
+            network_delay_us: Self::clamp_tolerance(self.network_delay_us),
+            host_clock_offset_us: Self::clamp_tolerance(self.host_clock_offset_us),
             dns: self.has_source(TracingSource::Dns),
         }
     }
@@ -238,7 +245,7 @@ fn assemble_impl(
         exhaustive,
     };
     let tree = sort::build_tree(&flows, &rel, &ctx, opts);
-    output::build_output(flows, &rel, tree, entry_id, params.host_clock_offset_us)
+    output::build_output(flows, &rel, tree, entry_id, ctx.host_clock_offset_us)
 }
 
 #[cfg(test)]
@@ -269,5 +276,35 @@ mod tests {
             p.span_set_connection_strategies
                 .sys_span_s_to_c_via_trace_id
         );
+    }
+
+    #[test]
+    fn extreme_tolerances_never_overflow() {
+        let rec = |id: u64, tap: &str, start: i64| FlowRecord {
+            _id: id,
+            observation_point: tap.into(),
+            signal_source: if tap == "c-p" { 3 } else { 0 },
+            protocol: 6,
+            r#type: 2,
+            req_tcp_seq: 1,
+            resp_tcp_seq: 2,
+            start_time_us: start,
+            end_time_us: i64::MAX / 2,
+            ..FlowRecord::default()
+        };
+        for us in [i64::MAX, i64::MIN, 0, -5] {
+            let p = TraceParams {
+                network_delay_us: us,
+                host_clock_offset_us: us,
+                ..TraceParams::default()
+            };
+            let r = assemble(
+                vec![rec(1, "c-p", 0), rec(2, "c", 5), rec(3, "s", i64::MAX / 4)],
+                vec![],
+                Some(1),
+                &p,
+            );
+            assert!(!r.spans.is_empty());
+        }
     }
 }
