@@ -182,9 +182,12 @@ impl TraceService {
         search: Search,
         params: &TraceParams,
     ) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
-        let (outcome, mut timing) = self.run_search(org, search).await?;
+        let (mut outcome, mut timing) = self.run_search(org, search).await?;
         let t = Instant::now();
-        let result = outcome.clone().assemble(params);
+        // The records move into the engine (no copy); the outcome keeps their count.
+        let records = std::mem::take(&mut outcome.records);
+        let result =
+            autotrace::assemble(records, outcome.external.clone(), outcome.entry_id, params);
         timing.assemble_us = t.elapsed().as_micros() as u64;
         Ok((outcome, result, timing))
     }

@@ -124,8 +124,11 @@ enum State {
 /// The result of a finished search.
 #[derive(Debug, Clone, Default)]
 pub struct SearchOutcome {
-    /// Fetched records (de-duplicated by `_id`).
+    /// Fetched records (de-duplicated by `_id`). Callers may take them (e.g. to assemble
+    /// without copying); `fetched` keeps their count.
     pub records: Vec<FlowRecord>,
+    /// How many records the fetch returned.
+    pub fetched: usize,
     /// External app spans to merge into the trace (completion API).
     pub external: Vec<ExternalAppSpan>,
     /// Pruning anchor.
@@ -143,7 +146,7 @@ pub struct SearchOutcome {
 impl SearchOutcome {
     /// Nothing was found and there are no external spans (`DATA: {}`).
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.external.is_empty()
+        self.fetched == 0 && self.external.is_empty()
     }
 
     /// Run `assemble` over the outcome.
@@ -664,6 +667,7 @@ impl Search {
         let mut ids: Vec<u64> = self.ids.into_iter().collect();
         ids.sort_unstable();
         SearchOutcome {
+            fetched: self.records.len(),
             records: self.records,
             external: self.external,
             entry_id: self.entry_id,
