@@ -24,6 +24,7 @@ use std::time::Instant;
 struct Sample {
     total_us: u64,
     store_us: u64,
+    search_us: u64,
     assemble_us: u64,
     encode_us: u64,
     queries: u32,
@@ -34,6 +35,7 @@ fn sample(t: Instant, trace: &deepflow_tempo::service::TempoTrace) -> Sample {
     Sample {
         total_us: t.elapsed().as_micros() as u64,
         store_us: trace.timing.store_us,
+        search_us: trace.timing.search_us,
         assemble_us: trace.timing.assemble_us,
         encode_us: trace.timing.encode_us,
         queries: trace.timing.queries,
@@ -54,7 +56,7 @@ fn report(name: &str, samples: &[Sample]) {
     let n = samples.len() as f64;
     let mean = |f: fn(&Sample) -> u64| samples.iter().map(f).sum::<u64>() as f64 / n / 1000.0;
     println!(
-        "| {name} | {} | {} | {:.1} | {:.1} | {:.3} | {} | {:.1} | {:.1} | {:.1} |",
+        "| {name} | {} | {} | {:.1} | {:.1} | {:.3} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
         samples[0].flows,
         samples.len(),
         pct(&totals, 0.5),
@@ -62,6 +64,7 @@ fn report(name: &str, samples: &[Sample]) {
         total as f64 / store.max(1) as f64,
         samples[0].queries,
         mean(|s| s.store_us),
+        mean(|s| s.search_us),
         mean(|s| s.assemble_us),
         mean(|s| s.encode_us),
     );
@@ -195,8 +198,8 @@ fn main() {
         tag_values.sort_unstable();
 
         println!("\n{rows} rows in l7_flow_log\n");
-        println!("| trace | flows | requests | p50 ms | p99 ms | total / ClickHouse time | queries | mean store ms | mean assembly ms | mean encode ms |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("| trace | flows | requests | p50 ms | p99 ms | total / ClickHouse time | queries | mean store ms | mean search ms | mean assembly ms | mean encode ms |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         report("zero-code, ~100 flows", &small);
         report("zero-code, ~10,000 flows", &large);
         println!("\n| query | requests | p50 ms | p99 ms | result |");

@@ -26,6 +26,8 @@ pub struct TraceTiming {
     pub queries: u32,
     /// Time spent waiting for the store (µs).
     pub store_us: u64,
+    /// Time the search spent between store reads: key extraction and relation checks (µs).
+    pub search_us: u64,
     /// Time spent assembling the tree (µs).
     pub assemble_us: u64,
     /// Time spent encoding for Tempo (µs).
@@ -158,6 +160,7 @@ impl TraceService {
         mut search: Search,
     ) -> Result<(SearchOutcome, TraceTiming), ServiceError> {
         let mut timing = TraceTiming::default();
+        let started = Instant::now();
         while let Some(q) = search.next()? {
             let (fq, records) = to_flow_query(&q);
             let t = Instant::now();
@@ -173,6 +176,7 @@ impl TraceService {
             timing.queries += 1;
             tracing::debug!(query = ?q, "store query answered");
         }
+        timing.search_us = (started.elapsed().as_micros() as u64).saturating_sub(timing.store_us);
         Ok((search.finish(), timing))
     }
 
