@@ -4,6 +4,7 @@
 //! validation matrix covering every field of both requests wrong in every way §1.1–1.2 lists,
 //! extreme values, and random bodies (always a 200 or a 400 in the envelope).
 
+#[macro_use]
 mod common;
 
 use deepflow_tempo::config::Config;
@@ -13,33 +14,10 @@ use deepflow_tempo::store::SharedStore;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-const T0: i64 = 1_700_000_000_000_000;
+use common::{ids, seq, spec_row, sys, SPEC_T0 as T0};
 const TRACING: &str = "/v1/stats/querier/L7FlowTracing";
 const COMPLETION: &str = "/v1/stats/querier/tracing-completion-by-external-app-spans";
 const PARAMS: &str = "/v1/stats/querier/TracingAlgoParams";
-
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (store, org) = crate::common::sqlite_store().await;
-                    super::$case(store, org).await;
-                }
-            )*
-        }
-        mod clickhouse {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some((store, org)) = crate::common::clickhouse_store().await else { return };
-                    super::$case(store, org).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(
     s14_completion_over_http,
@@ -131,65 +109,6 @@ fn data(a: &Answer, kind: &str) -> Value {
     assert_eq!(a.body["TYPE"], kind);
     assert!(a.body["DATA"].is_object(), "{}", a.body);
     a.body["DATA"].clone()
-}
-
-/// The spec's default row (§10) at `T0 + start .. T0 + end`, `_id = (sec << 32) | n`.
-fn row(n: u32, sig: u16, tap: &str, agent: u16, start: i64, end: i64) -> L7FlowLogRow {
-    let (s, e) = (T0 + start, T0 + end);
-    let mut r = L7FlowLogRow {
-        _id: ((e / 1_000_000) as u64) << 32 | n as u64,
-        start_time: s,
-        end_time: e,
-        signal_source: sig,
-        observation_point: tap.into(),
-        agent_id: agent,
-        r#type: 2,
-        protocol: if sig == 4 { 0 } else { 6 },
-        l7_protocol: 20,
-        biz_protocol: "HTTP".into(),
-        version: "1.1".into(),
-        request_type: "GET".into(),
-        request_resource: "/api".into(),
-        endpoint: "/api".into(),
-        response_code: Some(200),
-        server_port: 80,
-        auto_instance_type_0: 10,
-        auto_instance_type_1: 10,
-        auto_service_type_0: 130,
-        auto_service_type_1: 130,
-        response_duration: (end - start) as u64,
-        ..Default::default()
-    };
-    r.normalise(n);
-    r
-}
-
-fn seq(mut r: L7FlowLogRow, req: u32, resp: u32) -> L7FlowLogRow {
-    r.req_tcp_seq = req;
-    r.resp_tcp_seq = resp;
-    r
-}
-
-fn sys(mut r: L7FlowLogRow, req: u64, resp: u64, pid: i32, inst: u32) -> L7FlowLogRow {
-    r.syscall_trace_id_request = req;
-    r.syscall_trace_id_response = resp;
-    if r.observation_point.starts_with('c') {
-        r.process_id_0 = pid;
-        r.auto_instance_id_0 = inst;
-    } else {
-        r.process_id_1 = pid;
-        r.auto_instance_id_1 = inst;
-    }
-    r
-}
-
-fn ids(mut r: L7FlowLogRow, trace: &str, span: &str, parent: &str) -> L7FlowLogRow {
-    let mut parts = trace.split(',');
-    r.trace_id = parts.next().unwrap_or("").into();
-    r._trace_id_2 = parts.next().unwrap_or("").into();
-    r.span_id = span.into();
-    r.parent_span_id = parent.into();
-    r
 }
 
 /// The low bits of a span's first `_id` (0 for external spans, whose ids are generated).
@@ -318,20 +237,32 @@ const Y: &str = "3333333333333333";
 fn s14_rows() -> Vec<L7FlowLogRow> {
     vec![
         ids(
-            sys(seq(row(1, 3, "c-p", 1, 0, 20_000), 111, 222), 1, 1, 10, 5),
-            T,
-            P,
-            "",
-        ),
-        ids(
-            sys(seq(row(2, 3, "s-p", 2, 500, 19_500), 111, 222), 3, 4, 20, 6),
+            sys(
+                seq(spec_row(1, 3, "c-p", 1, 0, 20_000), 111, 222),
+                1,
+                1,
+                10,
+                5,
+            ),
             T,
             P,
             "",
         ),
         ids(
             sys(
-                seq(row(3, 3, "c-p", 2, 5000, 15_000), 333, 444),
+                seq(spec_row(2, 3, "s-p", 2, 500, 19_500), 111, 222),
+                3,
+                4,
+                20,
+                6,
+            ),
+            T,
+            P,
+            "",
+        ),
+        ids(
+            sys(
+                seq(spec_row(3, 3, "c-p", 2, 5000, 15_000), 333, 444),
                 3,
                 4,
                 20,
@@ -341,10 +272,15 @@ fn s14_rows() -> Vec<L7FlowLogRow> {
             Y,
             "",
         ),
-        ids(seq(row(4, 0, "c", 2, 5100, 14_900), 333, 444), T, Y, ""),
+        ids(
+            seq(spec_row(4, 0, "c", 2, 5100, 14_900), 333, 444),
+            T,
+            Y,
+            "",
+        ),
         ids(
             sys(
-                seq(row(5, 3, "s-p", 3, 5500, 14_500), 333, 444),
+                seq(spec_row(5, 3, "s-p", 3, 5500, 14_500), 333, 444),
                 5,
                 5,
                 30,
@@ -511,14 +447,32 @@ async fn public_document_example_completes(store: SharedStore, org: OrgId) {
 // S15: L7FlowTracing
 
 fn s15a_rows() -> Vec<L7FlowLogRow> {
-    let mut r6 = seq(row(6, 0, "c", 3, 5_000_000, 5_001_000), 111, 999);
+    let mut r6 = seq(spec_row(6, 0, "c", 3, 5_000_000, 5_001_000), 111, 999);
     r6._id = (1_700_000_005u64 << 32) | 6;
     vec![
-        sys(seq(row(1, 3, "c-p", 1, 1000, 9000), 111, 222), 7, 7, 10, 5),
-        seq(row(2, 0, "c", 1, 1100, 8900), 111, 222),
-        seq(row(3, 0, "s", 2, 1300, 8700), 111, 222),
-        sys(seq(row(4, 3, "s-p", 2, 1400, 8600), 111, 222), 8, 9, 20, 6),
-        sys(seq(row(5, 3, "c-p", 2, 2000, 3000), 333, 444), 8, 9, 20, 6),
+        sys(
+            seq(spec_row(1, 3, "c-p", 1, 1000, 9000), 111, 222),
+            7,
+            7,
+            10,
+            5,
+        ),
+        seq(spec_row(2, 0, "c", 1, 1100, 8900), 111, 222),
+        seq(spec_row(3, 0, "s", 2, 1300, 8700), 111, 222),
+        sys(
+            seq(spec_row(4, 3, "s-p", 2, 1400, 8600), 111, 222),
+            8,
+            9,
+            20,
+            6,
+        ),
+        sys(
+            seq(spec_row(5, 3, "c-p", 2, 2000, 3000), 333, 444),
+            8,
+            9,
+            20,
+            6,
+        ),
         r6,
     ]
 }
@@ -614,19 +568,24 @@ async fn s15a_tracing_by_id_over_http(store: SharedStore, org: OrgId) {
 }
 
 fn s15b_rows() -> Vec<L7FlowLogRow> {
-    let mut r1 = ids(row(1, 4, "s-app", 1, 100, 9900), "T", "s1", "u1");
+    let mut r1 = ids(spec_row(1, 4, "s-app", 1, 100, 9900), "T", "s1", "u1");
     r1.auto_instance_id_1 = 5;
     let r2 = ids(
-        sys(seq(row(2, 3, "s-p", 1, 0, 10_000), 10, 20), 1, 1, 3, 5),
+        sys(seq(spec_row(2, 3, "s-p", 1, 0, 10_000), 10, 20), 1, 1, 3, 5),
         "T",
         "u1",
         "",
     );
-    let r3 = ids(seq(row(3, 0, "s", 1, -100, 10_100), 10, 20), "U", "", "");
-    let r4 = seq(row(4, 0, "c", 9, -500, 10_500), 10, 20);
-    let mut r5 = ids(row(5, 4, "c-app", 1, 1000, 2000), "T,V", "s2", "s1");
+    let r3 = ids(
+        seq(spec_row(3, 0, "s", 1, -100, 10_100), 10, 20),
+        "U",
+        "",
+        "",
+    );
+    let r4 = seq(spec_row(4, 0, "c", 9, -500, 10_500), 10, 20);
+    let mut r5 = ids(spec_row(5, 4, "c-app", 1, 1000, 2000), "T,V", "s2", "s1");
     r5.auto_instance_id_0 = 5;
-    let mut r6 = ids(row(6, 4, "s-app", 7, 1200, 1800), "V", "v1", "s2");
+    let mut r6 = ids(spec_row(6, 4, "s-app", 7, 1200, 1800), "V", "v1", "s2");
     r6.auto_instance_id_1 = 8;
     vec![r1, r2, r3, r4, r5, r6]
 }

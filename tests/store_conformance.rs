@@ -1,39 +1,17 @@
 //! One conformance suite, run against both stores: every case below runs once on the embedded
 //! SQLite store and once on ClickHouse (chDB behind the project's HTTP front).
 
+#[macro_use]
 mod common;
 
 use deepflow_tempo::load;
 use deepflow_tempo::store::model::*;
-use deepflow_tempo::store::{CmpOp, Col, Facet, Filter, FlowQuery, FlowStore, Order, TimeWindow};
+use deepflow_tempo::store::{CmpOp, Col, Facet, Filter, FlowQuery, Order, SharedStore, TimeWindow};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 const T0: u32 = 1_700_000_000;
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (store, org) = crate::common::sqlite_store().await;
-                    super::$case(store.as_ref(), org).await;
-                }
-            )*
-        }
-        mod clickhouse {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some((store, org)) = crate::common::clickhouse_store().await else { return };
-                    super::$case(store.as_ref(), org).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_stores!(
     ping_answers,
     meta_roundtrip_by_id,
     id_lookup_without_window_finds_rows,
@@ -77,11 +55,11 @@ fn ids(meta: &[FlowMeta]) -> Vec<u64> {
     v
 }
 
-async fn ping_answers(store: &dyn FlowStore, _org: OrgId) {
+async fn ping_answers(store: SharedStore, _org: OrgId) {
     store.ping().await.expect("ping");
 }
 
-async fn meta_roundtrip_by_id(store: &dyn FlowStore, org: OrgId) {
+async fn meta_roundtrip_by_id(store: SharedStore, org: OrgId) {
     let mut r = row(1);
     r.signal_source = 3;
     r.req_tcp_seq = 111;
@@ -131,7 +109,7 @@ async fn meta_roundtrip_by_id(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(got[0].trace_ids(), vec!["T1", "T2"]);
 }
 
-async fn id_lookup_without_window_finds_rows(store: &dyn FlowStore, org: OrgId) {
+async fn id_lookup_without_window_finds_rows(store: SharedStore, org: OrgId) {
     // Rows in different seconds; an `_id` lookup derives its window from the ids themselves.
     let mut a = row(1);
     let mut b = row(2);
@@ -159,7 +137,7 @@ async fn id_lookup_without_window_finds_rows(store: &dyn FlowStore, org: OrgId) 
     );
 }
 
-async fn window_bounds_are_inclusive(store: &dyn FlowStore, org: OrgId) {
+async fn window_bounds_are_inclusive(store: SharedStore, org: OrgId) {
     let rows: Vec<L7FlowLogRow> = (0..5)
         .map(|i| {
             let mut r = row(i);
@@ -179,7 +157,7 @@ async fn window_bounds_are_inclusive(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(ids(&got), vec![rows[1]._id, rows[2]._id, rows[3]._id]);
 }
 
-async fn trace_ids_match_either_column(store: &dyn FlowStore, org: OrgId) {
+async fn trace_ids_match_either_column(store: SharedStore, org: OrgId) {
     let mut a = row(1);
     a.trace_id = "A".into();
     let mut b = row(2);
@@ -210,7 +188,7 @@ async fn trace_ids_match_either_column(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(ids(&got), vec![b._id, c._id]);
 }
 
-async fn association_clauses_or_together(store: &dyn FlowStore, org: OrgId) {
+async fn association_clauses_or_together(store: SharedStore, org: OrgId) {
     let mut rows: Vec<L7FlowLogRow> = (1..=6).map(row).collect();
     rows[0].req_tcp_seq = 111;
     rows[1].resp_tcp_seq = 222;
@@ -242,7 +220,7 @@ async fn association_clauses_or_together(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(ids(&got), want);
 }
 
-async fn dns_request_id_clause(store: &dyn FlowStore, org: OrgId) {
+async fn dns_request_id_clause(store: SharedStore, org: OrgId) {
     let mut dns = row(1);
     dns.l7_protocol = 120;
     dns.request_id = Some(4660);
@@ -260,7 +238,7 @@ async fn dns_request_id_clause(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(ids(&got), vec![dns._id]);
 }
 
-async fn empty_key_lists_match_nothing(store: &dyn FlowStore, org: OrgId) {
+async fn empty_key_lists_match_nothing(store: SharedStore, org: OrgId) {
     store.insert_rows(org, &[row(1), row(2)]).await.unwrap();
     let w = TimeWindow::new(T0, T0);
     for f in [
@@ -288,7 +266,7 @@ async fn empty_key_lists_match_nothing(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(all.len(), 2);
 }
 
-async fn limit_and_order(store: &dyn FlowStore, org: OrgId) {
+async fn limit_and_order(store: SharedStore, org: OrgId) {
     let mut rows: Vec<L7FlowLogRow> = (1..=20).map(row).collect();
     rows.reverse();
     store.insert_rows(org, &rows).await.unwrap();
@@ -313,7 +291,7 @@ async fn limit_and_order(store: &dyn FlowStore, org: OrgId) {
         .all(|p| p[0].start_time_us <= p[1].start_time_us));
 }
 
-async fn full_record_roundtrip_with_names(store: &dyn FlowStore, org: OrgId) {
+async fn full_record_roundtrip_with_names(store: SharedStore, org: OrgId) {
     let mut r = row(1);
     r.signal_source = 3;
     r.observation_point = "s-p".into();
@@ -507,7 +485,7 @@ async fn full_record_roundtrip_with_names(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(g.request_id, None);
 }
 
-async fn ip_like_instances_use_ip_and_subnet(store: &dyn FlowStore, org: OrgId) {
+async fn ip_like_instances_use_ip_and_subnet(store: SharedStore, org: OrgId) {
     let mut r = row(1);
     r.is_ipv4 = 0;
     r.ip6_0 = Ip6("fd00::1".parse::<Ipv6Addr>().unwrap());
@@ -530,7 +508,7 @@ async fn ip_like_instances_use_ip_and_subnet(store: &dyn FlowStore, org: OrgId) 
     assert_eq!(g.auto_service_id(0), 12);
 }
 
-async fn large_unsigned_values_roundtrip(store: &dyn FlowStore, org: OrgId) {
+async fn large_unsigned_values_roundtrip(store: SharedStore, org: OrgId) {
     let mut r = row(1);
     r.syscall_trace_id_request = u64::MAX - 5;
     r.syscall_trace_id_response = 1 << 63;
@@ -551,7 +529,7 @@ async fn large_unsigned_values_roundtrip(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(got[0].request_id, Some(u64::MAX));
 }
 
-async fn organisations_are_isolated(store: &dyn FlowStore, org: OrgId) {
+async fn organisations_are_isolated(store: SharedStore, org: OrgId) {
     // The embedded store keeps every org in one file; ClickHouse in NNNN_ databases.
     let other = if store.kind() == deepflow_tempo::store::StoreKind::Embedded {
         OrgId(org.0 + 1)
@@ -585,7 +563,7 @@ async fn organisations_are_isolated(store: &dyn FlowStore, org: OrgId) {
     );
 }
 
-async fn hostile_strings_stay_literal(store: &dyn FlowStore, org: OrgId) {
+async fn hostile_strings_stay_literal(store: SharedStore, org: OrgId) {
     let nasty = [
         "' OR 1=1 --",
         "x'); DROP TABLE l7_flow_log; --",
@@ -634,16 +612,22 @@ async fn hostile_strings_stay_literal(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(all.len(), nasty.len());
 }
 
-async fn load_round_trips_ten_thousand_rows(store: &dyn FlowStore, org: OrgId) {
+async fn load_round_trips_ten_thousand_rows(store: SharedStore, org: OrgId) {
     let rows = crate::common::generated_rows(10_000, 42, T0);
     let mut jsonl = String::new();
     for r in &rows {
         jsonl.push_str(&serde_json::to_string(r).unwrap());
         jsonl.push('\n');
     }
-    let stats = load::load_rows(store, org, std::io::Cursor::new(jsonl), 2_500, false)
-        .await
-        .unwrap();
+    let stats = load::load_rows(
+        store.as_ref(),
+        org,
+        std::io::Cursor::new(jsonl),
+        2_500,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         stats,
         load::LoadStats {
@@ -698,16 +682,22 @@ async fn load_round_trips_ten_thousand_rows(store: &dyn FlowStore, org: OrgId) {
     );
 }
 
-async fn load_keeps_no_half_batch(store: &dyn FlowStore, org: OrgId) {
+async fn load_keeps_no_half_batch(store: SharedStore, org: OrgId) {
     let rows = crate::common::generated_rows(10, 7, T0);
     let mut lines: Vec<String> = rows
         .iter()
         .map(|r| serde_json::to_string(r).unwrap())
         .collect();
     lines[7] = r#"{"agent_id": "seven"}"#.into();
-    let err = load::load_rows(store, org, std::io::Cursor::new(lines.join("\n")), 5, false)
-        .await
-        .unwrap_err();
+    let err = load::load_rows(
+        store.as_ref(),
+        org,
+        std::io::Cursor::new(lines.join("\n")),
+        5,
+        false,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err.to_string().split(':').take(2).collect::<Vec<_>>(),
         vec!["line 8", " field `agent_id`"]
@@ -726,7 +716,7 @@ async fn load_keeps_no_half_batch(store: &dyn FlowStore, org: OrgId) {
     );
 }
 
-async fn comparisons_attributes_and_negation(store: &dyn FlowStore, org: OrgId) {
+async fn comparisons_attributes_and_negation(store: SharedStore, org: OrgId) {
     let mut rows: Vec<L7FlowLogRow> = (1..=4).map(row).collect();
     rows[0].response_duration = 100;
     rows[1].response_duration = 5_000;
@@ -836,7 +826,7 @@ async fn comparisons_attributes_and_negation(store: &dyn FlowStore, org: OrgId) 
     assert_eq!(codes, vec!["200", "404", "503"]);
 }
 
-async fn service_names_and_facets(store: &dyn FlowStore, org: OrgId) {
+async fn service_names_and_facets(store: SharedStore, org: OrgId) {
     let mut app = row(1);
     app.signal_source = 4;
     app.observation_point = "s-app".into();
@@ -938,7 +928,7 @@ async fn service_names_and_facets(store: &dyn FlowStore, org: OrgId) {
     assert_eq!(ops, vec!["c", "s-app", "s-p"]);
 }
 
-async fn most_recent_first(store: &dyn FlowStore, org: OrgId) {
+async fn most_recent_first(store: SharedStore, org: OrgId) {
     let rows: Vec<L7FlowLogRow> = (0..5)
         .map(|i| {
             let mut r = row(i);

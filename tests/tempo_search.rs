@@ -1,6 +1,7 @@
 //! Tempo search over HTTP on both stores: TraceQL filters and pipelines, hits for application
 //! and zero-code traces, legacy tag search, tag names and tag values, and every 400.
 
+#[macro_use]
 mod common;
 
 use common::{names, s4_rows, T4};
@@ -12,30 +13,8 @@ use deepflow_tempo::synth;
 use serde_json::Value;
 use std::time::Duration;
 
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (store, org) = crate::common::sqlite_store().await;
-                    super::$case(super::Fixture::load(store, org).await).await;
-                }
-            )*
-        }
-        mod clickhouse {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some((store, org)) = crate::common::clickhouse_store().await else { return };
-                    super::$case(super::Fixture::load(store, org).await).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_stores!(
+    with super::Fixture::load;
     empty_query_finds_app_and_zero_code_traces,
     filters_select_the_right_spans,
     zero_code_hits_are_one_per_request_and_openable,

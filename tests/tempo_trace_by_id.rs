@@ -3,6 +3,7 @@
 //! partial traces, stable span IDs, and Tempo's structural rules (tempo-api.md §4.2) asserted
 //! on every encoded trace.
 
+#[macro_use]
 mod common;
 
 use deepflow_tempo::config::Config;
@@ -19,29 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{names, s4_rows, T4};
-
-macro_rules! on_both_stores {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let (store, org) = crate::common::sqlite_store().await;
-                    super::$case(store, org).await;
-                }
-            )*
-        }
-        mod clickhouse {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some((store, org)) = crate::common::clickhouse_store().await else { return };
-                    super::$case(store, org).await;
-                }
-            )*
-        }
-    };
-}
 
 on_both_stores!(
     full_stack_trace_matrix,

@@ -501,3 +501,113 @@ pub fn names() -> NameTables {
         ..Default::default()
     }
 }
+
+/// The time origin of the spec's S14/S15 scenarios (µs).
+pub const SPEC_T0: i64 = 1_700_000_000_000_000;
+
+/// The spec's default row (§10) at `SPEC_T0 + start .. SPEC_T0 + end`, `_id = (sec << 32) | n`.
+pub fn spec_row(n: u32, sig: u16, tap: &str, agent: u16, start: i64, end: i64) -> L7FlowLogRow {
+    let (s, e) = (SPEC_T0 + start, SPEC_T0 + end);
+    let mut r = L7FlowLogRow {
+        _id: ((e / 1_000_000) as u64) << 32 | n as u64,
+        start_time: s,
+        end_time: e,
+        signal_source: sig,
+        observation_point: tap.into(),
+        agent_id: agent,
+        r#type: 2,
+        protocol: if sig == 4 { 0 } else { 6 },
+        l7_protocol: 20,
+        biz_protocol: "HTTP".into(),
+        version: "1.1".into(),
+        request_type: "GET".into(),
+        request_resource: "/api".into(),
+        endpoint: "/api".into(),
+        response_code: Some(200),
+        server_port: 80,
+        auto_instance_type_0: 10,
+        auto_instance_type_1: 10,
+        auto_service_type_0: 130,
+        auto_service_type_1: 130,
+        response_duration: (end - start) as u64,
+        ..Default::default()
+    };
+    r.normalise(n);
+    r
+}
+
+pub fn seq(mut r: L7FlowLogRow, req: u32, resp: u32) -> L7FlowLogRow {
+    r.req_tcp_seq = req;
+    r.resp_tcp_seq = resp;
+    r
+}
+
+pub fn sys(mut r: L7FlowLogRow, req: u64, resp: u64, pid: i32, inst: u32) -> L7FlowLogRow {
+    r.syscall_trace_id_request = req;
+    r.syscall_trace_id_response = resp;
+    if r.observation_point.starts_with('c') {
+        r.process_id_0 = pid;
+        r.auto_instance_id_0 = inst;
+    } else {
+        r.process_id_1 = pid;
+        r.auto_instance_id_1 = inst;
+    }
+    r
+}
+
+pub fn ids(mut r: L7FlowLogRow, trace: &str, span: &str, parent: &str) -> L7FlowLogRow {
+    let mut parts = trace.split(',');
+    r.trace_id = parts.next().unwrap_or("").into();
+    r._trace_id_2 = parts.next().unwrap_or("").into();
+    r.span_id = span.into();
+    r.parent_span_id = parent.into();
+    r
+}
+
+/// For every listed case, one test on the embedded store (in module `sqlite`) and one on
+/// ClickHouse (in module `clickhouse`, skipped outside CI without a ClickHouse engine).
+/// `on_both_stores!(a, b)` calls `a(store, org)`; `on_both_stores!(with prep; a, b)` calls
+/// `a(prep(store, org).await)`.
+#[allow(unused_macros)]
+macro_rules! on_both_stores {
+    (with $prep:path; $($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, org) = crate::common::sqlite_store().await;
+                    super::$case($prep(store, org).await).await;
+                }
+            )*
+        }
+        mod clickhouse {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some((store, org)) = crate::common::clickhouse_store().await else { return };
+                    super::$case($prep(store, org).await).await;
+                }
+            )*
+        }
+    };
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, org) = crate::common::sqlite_store().await;
+                    super::$case(store, org).await;
+                }
+            )*
+        }
+        mod clickhouse {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some((store, org)) = crate::common::clickhouse_store().await else { return };
+                    super::$case(store, org).await;
+                }
+            )*
+        }
+    };
+}
