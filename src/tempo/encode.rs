@@ -484,8 +484,15 @@ fn span_events(r: &FlowRecord) -> Vec<span::Event> {
         .collect()
 }
 
+/// From this many spans on, encoding uses two threads.
+const PARALLEL_SPANS: usize = 2_000;
+
 /// Encode an assembled trace under `trace_id`.
 pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
+    encode_with(result, trace_id, result.spans.len() >= PARALLEL_SPANS)
+}
+
+fn encode_with(result: &TraceResult, trace_id: &TraceId, parallel: bool) -> pb::Trace {
     // Span IDs first, so parents can be looked up by flow index.
     let mut used: HashSet<SpanId> = HashSet::with_capacity(result.spans.len());
     let mut ids: HashMap<usize, SpanId> = HashMap::with_capacity(result.spans.len());
@@ -502,8 +509,7 @@ pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
         }
         ids.insert(s.id, id);
     }
-    let mut groups: IndexMap<ResourceKey<'_>, Vec<Span>> = IndexMap::new();
-    for s in &result.spans {
+    let build = |s: &OutSpan| -> Span {
         let r = &s.record;
         let parent = s
             .parent_id
@@ -512,7 +518,7 @@ pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
             .unwrap_or_default();
         let start = s.render_start_time_us.max(0) as u64 * 1000;
         let end = (s.render_end_time_us.max(s.render_start_time_us)).max(0) as u64 * 1000;
-        groups.entry(ResourceKey::of(s)).or_default().push(Span {
+        Span {
             trace_id: trace_id.0.to_vec(),
             span_id: ids[&s.id].to_vec(),
             parent_span_id: parent,
@@ -524,7 +530,27 @@ pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
             events: span_events(r),
             status: Some(span_status(r)),
             ..Default::default()
-        });
+        }
+    };
+    // Large traces: build the spans on two threads (the store is idle meanwhile); order kept.
+    let spans: Vec<Span> = if parallel {
+        let (a, b) = result.spans.split_at(result.spans.len() / 2);
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| b.iter().map(build).collect::<Vec<_>>());
+            let mut first: Vec<Span> = a.iter().map(build).collect();
+            first.extend(
+                second
+                    .join()
+                    .unwrap_or_else(|_| b.iter().map(build).collect()),
+            );
+            first
+        })
+    } else {
+        result.spans.iter().map(build).collect()
+    };
+    let mut groups: IndexMap<ResourceKey<'_>, Vec<Span>> = IndexMap::new();
+    for (s, span) in result.spans.iter().zip(spans) {
+        groups.entry(ResourceKey::of(s)).or_default().push(span);
     }
     let resource_spans = groups
         .into_iter()
@@ -546,4 +572,61 @@ pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
         })
         .collect();
     pb::Trace { resource_spans }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model::FlowRecord;
+
+    #[test]
+    fn two_threads_encode_exactly_like_one() {
+        let trace = crate::synth::zero_code_trace(
+            3,
+            1_700_000_000_000_000,
+            crate::synth::Shape {
+                calls: 600,
+                fanout: 3,
+                services: 12,
+            },
+            &mut crate::synth::Keys::new(0),
+        );
+        let records: Vec<FlowRecord> = trace
+            .rows
+            .iter()
+            .map(|r| FlowRecord {
+                _id: r._id,
+                time: r.time,
+                signal_source: r.signal_source,
+                observation_point: r.observation_point.clone(),
+                agent_id: r.agent_id,
+                protocol: r.protocol,
+                l7_protocol: r.l7_protocol,
+                r#type: r.r#type,
+                req_tcp_seq: r.req_tcp_seq,
+                resp_tcp_seq: r.resp_tcp_seq,
+                start_time_us: r.start_time,
+                end_time_us: r.end_time,
+                response_duration: r.response_duration,
+                syscall_trace_id_request: r.syscall_trace_id_request,
+                syscall_trace_id_response: r.syscall_trace_id_response,
+                process_id_0: r.process_id_0,
+                process_id_1: r.process_id_1,
+                auto_instance_type_0: r.auto_instance_type_0,
+                auto_instance_type_1: r.auto_instance_type_1,
+                auto_instance_id_0: r.auto_instance_id_0,
+                auto_instance_id_1: r.auto_instance_id_1,
+                endpoint: r.endpoint.clone(),
+                ..FlowRecord::default()
+            })
+            .collect();
+        let result =
+            crate::autotrace::assemble(records, vec![], Some(trace.entry_id), &Default::default());
+        assert!(result.spans.len() >= PARALLEL_SPANS);
+        let id = TraceId::zero_code(trace.entry_id);
+        assert_eq!(
+            encode_with(&result, &id, true),
+            encode_with(&result, &id, false)
+        );
+    }
 }
