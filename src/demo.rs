@@ -18,12 +18,11 @@
 //! client span id travels in `traceparent` and is seen on the rows of its call to ratings.
 //! Some requests fail (ratings 500, details 503) and some are slow (a slow MySQL query).
 
+use crate::store::model::OrgId;
 use crate::store::model::{
-    device_type, make_id, DeviceName, IdName, Ip4, L7FlowLogRow, NameTables, PodName,
-    VtapPortName,
+    device_type, make_id, DeviceName, IdName, Ip4, L7FlowLogRow, NameTables, PodName, VtapPortName,
 };
 use crate::store::{FlowStore, StoreResult};
-use crate::store::model::OrgId;
 use crate::synth::Rng;
 use std::net::Ipv4Addr;
 
@@ -279,10 +278,18 @@ pub fn name_tables() -> NameTables {
     };
     for node in &NODES {
         let ip = Ipv4Addr::from(node.ip).to_string();
-        n.devices
-            .push(dev(device_type::POD_NODE, node.id as u64, node.name, ip.clone()));
-        n.devices
-            .push(dev(device_type::HOST, node.id as u64, node.name, ip.clone()));
+        n.devices.push(dev(
+            device_type::POD_NODE,
+            node.id as u64,
+            node.name,
+            ip.clone(),
+        ));
+        n.devices.push(dev(
+            device_type::HOST,
+            node.id as u64,
+            node.name,
+            ip.clone(),
+        ));
         n.vtap_ports.push(VtapPortName {
             vtap_id: node.agent as u64,
             tap_port: NODE_NIC as u64,
@@ -422,7 +429,10 @@ enum Step {
     /// Time the server spends on its own, µs.
     Gap(i64),
     /// A DNS lookup of `name` taking `us`, answered in two response syscalls.
-    Dns { name: &'static str, us: i64 },
+    Dns {
+        name: &'static str,
+        us: i64,
+    },
     Call(Box<Call>),
     App(Box<AppSpan>),
 }
@@ -649,7 +659,11 @@ fn plan_request(rng: &mut Rng) -> Plan {
         PRODUCTPAGE,
         REVIEWS,
         reviews_l7,
-        vec![Step::Gap(40), Step::App(Box::new(server_span)), Step::Gap(40)],
+        vec![
+            Step::Gap(40),
+            Step::App(Box::new(server_span)),
+            Step::Gap(40),
+        ],
     );
 
     let details_us = ms(rng, 400, 2_500);
@@ -967,19 +981,16 @@ impl Gen {
         let cp_id = self.spans[self.spans.len() - pts.len()].ids[0];
         // The server's own work, inside its s-p.
         let inner = Headers {
-            x0: if c.l7.http { h.x0.clone() } else { String::new() },
+            x0: if c.l7.http {
+                h.x0.clone()
+            } else {
+                String::new()
+            },
             x1: String::new(),
             trace: if c.l7.http { h.trace.clone() } else { None },
         };
         let last = match c.threading {
-            Threading::Same => self.work(
-                &c.work,
-                sp_start,
-                sp_id,
-                server_thread,
-                &inner,
-                c.server,
-            ),
+            Threading::Same => self.work(&c.work, sp_start, sp_id, server_thread, &inner, c.server),
             Threading::Gateway => {
                 // The upstream call gets the X-Request-ID the gateway injected or passed on.
                 let gw = Headers {
@@ -1173,10 +1184,7 @@ impl Gen {
             ip4_0: Ip4(Ipv4Addr::from(pod.ip)),
             ip4_1: Ip4(Ipv4Addr::from(pod.ip)),
             is_ipv4: 1,
-            attribute_names: vec![
-                "telemetry.sdk.language".into(),
-                "telemetry.sdk.name".into(),
-            ],
+            attribute_names: vec!["telemetry.sdk.language".into(), "telemetry.sdk.name".into()],
             attribute_values: vec!["java".into(), "opentelemetry".into()],
             ..Default::default()
         };
@@ -1305,7 +1313,12 @@ fn uuid(rng: &mut Rng) -> String {
 }
 
 /// Write the dataset into `store` (names first, then rows in batches of `batch`).
-pub async fn load(store: &dyn FlowStore, org: OrgId, data: &Dataset, batch: usize) -> StoreResult<()> {
+pub async fn load(
+    store: &dyn FlowStore,
+    org: OrgId,
+    data: &Dataset,
+    batch: usize,
+) -> StoreResult<()> {
     store.insert_names(org, &data.names).await?;
     for chunk in data.rows.chunks(batch.max(1)) {
         store.insert_rows(org, chunk).await?;
@@ -1329,7 +1342,10 @@ pub fn featured(data: &Dataset) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     let recent = |f: &dyn Fn(&Request) -> bool| data.requests.iter().rev().find(|r| f(r));
     if let Some(r) = recent(&|r| !r.has_error && !r.slow) {
-        out.push(("app-instrumented (OpenTelemetry trace id)", r.trace_id.clone()));
+        out.push((
+            "app-instrumented (OpenTelemetry trace id)",
+            r.trace_id.clone(),
+        ));
     }
     if let Some(r) = data.requests.iter().rev().nth(1) {
         out.push((

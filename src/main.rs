@@ -474,7 +474,9 @@ async fn demo_command(
         .unwrap_or_default();
     println!();
     println!("serving the Tempo API on {url}");
-    println!("Grafana: add a Tempo data source with URL {url} (see README: Grafana), then Explore:");
+    println!(
+        "Grafana: add a Tempo data source with URL {url} (see README: Grafana), then Explore:"
+    );
     println!("  search  {{}}   or   {{ status = error }}   or   {{ duration > 300ms }}");
     for (what, id) in demo::featured(&data) {
         println!("  {what:<44} {id}");

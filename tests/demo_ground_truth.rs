@@ -106,7 +106,10 @@ async fn check_requests(store: SharedStore, org: OrgId, data: &Dataset, requests
             .unwrap();
         let d = diff(&want, &got(&by_trace));
         if !d.is_empty() {
-            failures.push(format!("request {} by trace id {}:\n{d}", r.entry_id, r.trace_id));
+            failures.push(format!(
+                "request {} by trace id {}:\n{d}",
+                r.entry_id, r.trace_id
+            ));
         }
     }
     assert!(
@@ -121,7 +124,11 @@ async fn check_requests(store: SharedStore, org: OrgId, data: &Dataset, requests
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_of_a_minute_rebuilds_its_ground_truth_embedded() {
     let data = minute();
-    assert!(data.requests.len() >= 60, "{} requests", data.requests.len());
+    assert!(
+        data.requests.len() >= 60,
+        "{} requests",
+        data.requests.len()
+    );
     let all: Vec<&Request> = data.requests.iter().collect();
     let (store, org) = common::sqlite_store().await;
     check_requests(store, org, &data, &all).await;
@@ -181,7 +188,10 @@ fn generation_is_deterministic_and_rows_are_valid() {
         end_us: END_US + 600_000_000,
     });
     let t1: BTreeSet<&str> = a.requests.iter().map(|r| r.trace_id.as_str()).collect();
-    assert!(later.requests.iter().all(|r| !t1.contains(r.trace_id.as_str())));
+    assert!(later
+        .requests
+        .iter()
+        .all(|r| !t1.contains(r.trace_id.as_str())));
 }
 
 #[test]
@@ -237,7 +247,10 @@ fn the_dataset_has_every_kind_of_row_and_names_for_them() {
             (r.auto_service_type_0, r.auto_service_id_0),
             (r.auto_service_type_1, r.auto_service_id_1),
         ] {
-            assert!(devices.contains(&(t as u64, id as u64)), "no name for {t}/{id}");
+            assert!(
+                devices.contains(&(t as u64, id as u64)),
+                "no name for {t}/{id}"
+            );
         }
         assert!(devices.contains(&(14, r.pod_node_id_0 as u64)));
     }

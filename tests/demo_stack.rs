@@ -20,8 +20,10 @@ fn yaml(rel: &str) -> Value {
 }
 
 fn dashboard() -> serde_json::Value {
-    serde_json::from_str(&read("grafana-provisioning/dashboards/deepflow-traces.json"))
-        .expect("the dashboard is valid JSON")
+    serde_json::from_str(&read(
+        "grafana-provisioning/dashboards/deepflow-traces.json",
+    ))
+    .expect("the dashboard is valid JSON")
 }
 
 fn s<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -83,15 +85,28 @@ fn compose_services_volumes_and_ports_are_consistent() {
             if src.starts_with("./") {
                 assert!(root().join(src).exists(), "{name}: {src} does not exist");
             } else {
-                assert!(declared.contains(src), "{name}: volume {src} is not declared");
+                assert!(
+                    declared.contains(src),
+                    "{name}: volume {src} is not declared"
+                );
             }
         }
         // Ports are published on the loopback only, once each.
         for p in svc.get("ports").map(list).unwrap_or_default() {
             let parts: Vec<&str> = p.split(':').collect();
-            assert_eq!(parts.len(), 3, "{name}: port {p} must be HOST_IP:HOST:CONTAINER");
-            assert_eq!(parts[0], "127.0.0.1", "{name}: port {p} is not loopback-only");
-            assert!(host_ports.insert(parts[1].to_string()), "host port {p} twice");
+            assert_eq!(
+                parts.len(),
+                3,
+                "{name}: port {p} must be HOST_IP:HOST:CONTAINER"
+            );
+            assert_eq!(
+                parts[0], "127.0.0.1",
+                "{name}: port {p} is not loopback-only"
+            );
+            assert!(
+                host_ports.insert(parts[1].to_string()),
+                "host port {p} twice"
+            );
         }
     }
     // Pinned images.
@@ -114,15 +129,24 @@ fn compose_services_volumes_and_ports_are_consistent() {
         .find(|m| m.contains("/etc/clickhouse-server/config.d/"))
         .expect("a ClickHouse config file is mounted");
     let xml = read(cfg.split(':').next().unwrap());
-    for want in ["<df_cluster>", "<df_storage>", "<tcp_port>9000</tcp_port>", "<port>9000</port>"] {
+    for want in [
+        "<df_cluster>",
+        "<df_storage>",
+        "<tcp_port>9000</tcp_port>",
+        "<port>9000</port>",
+    ] {
         assert!(xml.contains(want), "ClickHouse config lacks {want}");
     }
 
     // The loader applies the schema, then loads without serving, into that ClickHouse.
     let loader = s(&c, &["services", "loader"]);
     let cmd = list(s(loader, &["command"])).join(" ");
-    let apply = cmd.find("schema --apply").expect("loader applies the schema");
-    let load = cmd.find("demo --load-only").expect("loader runs demo --load-only");
+    let apply = cmd
+        .find("schema --apply")
+        .expect("loader applies the schema");
+    let load = cmd
+        .find("demo --load-only")
+        .expect("loader runs demo --load-only");
     assert!(apply < load);
     assert_eq!(
         str_of(s(loader, &["depends_on", "clickhouse", "condition"])),
@@ -138,7 +162,13 @@ fn compose_services_volumes_and_ports_are_consistent() {
     assert_eq!(
         str_of(s(
             &c,
-            &["services", "deepflow-tempo", "depends_on", "loader", "condition"]
+            &[
+                "services",
+                "deepflow-tempo",
+                "depends_on",
+                "loader",
+                "condition"
+            ]
         )),
         "service_completed_successfully"
     );
@@ -161,7 +191,10 @@ fn compose_services_volumes_and_ports_are_consistent() {
     assert!(list(s(g, &["volumes"]))
         .iter()
         .any(|v| v.starts_with("./grafana-provisioning:/etc/grafana/provisioning")));
-    assert_eq!(str_of(s(g, &["environment", "GF_AUTH_ANONYMOUS_ENABLED"])), "true");
+    assert_eq!(
+        str_of(s(g, &["environment", "GF_AUTH_ANONYMOUS_ENABLED"])),
+        "true"
+    );
     assert_eq!(
         str_of(s(g, &["environment", "GF_AUTH_ANONYMOUS_ORG_ROLE"])),
         "Viewer"
@@ -255,7 +288,9 @@ fn dashboard_queries_are_valid_traceql_and_trace_ids_link_to_explore() {
         }
         titles.push(title);
     }
-    assert!(titles.iter().any(|t| t.contains("slow") && t.contains("failing")));
+    assert!(titles
+        .iter()
+        .any(|t| t.contains("slow") && t.contains("failing")));
     assert!(titles.iter().filter(|t| t.starts_with("Entry:")).count() >= 2);
 }
 
@@ -280,7 +315,10 @@ fn the_dockerfile_builds_the_ci_binary_into_a_small_non_root_image() {
     // The build context leaves out build output and local data.
     let ignore = read(".dockerignore");
     for want in ["target/", ".git/", "data/"] {
-        assert!(ignore.lines().any(|l| l.trim() == want), "{want} not ignored");
+        assert!(
+            ignore.lines().any(|l| l.trim() == want),
+            "{want} not ignored"
+        );
     }
     assert!(Path::new(&root().join("Cargo.lock")).exists());
 }
