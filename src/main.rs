@@ -444,10 +444,11 @@ async fn demo_command(
         StoreKind::Clickhouse => format!("ClickHouse ({})", cfg.clickhouse.url),
     };
     println!(
-        "loaded {} requests ({} rows) over the last {} minutes into {target}",
+        "loaded {} requests ({} rows) over the last {} minute{} into {target}",
         data.requests.len(),
         data.rows.len(),
-        opts.minutes.max(1)
+        opts.minutes.max(1),
+        if opts.minutes > 1 { "s" } else { "" }
     );
     println!("  {}", demo::DESCRIPTION);
     println!(
