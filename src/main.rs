@@ -1,12 +1,12 @@
-//! The `deepflow-tempo` command line: `serve`, `schema`, `load`.
+//! The `deepflow-tempo` command line: `serve`, `demo`, `schema`, `load`, `trace`.
 
 use clap::{Args, Parser, Subcommand};
 use deepflow_tempo::autotrace::TraceResult;
 use deepflow_tempo::config::{Config, FlagOverrides, KEYS};
 use deepflow_tempo::service::TraceService;
 use deepflow_tempo::store::model::OrgId;
-use deepflow_tempo::store::SchemaOptions;
-use deepflow_tempo::{load, server};
+use deepflow_tempo::store::{SchemaOptions, StoreKind};
+use deepflow_tempo::{demo, load, server};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -94,6 +94,29 @@ impl ConfigFlags {
 enum Command {
     /// Serve the Tempo query API (and DeepFlow's tracing API) over the configured store.
     Serve,
+    /// Generate a Bookinfo-shaped DeepFlow dataset for the last minutes into the configured
+    /// store, then serve it (prints where to point Grafana and trace IDs to open).
+    Demo {
+        /// Minutes of traffic, ending now.
+        #[arg(long, default_value = "15")]
+        minutes: u32,
+        /// Mean requests per second.
+        #[arg(long, default_value = "2")]
+        rate: f64,
+        /// Seed of the generator.
+        #[arg(long, default_value = "1")]
+        seed: u64,
+        /// Write into ClickHouse (`clickhouse.*` settings) instead of the configured store.
+        #[arg(long)]
+        clickhouse: bool,
+        /// Only load the data and exit: no schema is applied, nothing is served (the compose
+        /// stack's loader runs `schema --apply` first).
+        #[arg(long)]
+        load_only: bool,
+        /// Organisation.
+        #[arg(long, default_value = "1")]
+        org: OrgId,
+    },
     /// Print DeepFlow's DDL for the configured store, or create it with --apply (tests, demos).
     Schema {
         /// Create the tables instead of printing them.
@@ -198,6 +221,22 @@ fn main() -> ExitCode {
 async fn run(command: Command, cfg: Config) -> Result<(), String> {
     match command {
         Command::Serve => serve(cfg).await,
+        Command::Demo {
+            minutes,
+            rate,
+            seed,
+            clickhouse,
+            load_only,
+            org,
+        } => {
+            let opts = demo::DemoOptions {
+                seed,
+                minutes,
+                rate,
+                end_us: demo::now_us(),
+            };
+            demo_command(cfg, opts, clickhouse, load_only, org).await
+        }
         Command::Trace {
             id,
             trace_id,
@@ -375,5 +414,74 @@ async fn serve(cfg: Config) -> Result<(), String> {
     let (srv, addrs) = server::bind(server::app_state(&cfg, store.clone()), &cfg.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     tracing::info!(store = %store.kind(), addrs = ?addrs, "deepflow-tempo serving");
+    srv.await.map_err(|e| e.to_string())
+}
+
+/// `demo`: generate, load, then serve (unless `--load-only`).
+async fn demo_command(
+    mut cfg: Config,
+    opts: demo::DemoOptions,
+    clickhouse: bool,
+    load_only: bool,
+    org: OrgId,
+) -> Result<(), String> {
+    if clickhouse {
+        cfg.store = StoreKind::Clickhouse;
+    }
+    let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
+    if cfg.store == StoreKind::Clickhouse && !load_only {
+        store
+            .apply_schema(org, SchemaOptions::default())
+            .await
+            .map_err(|e| format!("cannot apply the schema: {e}"))?;
+    }
+    let data = demo::generate(&opts);
+    demo::load(store.as_ref(), org, &data, 10_000)
+        .await
+        .map_err(|e| format!("cannot load the demo data: {e}"))?;
+    let target = match cfg.store {
+        StoreKind::Embedded => format!("the embedded store ({})", cfg.embedded.path),
+        StoreKind::Clickhouse => format!("ClickHouse ({})", cfg.clickhouse.url),
+    };
+    println!(
+        "loaded {} requests ({} rows) over the last {} minute{} into {target}",
+        data.requests.len(),
+        data.rows.len(),
+        opts.minutes.max(1),
+        if opts.minutes > 1 { "s" } else { "" }
+    );
+    println!("  {}", demo::DESCRIPTION);
+    println!(
+        "  {} failed with 5xx, {} had an error inside, {} slow",
+        data.requests.iter().filter(|r| r.failed).count(),
+        data.requests.iter().filter(|r| r.has_error).count(),
+        data.requests.iter().filter(|r| r.slow).count()
+    );
+    if load_only {
+        return Ok(());
+    }
+    let (srv, addrs) = server::bind(server::app_state(&cfg, store.clone()), &cfg.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let url = addrs
+        .first()
+        .map(|a| {
+            let host = if a.ip().is_unspecified() {
+                "localhost".to_string()
+            } else {
+                a.ip().to_string()
+            };
+            format!("http://{host}:{}", a.port())
+        })
+        .unwrap_or_default();
+    println!();
+    println!("serving the Tempo API on {url}");
+    println!(
+        "Grafana: add a Tempo data source with URL {url} (see README: Grafana), then Explore:"
+    );
+    println!("  search  {{}}   or   {{ status = error }}   or   {{ duration > 300ms }}");
+    for (what, id) in demo::featured(&data) {
+        println!("  {what:<44} {id}");
+    }
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     srv.await.map_err(|e| e.to_string())
 }
