@@ -1,6 +1,8 @@
 //! The binary end to end on the embedded store: `load` JSON Lines, then `trace` as a tree and
 //! as DeepFlow's L7FlowTracing `DATA` object.
 
+mod common;
+
 use deepflow_tempo::synth;
 use std::process::Command;
 
@@ -74,76 +76,8 @@ fn load_then_trace_text_and_json() {
     assert!(data["services"].is_array());
     assert!(data["host_clock_correction"].is_object());
     // Every §7.9 field is present on every span.
-    let fields = [
-        "id",
-        "_ids",
-        "related_ids",
-        "signal_source",
-        "type",
-        "start_time_us",
-        "end_time_us",
-        "duration",
-        "selftime",
-        "tap_side",
-        "Enum(tap_side)",
-        "l7_protocol",
-        "Enum(l7_protocol)",
-        "l7_protocol_str",
-        "endpoint",
-        "request_type",
-        "request_resource",
-        "response_status",
-        "response_exception",
-        "biz_response_code",
-        "response_code",
-        "flow_id",
-        "request_id",
-        "x_request_id_0",
-        "x_request_id_1",
-        "span_id",
-        "parent_span_id",
-        "req_tcp_seq",
-        "resp_tcp_seq",
-        "syscall_cap_seq_0",
-        "syscall_cap_seq_1",
-        "syscall_trace_id_request",
-        "syscall_trace_id_response",
-        "trace_id",
-        "attribute",
-        "parent_id",
-        "childs",
-        "process_id",
-        "vtap_id",
-        "service_uid",
-        "service_uname",
-        "app_service",
-        "app_instance",
-        "tap_port",
-        "tap_port_name",
-        "resource_from_vtap",
-        "set_parent_info",
-        "auto_instance",
-        "auto_instance_id",
-        "auto_instance_type",
-        "tap_id",
-        "tap",
-        "_querier_region",
-        "is_tls",
-        "is_async",
-        "subnet",
-        "ip",
-        "process_kname",
-        "gprocess",
-        "auto_service",
-        "auto_service_id",
-        "auto_service_type",
-        "deepflow_span_id",
-        "deepflow_parent_span_id",
-        "render_start_time_us",
-        "render_end_time_us",
-    ];
     for span in data["tracing"].as_array().unwrap() {
-        for f in fields {
+        for f in common::SPAN_FIELDS {
             assert!(span.get(f).is_some(), "span lacks {f}: {span}");
         }
         assert!(span["flow_id"].is_string() && span["syscall_trace_id_request"].is_string());

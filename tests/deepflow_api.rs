@@ -14,7 +14,7 @@ use deepflow_tempo::store::SharedStore;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-use common::{ids, seq, spec_row, sys, SPEC_T0 as T0};
+use common::{ids, seq, spec_row, sys, SPAN_FIELDS, SPEC_T0 as T0};
 const TRACING: &str = "/v1/stats/querier/L7FlowTracing";
 const COMPLETION: &str = "/v1/stats/querier/tracing-completion-by-external-app-spans";
 const PARAMS: &str = "/v1/stats/querier/TracingAlgoParams";
@@ -139,76 +139,6 @@ fn tree(tracing: &[Value]) -> HashMap<u64, (Option<u64>, Option<String>)> {
 }
 
 const TCP: &str = "trace mounted due to tcp_seq";
-
-/// Every span field of §7.9.
-const SPAN_FIELDS: &[&str] = &[
-    "id",
-    "_ids",
-    "related_ids",
-    "signal_source",
-    "type",
-    "start_time_us",
-    "end_time_us",
-    "duration",
-    "selftime",
-    "tap_side",
-    "Enum(tap_side)",
-    "l7_protocol",
-    "Enum(l7_protocol)",
-    "l7_protocol_str",
-    "endpoint",
-    "request_type",
-    "request_resource",
-    "response_status",
-    "response_exception",
-    "biz_response_code",
-    "response_code",
-    "flow_id",
-    "request_id",
-    "x_request_id_0",
-    "x_request_id_1",
-    "span_id",
-    "parent_span_id",
-    "req_tcp_seq",
-    "resp_tcp_seq",
-    "syscall_cap_seq_0",
-    "syscall_cap_seq_1",
-    "syscall_trace_id_request",
-    "syscall_trace_id_response",
-    "trace_id",
-    "attribute",
-    "parent_id",
-    "childs",
-    "process_id",
-    "vtap_id",
-    "service_uid",
-    "service_uname",
-    "app_service",
-    "app_instance",
-    "tap_port",
-    "tap_port_name",
-    "resource_from_vtap",
-    "set_parent_info",
-    "auto_instance",
-    "auto_instance_id",
-    "auto_instance_type",
-    "tap_id",
-    "tap",
-    "_querier_region",
-    "is_tls",
-    "is_async",
-    "subnet",
-    "ip",
-    "process_kname",
-    "gprocess",
-    "auto_service",
-    "auto_service_id",
-    "auto_service_type",
-    "deepflow_span_id",
-    "deepflow_parent_span_id",
-    "render_start_time_us",
-    "render_end_time_us",
-];
 
 /// The fields §8.1 step 7 removes from completion spans.
 const COMPLETION_DROPPED: [&str; 12] = [
