@@ -29,6 +29,31 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     search::configure(cfg);
 }
 
+/// Whether the client asked for protobuf (`Accept` contains `application/protobuf`).
+pub fn wants_protobuf(req: &HttpRequest) -> bool {
+    req.headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/protobuf"))
+}
+
+/// Answer 200 with `msg` as protobuf when the client asks for it, else with its JSON form.
+pub fn negotiate(
+    req: &HttpRequest,
+    msg: &impl prost::Message,
+    json: impl FnOnce() -> String,
+) -> actix_web::HttpResponse {
+    if wants_protobuf(req) {
+        actix_web::HttpResponse::Ok()
+            .content_type("application/protobuf")
+            .body(msg.encode_to_vec())
+    } else {
+        actix_web::HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json())
+    }
+}
+
 /// The organisation a request reads: DeepFlow's `X-Org-Id`, else a numeric Tempo tenant
 /// (`X-Scope-OrgID`), else the default organisation. Non-numeric Tempo tenants (such as
 /// Grafana's "single-tenant") read the default organisation.

@@ -3,14 +3,13 @@
 //! `/api/v2/search/tag/<name>/values`). Parse and validate parameters as Tempo does, call the
 //! executor or the store, encode as jsonpb JSON or protobuf.
 
-use super::{org_of, AppState};
+use super::{negotiate, org_of, AppState};
 use crate::error::ApiError;
 use crate::search::{self, SearchRequest};
 use crate::store::{Col, Facet, Filter, FlowQuery, TimeWindow};
 use crate::tempo::pb;
 use crate::traceql::{self, Attribute, Intrinsic, Scope};
 use actix_web::{web, HttpRequest, HttpResponse};
-use prost::Message;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -140,13 +139,6 @@ fn window(p: &HashMap<String, String>, default_s: u64, max_s: u64) -> Result<(i6
         )));
     }
     Ok((start, end))
-}
-
-fn wants_protobuf(req: &HttpRequest) -> bool {
-    req.headers()
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/protobuf"))
 }
 
 /// Parse logfmt `k=v k2="v 2"`.
@@ -396,15 +388,7 @@ async fn search_route(
             }
             search::SearchError::Service(s) => s.into(),
         })?;
-    Ok(if wants_protobuf(&req) {
-        HttpResponse::Ok()
-            .content_type("application/protobuf")
-            .body(resp.encode_to_vec())
-    } else {
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .body(search_json(&resp).to_string())
-    })
+    Ok(negotiate(&req, &resp, || search_json(&resp).to_string()))
 }
 
 fn scope_param(p: &HashMap<String, String>) -> Result<String, ApiError> {
@@ -467,15 +451,9 @@ async fn tags_v1(
         tag_names: names,
         metrics: Some(Default::default()),
     };
-    Ok(if wants_protobuf(&req) {
-        HttpResponse::Ok()
-            .content_type("application/protobuf")
-            .body(resp.encode_to_vec())
-    } else {
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .json(json!({"tagNames": resp.tag_names, "metrics": {}}))
-    })
+    Ok(negotiate(&req, &resp, || {
+        json!({"tagNames": resp.tag_names, "metrics": {}}).to_string()
+    }))
 }
 
 async fn tags_v2(
@@ -508,20 +486,14 @@ async fn tags_v2(
         scopes,
         metrics: Some(Default::default()),
     };
-    Ok(if wants_protobuf(&req) {
-        HttpResponse::Ok()
-            .content_type("application/protobuf")
-            .body(resp.encode_to_vec())
-    } else {
+    Ok(negotiate(&req, &resp, || {
         let scopes: Vec<Value> = resp
             .scopes
             .iter()
             .map(|s| json!({"name": s.name, "tags": s.tags}))
             .collect();
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .json(json!({"scopes": scopes, "metrics": {}}))
-    })
+        json!({"scopes": scopes, "metrics": {}}).to_string()
+    }))
 }
 
 /// The tag name of a tag-values path: decoded once, everything up to the last `/values`.
@@ -706,15 +678,9 @@ async fn tag_values_v1(
         tag_values: values,
         metrics: Some(Default::default()),
     };
-    Ok(if wants_protobuf(&req) {
-        HttpResponse::Ok()
-            .content_type("application/protobuf")
-            .body(resp.encode_to_vec())
-    } else {
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .json(json!({"tagValues": resp.tag_values, "metrics": {}}))
-    })
+    Ok(negotiate(&req, &resp, || {
+        json!({"tagValues": resp.tag_values, "metrics": {}}).to_string()
+    }))
 }
 
 async fn tag_values_v2(
@@ -737,20 +703,14 @@ async fn tag_values_v2(
         tag_values,
         metrics: Some(Default::default()),
     };
-    Ok(if wants_protobuf(&req) {
-        HttpResponse::Ok()
-            .content_type("application/protobuf")
-            .body(resp.encode_to_vec())
-    } else {
+    Ok(negotiate(&req, &resp, || {
         let vals: Vec<Value> = resp
             .tag_values
             .iter()
             .map(|t| json!({"type": t.r#type, "value": t.value}))
             .collect();
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .json(json!({"tagValues": vals, "metrics": {}}))
-    })
+        json!({"tagValues": vals, "metrics": {}}).to_string()
+    }))
 }
 
 #[cfg(test)]

@@ -3,12 +3,11 @@
 //! Parse the ID and range, ask the service, negotiate protobuf or JSON by `Accept`, map "not
 //! found" to 404 and partial traces to v2 `PARTIAL` / v1 422.
 
-use super::{org_of, AppState};
+use super::{negotiate, org_of, AppState};
 use crate::error::ApiError;
 use crate::tempo::ids::TraceId;
 use crate::tempo::{json, pb};
 use actix_web::{web, HttpRequest, HttpResponse};
-use prost::Message;
 use serde::Deserialize;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -46,13 +45,6 @@ pub fn parse_range(p: &RangeParams) -> Result<Option<(i64, i64)>, ApiError> {
     }
 }
 
-fn wants_protobuf(req: &HttpRequest) -> bool {
-    req.headers()
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/protobuf"))
-}
-
 async fn lookup(
     req: &HttpRequest,
     state: &AppState,
@@ -79,15 +71,9 @@ async fn trace_v1(
             .content_type("text/plain; charset=utf-8")
             .body(format!("trace exceeds max size: {why}\n")));
     }
-    Ok(if wants_protobuf(&req) {
-        HttpResponse::Ok()
-            .content_type("application/protobuf")
-            .body(t.trace.encode_to_vec())
-    } else {
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .body(json::trace_v1(&t.trace).to_string())
-    })
+    Ok(negotiate(&req, &t.trace, || {
+        json::trace_v1(&t.trace).to_string()
+    }))
 }
 
 async fn trace_v2(
@@ -111,15 +97,9 @@ async fn trace_v2(
         } as i32,
         message: t.partial.clone().unwrap_or_default(),
     };
-    Ok(if wants_protobuf(&req) {
-        HttpResponse::Ok()
-            .content_type("application/protobuf")
-            .body(resp.encode_to_vec())
-    } else {
-        HttpResponse::Ok()
-            .content_type("application/json")
-            .body(json::trace_by_id_response(&resp).to_string())
-    })
+    Ok(negotiate(&req, &resp, || {
+        json::trace_by_id_response(&resp).to_string()
+    }))
 }
 
 #[cfg(test)]
