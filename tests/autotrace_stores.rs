@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::{ids, seq, spec_row, sys, SPEC_T0 as T0};
+use common::{s14_rows, S14_P as P, S14_T as T, S14_X as X, S14_Y as Y};
 
 on_both_stores!(
     s15a_iteration_and_tcp_reuse,
@@ -227,71 +228,6 @@ async fn s15b_trace_ids_expand_and_conflicts_drop(store: SharedStore, org: OrgId
         .find(|s| s.ids[0] & 0xffff_ffff == 4)
         .unwrap();
     assert_eq!(s4.deepflow_span_id, "u1.c.0");
-}
-
-/// S14's ids: trace T, span ids P, X, Y.
-const T: &str = "0af7651916cd43dd8448eb211c80319c";
-const P: &str = "1111111111111111";
-const X: &str = "2222222222222222";
-const Y: &str = "3333333333333333";
-
-fn s14_rows() -> Vec<L7FlowLogRow> {
-    vec![
-        ids(
-            sys(
-                seq(spec_row(1, 3, "c-p", 1, 0, 20_000), 111, 222),
-                1,
-                1,
-                10,
-                5,
-            ),
-            T,
-            P,
-            "",
-        ),
-        ids(
-            sys(
-                seq(spec_row(2, 3, "s-p", 2, 500, 19_500), 111, 222),
-                3,
-                4,
-                20,
-                6,
-            ),
-            T,
-            P,
-            "",
-        ),
-        ids(
-            sys(
-                seq(spec_row(3, 3, "c-p", 2, 5000, 15_000), 333, 444),
-                3,
-                4,
-                20,
-                6,
-            ),
-            T,
-            Y,
-            "",
-        ),
-        ids(
-            seq(spec_row(4, 0, "c", 2, 5100, 14_900), 333, 444),
-            T,
-            Y,
-            "",
-        ),
-        ids(
-            sys(
-                seq(spec_row(5, 3, "s-p", 3, 5500, 14_500), 333, 444),
-                5,
-                5,
-                30,
-                7,
-            ),
-            T,
-            Y,
-            "",
-        ),
-    ]
 }
 
 fn s14_spans(trace: &str) -> Vec<ExternalAppSpan> {

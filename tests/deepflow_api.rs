@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use common::{ids, seq, spec_row, sys, SPAN_FIELDS, SPEC_T0 as T0};
+use common::{s14_rows, S14_P as P, S14_T as T, S14_X as X, S14_Y as Y};
 const TRACING: &str = "/v1/stats/querier/L7FlowTracing";
 const COMPLETION: &str = "/v1/stats/querier/tracing-completion-by-external-app-spans";
 const PARAMS: &str = "/v1/stats/querier/TracingAlgoParams";
@@ -158,70 +159,6 @@ const COMPLETION_DROPPED: [&str; 12] = [
 
 // ---------------------------------------------------------------------------------------------
 // S14: tracing completion
-
-const T: &str = "0af7651916cd43dd8448eb211c80319c";
-const P: &str = "1111111111111111";
-const X: &str = "2222222222222222";
-const Y: &str = "3333333333333333";
-
-fn s14_rows() -> Vec<L7FlowLogRow> {
-    vec![
-        ids(
-            sys(
-                seq(spec_row(1, 3, "c-p", 1, 0, 20_000), 111, 222),
-                1,
-                1,
-                10,
-                5,
-            ),
-            T,
-            P,
-            "",
-        ),
-        ids(
-            sys(
-                seq(spec_row(2, 3, "s-p", 2, 500, 19_500), 111, 222),
-                3,
-                4,
-                20,
-                6,
-            ),
-            T,
-            P,
-            "",
-        ),
-        ids(
-            sys(
-                seq(spec_row(3, 3, "c-p", 2, 5000, 15_000), 333, 444),
-                3,
-                4,
-                20,
-                6,
-            ),
-            T,
-            Y,
-            "",
-        ),
-        ids(
-            seq(spec_row(4, 0, "c", 2, 5100, 14_900), 333, 444),
-            T,
-            Y,
-            "",
-        ),
-        ids(
-            sys(
-                seq(spec_row(5, 3, "s-p", 3, 5500, 14_500), 333, 444),
-                5,
-                5,
-                30,
-                7,
-            ),
-            T,
-            Y,
-            "",
-        ),
-    ]
-}
 
 /// S14's request body with `trace` as the external spans' trace id.
 fn s14_request(trace: &str) -> Value {

@@ -681,3 +681,68 @@ pub const SPAN_FIELDS: &[&str] = &[
     "render_start_time_us",
     "render_end_time_us",
 ];
+
+/// The spec's S14: trace id and span ids P, X, Y, and DeepFlow's rows of that trace.
+pub const S14_T: &str = "0af7651916cd43dd8448eb211c80319c";
+pub const S14_P: &str = "1111111111111111";
+pub const S14_X: &str = "2222222222222222";
+pub const S14_Y: &str = "3333333333333333";
+
+pub fn s14_rows() -> Vec<L7FlowLogRow> {
+    vec![
+        ids(
+            sys(
+                seq(spec_row(1, 3, "c-p", 1, 0, 20_000), 111, 222),
+                1,
+                1,
+                10,
+                5,
+            ),
+            S14_T,
+            S14_P,
+            "",
+        ),
+        ids(
+            sys(
+                seq(spec_row(2, 3, "s-p", 2, 500, 19_500), 111, 222),
+                3,
+                4,
+                20,
+                6,
+            ),
+            S14_T,
+            S14_P,
+            "",
+        ),
+        ids(
+            sys(
+                seq(spec_row(3, 3, "c-p", 2, 5000, 15_000), 333, 444),
+                3,
+                4,
+                20,
+                6,
+            ),
+            S14_T,
+            S14_Y,
+            "",
+        ),
+        ids(
+            seq(spec_row(4, 0, "c", 2, 5100, 14_900), 333, 444),
+            S14_T,
+            S14_Y,
+            "",
+        ),
+        ids(
+            sys(
+                seq(spec_row(5, 3, "s-p", 3, 5500, 14_500), 333, 444),
+                5,
+                5,
+                30,
+                7,
+            ),
+            S14_T,
+            S14_Y,
+            "",
+        ),
+    ]
+}
