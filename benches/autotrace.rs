@@ -14,11 +14,6 @@ use deepflow_tempo::synth::{self, Shape};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// mimalloc: the server allocates many small strings per span; glibc's malloc was half of the
-/// assembly and encoding time in profiles.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const T0: i64 = 1_700_000_000_000_000;
 
 fn bench_mode() -> bool {

@@ -21,11 +21,6 @@ use deepflow_tempo::synth::{self, Shape};
 use deepflow_tempo::tempo::ids::TraceId;
 use std::time::Instant;
 
-/// mimalloc: the server allocates many small strings per span; glibc's malloc was half of the
-/// assembly and encoding time in profiles.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 struct Sample {
     total_us: u64,
     store_us: u64,

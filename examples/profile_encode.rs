@@ -6,9 +6,6 @@ use deepflow_tempo::synth;
 use deepflow_tempo::tempo::ids::TraceId;
 use std::time::Instant;
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let trace = synth::zero_code_trace(
         7,

@@ -11,11 +11,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// mimalloc: the server allocates many small strings per span; glibc's malloc was half of the
-/// assembly and encoding time in profiles.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(name = "deepflow-tempo", version, about = "Grafana Tempo's query API over DeepFlow's auto-tracing", after_long_help = config_help())]
 struct Cli {
