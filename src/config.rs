@@ -213,6 +213,150 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
         "10000",
         "most rows one ClickHouse query returns",
     ),
+    (
+        "tracing.max_iteration",
+        "DFT_TRACING__MAX_ITERATION",
+        "30",
+        "auto-tracing search iterations (0 counts as 1)",
+    ),
+    (
+        "tracing.network_delay_us",
+        "DFT_TRACING__NETWORK_DELAY_US",
+        "50000",
+        "time tolerance between flows of one agent, µs",
+    ),
+    (
+        "tracing.host_clock_offset_us",
+        "DFT_TRACING__HOST_CLOCK_OFFSET_US",
+        "10000",
+        "extra tolerance between agents, and the pruning tolerance, µs",
+    ),
+    (
+        "tracing.l7_tracing_limit",
+        "DFT_TRACING__L7_TRACING_LIMIT",
+        "1000",
+        "row limit of every search query",
+    ),
+    (
+        "tracing.tracing_source",
+        "DFT_TRACING__TRACING_SOURCE",
+        "[trace_id, syscall, tcp_seq, x_request_id]",
+        "search dimensions; add dns for DNS request-id tracing",
+    ),
+    (
+        "tracing.span_set_connection_strategies",
+        "DFT_TRACING__SPAN_SET_CONNECTION_STRATEGIES",
+        "[]",
+        "opt-in weak links: net_span_c_to_s_via_trace_id, sys_span_s_to_c_via_trace_id",
+    ),
+    (
+        "tracing.allow_multiple_trace_ids_in_tracing_result",
+        "DFT_TRACING__ALLOW_MULTIPLE_TRACE_IDS_IN_TRACING_RESULT",
+        "false",
+        "let flows found by eBPF/packet/X-Request-ID links bring new trace ids",
+    ),
+    (
+        "tracing.iteration_expand_time_range",
+        "DFT_TRACING__ITERATION_EXPAND_TIME_RANGE",
+        "0",
+        "seconds added on each side of the window of trace-id queries",
+    ),
+    (
+        "tempo.lookback",
+        "DFT_TEMPO__LOOKBACK",
+        "86400",
+        "seconds searched back for a trace id when the request has no range",
+    ),
+    (
+        "tempo.zero_code_window",
+        "DFT_TEMPO__ZERO_CODE_WINDOW",
+        "60",
+        "seconds searched around a zero-code trace's entry row",
+    ),
+    (
+        "tempo.max_flows",
+        "DFT_TEMPO__MAX_FLOWS",
+        "10000",
+        "most flows one trace returns (more: v2 PARTIAL, v1 422)",
+    ),
+    (
+        "cache.max_entries",
+        "DFT_CACHE__MAX_ENTRIES",
+        "1000",
+        "assembled traces kept in memory (0 disables)",
+    ),
+    (
+        "cache.max_bytes",
+        "DFT_CACHE__MAX_BYTES",
+        "268435456",
+        "total encoded bytes of cached traces",
+    ),
+    (
+        "cache.ttl",
+        "DFT_CACHE__TTL",
+        "600",
+        "seconds a finished trace stays cached",
+    ),
+    (
+        "cache.recent_ttl",
+        "DFT_CACHE__RECENT_TTL",
+        "10",
+        "seconds a trace with recent rows (data may still arrive) stays cached",
+    ),
+    (
+        "cache.recent_age",
+        "DFT_CACHE__RECENT_AGE",
+        "300",
+        "a trace whose newest row is younger than this many seconds is recent",
+    ),
+    (
+        "search.default_limit",
+        "DFT_SEARCH__DEFAULT_LIMIT",
+        "20",
+        "traces per search when the request gives no limit",
+    ),
+    (
+        "search.max_limit",
+        "DFT_SEARCH__MAX_LIMIT",
+        "262144",
+        "largest limit accepted",
+    ),
+    (
+        "search.default_spss",
+        "DFT_SEARCH__DEFAULT_SPSS",
+        "3",
+        "spans per span set when the request gives none",
+    ),
+    (
+        "search.max_spss",
+        "DFT_SEARCH__MAX_SPSS",
+        "100",
+        "largest spss accepted",
+    ),
+    (
+        "search.default_window",
+        "DFT_SEARCH__DEFAULT_WINDOW",
+        "3600",
+        "seconds searched back when the request has no range",
+    ),
+    (
+        "search.max_window",
+        "DFT_SEARCH__MAX_WINDOW",
+        "604800",
+        "longest search range accepted, seconds",
+    ),
+    (
+        "search.max_rows",
+        "DFT_SEARCH__MAX_ROWS",
+        "20000",
+        "most rows one search reads (most recent first)",
+    ),
+    (
+        "search.max_structural_traces",
+        "DFT_SEARCH__MAX_STRUCTURAL_TRACES",
+        "50",
+        "most candidate traces assembled for structural operators (>, >>, ~, …)",
+    ),
 ];
 
 /// A configuration error: the key and what is wrong with it.
@@ -421,6 +565,31 @@ mod tests {
         );
         assert_eq!(c.tracing.host_clock_offset_us, 10_000);
         assert_eq!(c.tracing.l7_tracing_limit, 1000);
+    }
+
+    #[test]
+    fn every_key_is_real_and_documented() {
+        let readme = include_str!("../README.md");
+        for (key, env_name, default, _) in KEYS {
+            assert!(
+                readme.contains(&format!("| `{key}` | `{env_name}` |")),
+                "README lacks {key}"
+            );
+            assert_eq!(
+                *env_name,
+                format!("DFT_{}", key.to_ascii_uppercase().replace('.', "__"))
+            );
+            if default.starts_with('(') {
+                continue;
+            }
+            let c = Config::load(None, env(&[(env_name, default)]), &FlagOverrides::default());
+            assert!(c.is_ok(), "{key} = {default}: {:?}", c.err());
+            assert_eq!(
+                c.unwrap(),
+                Config::default(),
+                "{key}: the documented default is the default"
+            );
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! earliest row. Pipelines (`by`, `select`, `coalesce`, aggregates) run per hit.
 
 use crate::service::ServiceError;
-use crate::store::model::{l7_protocol, signal_source, FlowRecord, OrgId};
+use crate::store::model::{l7_protocol, pick_side as pick, signal_source, FlowRecord, OrgId};
 use crate::store::{Filter, FlowQuery, Order, SharedStore, TimeWindow};
 use crate::tempo::encode::{db_system, span_kind};
 use crate::tempo::ids::{app_span_id, row_span_id, TraceId};
@@ -67,30 +67,13 @@ pub struct SearchRequest {
     pub spss: usize,
 }
 
-/// The querier side (0 client, 1 server) whose resource a row describes.
-fn side(r: &FlowRecord) -> u8 {
-    if r.observation_point.starts_with('c') {
-        0
-    } else {
-        1
-    }
-}
-
-fn pick<'a>(side: u8, a: &'a str, b: &'a str) -> &'a str {
-    if side == 0 {
-        a
-    } else {
-        b
-    }
-}
-
 fn non_empty(s: &str) -> Option<Static> {
     (!s.is_empty()).then(|| Static::String(s.to_string()))
 }
 
 /// `resource.service.name` of a row.
 pub fn row_service(r: &FlowRecord) -> String {
-    let sd = side(r);
+    let sd = r.observed_side();
     if r.signal_source == signal_source::OTEL {
         return r.app_service.clone();
     }
@@ -204,9 +187,11 @@ fn span_attr(r: &FlowRecord, name: &str) -> Option<Static> {
             .then(|| Static::String(r.syscall_trace_id_request.to_string())),
         "deepflow.syscall_trace_id_response" => (r.syscall_trace_id_response != 0)
             .then(|| Static::String(r.syscall_trace_id_response.to_string())),
-        "deepflow.process_kname" => {
-            non_empty(pick(side(r), &r.process_kname_0, &r.process_kname_1))
-        }
+        "deepflow.process_kname" => non_empty(pick(
+            r.observed_side(),
+            &r.process_kname_0,
+            &r.process_kname_1,
+        )),
         "deepflow.tap" => non_empty(&r.tap),
         _ => None,
     }
@@ -214,7 +199,7 @@ fn span_attr(r: &FlowRecord, name: &str) -> Option<Static> {
 
 /// A resource attribute derived from DeepFlow's columns and name tables.
 fn resource_attr(r: &FlowRecord, name: &str) -> Option<Static> {
-    let sd = side(r);
+    let sd = r.observed_side();
     match name {
         "service.name" => non_empty(&row_service(r)),
         "service.instance.id" => {

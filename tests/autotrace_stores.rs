@@ -16,8 +16,8 @@ use deepflow_tempo::synth;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use common::{ids, seq, spec_row, sys, SPEC_T0 as T0};
 use common::{s14_rows, S14_P as P, S14_T as T, S14_X as X, S14_Y as Y};
+use common::{s15a_rows, s15b_rows, SPEC_T0 as T0};
 
 on_both_stores!(
     s15a_iteration_and_tcp_reuse,
@@ -102,34 +102,7 @@ fn why(t: &[(u64, Option<u64>, Option<String>)], n: u64) -> (Option<u64>, Option
 const TCP: &str = "trace mounted due to tcp_seq";
 
 async fn s15a_iteration_and_tcp_reuse(store: SharedStore, org: OrgId) {
-    let mut r6 = seq(spec_row(6, 0, "c", 3, 5_000_000, 5_001_000), 111, 999);
-    r6._id = (1_700_000_005u64 << 32) | 6;
-    let rows = vec![
-        sys(
-            seq(spec_row(1, 3, "c-p", 1, 1000, 9000), 111, 222),
-            7,
-            7,
-            10,
-            5,
-        ),
-        seq(spec_row(2, 0, "c", 1, 1100, 8900), 111, 222),
-        seq(spec_row(3, 0, "s", 2, 1300, 8700), 111, 222),
-        sys(
-            seq(spec_row(4, 3, "s-p", 2, 1400, 8600), 111, 222),
-            8,
-            9,
-            20,
-            6,
-        ),
-        sys(
-            seq(spec_row(5, 3, "c-p", 2, 2000, 3000), 333, 444),
-            8,
-            9,
-            20,
-            6,
-        ),
-        r6,
-    ];
+    let rows = s15a_rows();
     store.insert_rows(org, &rows).await.unwrap();
     let counting = Arc::new(Counting {
         inner: store,
@@ -169,26 +142,7 @@ async fn s15a_iteration_and_tcp_reuse(store: SharedStore, org: OrgId) {
 }
 
 async fn s15b_trace_ids_expand_and_conflicts_drop(store: SharedStore, org: OrgId) {
-    let mut r1 = ids(spec_row(1, 4, "s-app", 1, 100, 9900), "T", "s1", "u1");
-    r1.auto_instance_id_1 = 5;
-    let r2 = ids(
-        sys(seq(spec_row(2, 3, "s-p", 1, 0, 10_000), 10, 20), 1, 1, 3, 5),
-        "T",
-        "u1",
-        "",
-    );
-    let r3 = ids(
-        seq(spec_row(3, 0, "s", 1, -100, 10_100), 10, 20),
-        "U",
-        "",
-        "",
-    );
-    let r4 = seq(spec_row(4, 0, "c", 9, -500, 10_500), 10, 20);
-    let mut r5 = ids(spec_row(5, 4, "c-app", 1, 1000, 2000), "T,V", "s2", "s1");
-    r5.auto_instance_id_0 = 5;
-    let mut r6 = ids(spec_row(6, 4, "s-app", 7, 1200, 1800), "V", "v1", "s2");
-    r6.auto_instance_id_1 = 8;
-    let rows = vec![r1, r2, r3, r4, r5, r6];
+    let rows = s15b_rows();
     store.insert_rows(org, &rows).await.unwrap();
     let counting = Arc::new(Counting {
         inner: store,

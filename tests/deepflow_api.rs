@@ -14,8 +14,8 @@ use deepflow_tempo::store::SharedStore;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-use common::{ids, seq, spec_row, sys, SPAN_FIELDS, SPEC_T0 as T0};
 use common::{s14_rows, S14_P as P, S14_T as T, S14_X as X, S14_Y as Y};
+use common::{s15a_rows, s15b_rows, SPAN_FIELDS, SPEC_T0 as T0};
 const TRACING: &str = "/v1/stats/querier/L7FlowTracing";
 const COMPLETION: &str = "/v1/stats/querier/tracing-completion-by-external-app-spans";
 const PARAMS: &str = "/v1/stats/querier/TracingAlgoParams";
@@ -313,37 +313,6 @@ async fn public_document_example_completes(store: SharedStore, org: OrgId) {
 // ---------------------------------------------------------------------------------------------
 // S15: L7FlowTracing
 
-fn s15a_rows() -> Vec<L7FlowLogRow> {
-    let mut r6 = seq(spec_row(6, 0, "c", 3, 5_000_000, 5_001_000), 111, 999);
-    r6._id = (1_700_000_005u64 << 32) | 6;
-    vec![
-        sys(
-            seq(spec_row(1, 3, "c-p", 1, 1000, 9000), 111, 222),
-            7,
-            7,
-            10,
-            5,
-        ),
-        seq(spec_row(2, 0, "c", 1, 1100, 8900), 111, 222),
-        seq(spec_row(3, 0, "s", 2, 1300, 8700), 111, 222),
-        sys(
-            seq(spec_row(4, 3, "s-p", 2, 1400, 8600), 111, 222),
-            8,
-            9,
-            20,
-            6,
-        ),
-        sys(
-            seq(spec_row(5, 3, "c-p", 2, 2000, 3000), 333, 444),
-            8,
-            9,
-            20,
-            6,
-        ),
-        r6,
-    ]
-}
-
 fn tracing_request(id: u64) -> Value {
     json!({
         "time_start": 1_699_999_940,
@@ -432,29 +401,6 @@ async fn s15a_tracing_by_id_over_http(store: SharedStore, org: OrgId) {
     assert!(a.body.get("_QUERY_IDS").is_none() && a.body.get("_TSDB_INFO").is_none());
     let d = data(&a, "Flow_Log_L7_Tracing");
     assert!(d["tracing"][0]["attribute"].is_string(), "{d}");
-}
-
-fn s15b_rows() -> Vec<L7FlowLogRow> {
-    let mut r1 = ids(spec_row(1, 4, "s-app", 1, 100, 9900), "T", "s1", "u1");
-    r1.auto_instance_id_1 = 5;
-    let r2 = ids(
-        sys(seq(spec_row(2, 3, "s-p", 1, 0, 10_000), 10, 20), 1, 1, 3, 5),
-        "T",
-        "u1",
-        "",
-    );
-    let r3 = ids(
-        seq(spec_row(3, 0, "s", 1, -100, 10_100), 10, 20),
-        "U",
-        "",
-        "",
-    );
-    let r4 = seq(spec_row(4, 0, "c", 9, -500, 10_500), 10, 20);
-    let mut r5 = ids(spec_row(5, 4, "c-app", 1, 1000, 2000), "T,V", "s2", "s1");
-    r5.auto_instance_id_0 = 5;
-    let mut r6 = ids(spec_row(6, 4, "s-app", 7, 1200, 1800), "V", "v1", "s2");
-    r6.auto_instance_id_1 = 8;
-    vec![r1, r2, r3, r4, r5, r6]
 }
 
 async fn s15b_tracing_by_id_and_by_trace_id_over_http(store: SharedStore, org: OrgId) {

@@ -64,11 +64,7 @@ impl OutSpan {
         self.record.response_duration
     }
     fn side(&self) -> u8 {
-        if self.tap_side().starts_with('c') {
-            0
-        } else {
-            1
-        }
+        self.record.observed_side()
     }
     /// Output `auto_instance` (name; IP string for IP-like types).
     pub fn auto_instance(&self) -> &str {

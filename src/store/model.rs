@@ -517,6 +517,16 @@ impl FlowRecord {
         join_trace_ids(&self.trace_id, &self._trace_id_2)
     }
 
+    /// The side (0 client, 1 server) a row describes: side 0 for client-side observation
+    /// points (`c…`), side 1 otherwise — the querier's rule for `auto_instance` and friends.
+    pub fn observed_side(&self) -> u8 {
+        if self.observation_point.starts_with('c') {
+            0
+        } else {
+            1
+        }
+    }
+
     /// `ip_0` / `ip_1`.
     pub fn ip(&self, side: u8) -> &str {
         if side == 0 {
@@ -632,6 +642,15 @@ impl FlowRecord {
             .iter()
             .zip(self.attribute_values.iter())
             .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// The side-`side` one of a pair of per-side values (`x_0` for side 0, `x_1` otherwise).
+pub fn pick_side<'a>(side: u8, side0: &'a str, side1: &'a str) -> &'a str {
+    if side == 0 {
+        side0
+    } else {
+        side1
     }
 }
 

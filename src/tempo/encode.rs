@@ -11,7 +11,7 @@ use super::ids::{app_span_id, row_span_id, SpanId, TraceId};
 use super::pb;
 use crate::autotrace::{OutSpan, TraceResult};
 use crate::store::model::{
-    l7_protocol, observation_point, response_status, signal_source, FlowRecord,
+    l7_protocol, observation_point, pick_side as pick, response_status, signal_source, FlowRecord,
 };
 use indexmap::IndexMap;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
@@ -78,23 +78,6 @@ impl Signal {
     }
 }
 
-/// The side (0 client, 1 server) whose resource a span describes.
-fn side(tap: &str) -> u8 {
-    if tap.starts_with('c') {
-        0
-    } else {
-        1
-    }
-}
-
-fn pick<'a>(side: u8, a: &'a str, b: &'a str) -> &'a str {
-    if side == 0 {
-        a
-    } else {
-        b
-    }
-}
-
 fn first_nonempty<'a>(v: &[&'a str]) -> &'a str {
     v.iter().copied().find(|s| !s.is_empty()).unwrap_or("")
 }
@@ -118,7 +101,7 @@ fn capture_host(r: &FlowRecord, sd: u8) -> String {
 /// `service.name` of a span.
 pub fn service_name(s: &OutSpan) -> String {
     let r = &s.record;
-    let sd = side(&r.observation_point);
+    let sd = r.observed_side();
     match Signal::of(r) {
         Signal::App => first_nonempty(&[
             &r.app_service,
@@ -179,7 +162,7 @@ struct ResourceKey<'a> {
 impl<'a> ResourceKey<'a> {
     fn of(s: &'a OutSpan) -> ResourceKey<'a> {
         let r = &s.record;
-        let sd = side(&r.observation_point);
+        let sd = r.observed_side();
         let signal = Signal::of(r);
         let net = signal == Signal::Network;
         let instance = match signal {
