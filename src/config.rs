@@ -28,6 +28,64 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `search.*`: limits of TraceQL search.
     pub search: crate::search::SearchConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub tenancy: TenancyConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// `limits.request_timeout`: seconds one API request may take before it is answered 504
+    /// (its store queries are cancelled).
+    pub request_timeout: u64,
+    /// `limits.max_body_bytes`: largest request body accepted (larger: 413).
+    pub max_body_bytes: usize,
+    /// `limits.max_concurrent_queries`: store queries in flight at once, over all requests.
+    pub max_concurrent_queries: usize,
+    /// `limits.queue_timeout_ms`: how long a query waits for a free slot before the request
+    /// is answered 429.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            request_timeout: 30,
+            max_body_bytes: 8 << 20,
+            max_concurrent_queries: 32,
+            queue_timeout_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `auth.token`: bearer token the API requires (empty: no bearer auth).
+    pub token: String,
+    /// `auth.user` / `auth.password`: basic-auth credentials the API requires (empty user: no
+    /// basic auth). With both a token and a user set, either is accepted.
+    pub user: String,
+    pub password: String,
+    /// `auth.open_ready`: `/ready` answers without credentials.
+    pub open_ready: bool,
+    /// `auth.open_metrics`: `/metrics` answers without credentials.
+    pub open_metrics: bool,
+}
+
+impl AuthConfig {
+    /// Whether any credential is configured.
+    pub fn enabled(&self) -> bool {
+        !self.token.is_empty() || !self.user.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenancyConfig {
+    /// `tenancy.allowed_orgs`: organisations a request may read (empty: every organisation).
+    pub allowed_orgs: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +175,13 @@ impl Default for Config {
             tempo: TempoConfig::default(),
             cache: CacheConfig::default(),
             search: crate::search::SearchConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig {
+                open_ready: true,
+                open_metrics: true,
+                ..AuthConfig::default()
+            },
+            tenancy: TenancyConfig::default(),
         }
     }
 }
@@ -357,6 +422,66 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
         "50",
         "most candidate traces assembled for structural operators (>, >>, ~, …)",
     ),
+    (
+        "limits.request_timeout",
+        "DFT_LIMITS__REQUEST_TIMEOUT",
+        "30",
+        "seconds one API request may take (then 504; its store queries are cancelled)",
+    ),
+    (
+        "limits.max_body_bytes",
+        "DFT_LIMITS__MAX_BODY_BYTES",
+        "8388608",
+        "largest request body accepted (then 413)",
+    ),
+    (
+        "limits.max_concurrent_queries",
+        "DFT_LIMITS__MAX_CONCURRENT_QUERIES",
+        "32",
+        "store queries in flight at once over all requests",
+    ),
+    (
+        "limits.queue_timeout_ms",
+        "DFT_LIMITS__QUEUE_TIMEOUT_MS",
+        "2000",
+        "ms a query waits for a free slot before the request is answered 429",
+    ),
+    (
+        "auth.token",
+        "DFT_AUTH__TOKEN",
+        "(empty)",
+        "bearer token required by the API (empty: none)",
+    ),
+    (
+        "auth.user",
+        "DFT_AUTH__USER",
+        "(empty)",
+        "basic-auth user required by the API (empty: none)",
+    ),
+    (
+        "auth.password",
+        "DFT_AUTH__PASSWORD",
+        "(empty)",
+        "basic-auth password",
+    ),
+    (
+        "auth.open_ready",
+        "DFT_AUTH__OPEN_READY",
+        "true",
+        "/ready answers without credentials",
+    ),
+    (
+        "auth.open_metrics",
+        "DFT_AUTH__OPEN_METRICS",
+        "true",
+        "/metrics answers without credentials",
+    ),
+    (
+        "tenancy.allowed_orgs",
+        "DFT_TENANCY__ALLOWED_ORGS",
+        "[]",
+        "organisations requests may read (empty: all; others get 403)",
+    ),
 ];
 
 /// A configuration error: the key and what is wrong with it.
@@ -478,6 +603,36 @@ impl Config {
             return Err(ConfigError::new(
                 "clickhouse.max_rows",
                 "must be at least 1",
+            ));
+        }
+        if self.limits.request_timeout == 0 {
+            return Err(ConfigError::new(
+                "limits.request_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if self.limits.max_concurrent_queries == 0 {
+            return Err(ConfigError::new(
+                "limits.max_concurrent_queries",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "limits.max_body_bytes",
+                "must be at least 1",
+            ));
+        }
+        if !self.auth.user.is_empty() && self.auth.password.is_empty() {
+            return Err(ConfigError::new(
+                "auth.password",
+                "must be set when auth.user is set",
+            ));
+        }
+        if let Some(bad) = self.tenancy.allowed_orgs.iter().find(|&&o| o > 9999) {
+            return Err(ConfigError::new(
+                "tenancy.allowed_orgs",
+                format!("{bad} is not an organisation (0..=9999)"),
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log).map_err(|e| {

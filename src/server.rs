@@ -41,6 +41,9 @@ pub fn app_state(cfg: &Config, store: SharedStore) -> AppState {
         store,
         tempo: Arc::new(tempo),
         search: cfg.search.clone(),
+        limits: cfg.limits.clone(),
+        auth: cfg.auth.clone(),
+        tenancy: cfg.tenancy.clone(),
     }
 }
 

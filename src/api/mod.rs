@@ -19,6 +19,9 @@ pub struct AppState {
     pub store: SharedStore,
     pub tempo: Arc<TempoService>,
     pub search: crate::search::SearchConfig,
+    pub limits: crate::config::LimitsConfig,
+    pub auth: crate::config::AuthConfig,
+    pub tenancy: crate::config::TenancyConfig,
 }
 
 /// Register every route.

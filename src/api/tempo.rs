@@ -67,9 +67,9 @@ async fn trace_v1(
         return Ok(HttpResponse::NotFound().finish());
     };
     if let Some(why) = &t.partial {
-        return Ok(HttpResponse::UnprocessableEntity()
-            .content_type("text/plain; charset=utf-8")
-            .body(format!("trace exceeds max size: {why}\n")));
+        return Err(ApiError::TraceTooLarge(format!(
+            "trace exceeds max size: {why}"
+        )));
     }
     Ok(negotiate(&req, &t.trace, || {
         json::trace_v1(&t.trace).to_string()
