@@ -35,6 +35,7 @@ pub fn clickhouse_settings(cfg: &Config) -> ClickHouseSettings {
 
 /// The handlers' state for a configuration and an opened store.
 pub fn app_state(cfg: &Config, store: SharedStore) -> AppState {
+    let store = crate::store::metered::MeteredStore::wrap(store);
     let tracer = crate::service::TraceService::new(store.clone(), cfg.tracing.clone());
     let tempo = crate::service::TempoService::new(tracer, cfg.tempo.clone(), cfg.cache.clone());
     AppState {

@@ -193,6 +193,11 @@ impl TraceService {
         let result =
             autotrace::assemble(records, outcome.external.clone(), outcome.entry_id, params);
         timing.assemble_us = t.elapsed().as_micros() as u64;
+        crate::metrics::metrics().assembled_trace(
+            result.spans.len(),
+            outcome.iterations,
+            timing.queries,
+        );
         Ok((outcome, result, timing))
     }
 
