@@ -98,10 +98,10 @@ impl Failure {
             ),
             Failure::Api(e) => {
                 let status = e.status_code();
-                let opt = if status == StatusCode::BAD_REQUEST {
-                    "INVALID_POST_DATA"
-                } else {
-                    "INTERNAL_SERVER_ERROR"
+                let opt = match status {
+                    StatusCode::BAD_REQUEST => "INVALID_POST_DATA",
+                    StatusCode::FORBIDDEN => "FORBIDDEN",
+                    _ => "INTERNAL_SERVER_ERROR",
                 };
                 if status.is_server_error() {
                     tracing::warn!(status = status.as_u16(), error = %e, "deepflow api request failed");
@@ -758,8 +758,8 @@ async fn run_tracing(
     body: web::Payload,
 ) -> Result<HttpResponse, Failure> {
     let started = Instant::now();
-    let r = validate_tracing(&parse_object(&read_body(body).await?)?)?;
     let org = org_of(req)?;
+    let r = validate_tracing(&parse_object(&read_body(body).await?)?)?;
     let params = r.params(&state.tempo.tracer.params);
     let (svc, rec) = tracer(state, params, r.debug);
     let found = match (r.id, &r.trace_id) {
@@ -805,8 +805,8 @@ async fn run_completion(
     body: web::Payload,
 ) -> Result<HttpResponse, Failure> {
     let started = Instant::now();
-    let r = validate_completion(&parse_object(&read_body(body).await?)?)?;
     let org = org_of(req)?;
+    let r = validate_completion(&parse_object(&read_body(body).await?)?)?;
     let params = r.params(&state.tempo.tracer.params);
     let (svc, rec) = tracer(state, params.clone(), r.debug);
     let (outcome, result, timing) = svc.complete(org, r.spans, &params).await?;
