@@ -1,8 +1,10 @@
 //! HTTP handlers (actix-web): parse the request, call the service, encode the answer. Nothing
 //! else: no SQL, no tracing logic.
 
+pub mod auth;
 pub mod deepflow;
 pub mod health;
+pub mod observe;
 pub mod search;
 pub mod tempo;
 
