@@ -78,6 +78,20 @@ pub fn org_of(req: &HttpRequest) -> Result<OrgId, ApiError> {
     }
 }
 
+/// `resp` with a `Server-Timing` header (`value` as [`crate::service::TraceTiming::server_timing`]
+/// writes it).
+pub fn with_server_timing(
+    mut resp: actix_web::HttpResponse,
+    value: &str,
+) -> actix_web::HttpResponse {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("server-timing"), v);
+    }
+    resp
+}
+
 /// The organisation a request names: DeepFlow's `X-Org-Id`, else a numeric Tempo tenant
 /// (`X-Scope-OrgID`), else the default organisation. Non-numeric Tempo tenants (such as
 /// Grafana's "single-tenant") read the default organisation. No allow-list: see [`org_of`].
