@@ -2,7 +2,8 @@
 //!
 //! Layering: `api` (HTTP handlers) → service → pure engines (`autotrace`) → `store` (the
 //! `FlowStore` trait over ClickHouse or the embedded SQLite store). `config` and `server` wire
-//! the process; `load` imports rows.
+//! the process; `load` imports rows; `metrics` owns the metrics registry that the HTTP
+//! middleware, the metered store and the services record into.
 
 pub mod api;
 pub mod autotrace;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod load;
+pub mod metrics;
 pub mod search;
 pub mod server;
 pub mod service;

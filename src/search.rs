@@ -7,7 +7,7 @@
 //! observation points within the tolerances), under the zero-code trace ID of the group's
 //! earliest row. Pipelines (`by`, `select`, `coalesce`, aggregates) run per hit.
 
-use crate::service::ServiceError;
+use crate::service::{ServiceError, TraceTiming};
 use crate::store::model::{l7_protocol, pick_side as pick, signal_source, FlowRecord, OrgId};
 use crate::store::{Filter, FlowQuery, Order, SharedStore, TimeWindow};
 use crate::tempo::encode::{db_system, span_kind};
@@ -18,6 +18,7 @@ use crate::traceql::*;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// Search limits (Tempo's defaults).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -740,6 +741,36 @@ pub async fn search(
     cfg: &SearchConfig,
     tolerance_us: i64,
 ) -> Result<pb::SearchResponse, SearchError> {
+    Ok(search_timed(tracer, org, req, cfg, tolerance_us).await?.0)
+}
+
+/// [`search`], also telling how its time was spent: store reads (`store_us`, `queries`),
+/// assembly of the traces structural operators need (`assemble_us`), and everything else
+/// (`search_us`: grouping, evaluation, building the response). `encode_us` is left to the
+/// caller, which serialises the response.
+pub async fn search_timed(
+    tracer: &crate::service::TraceService,
+    org: OrgId,
+    req: &SearchRequest,
+    cfg: &SearchConfig,
+    tolerance_us: i64,
+) -> Result<(pb::SearchResponse, TraceTiming), SearchError> {
+    let started = Instant::now();
+    let mut timing = TraceTiming::default();
+    let resp = run_search(tracer, org, req, cfg, tolerance_us, &mut timing).await?;
+    timing.search_us =
+        (started.elapsed().as_micros() as u64).saturating_sub(timing.store_us + timing.assemble_us);
+    Ok((resp, timing))
+}
+
+async fn run_search(
+    tracer: &crate::service::TraceService,
+    org: OrgId,
+    req: &SearchRequest,
+    cfg: &SearchConfig,
+    tolerance_us: i64,
+    timing: &mut TraceTiming,
+) -> Result<pb::SearchResponse, SearchError> {
     let store: &SharedStore = &tracer.store;
     let stages = stages(&req.query)?;
     let structural = has_structural(&req.query);
@@ -751,6 +782,7 @@ pub async fn search(
         req.end_s.clamp(0, u32::MAX as i64) as u32,
     );
     let prefilter = crate::traceql::plan::plan_filters(&filters);
+    let t = Instant::now();
     let rows = store
         .select_records(
             org,
@@ -760,6 +792,8 @@ pub async fn search(
                 .limit(cfg.max_rows),
         )
         .await?;
+    timing.store_us += t.elapsed().as_micros() as u64;
+    timing.queries += 1;
     let inspected = rows.len();
     let groups = group_rows(&rows, tolerance_us);
     // Trace-level facts of application traces come from all their rows.
@@ -773,6 +807,7 @@ pub async fn search(
         .collect();
     let mut by_trace: HashMap<String, Vec<FlowRecord>> = HashMap::new();
     if !app_ids.is_empty() {
+        let t = Instant::now();
         let all = store
             .select_records(
                 org,
@@ -781,6 +816,8 @@ pub async fn search(
                     .limit(cfg.max_rows),
             )
             .await?;
+        timing.store_us += t.elapsed().as_micros() as u64;
+        timing.queries += 1;
         for r in all {
             for t in [&r.trace_id, &r._trace_id_2] {
                 if !t.is_empty() {
@@ -816,7 +853,7 @@ pub async fn search(
                 .max()
                 .unwrap_or(0)
                 / 1_000_000;
-            let (_, result, _) = match key {
+            let (_, result, traced) = match key {
                 HitKey::App(t) => tracer.trace_by_trace_id(org, t, start - 5, end + 5).await?,
                 HitKey::Request(_) => {
                     let entry = matched_rows
@@ -828,6 +865,9 @@ pub async fn search(
                         .await?
                 }
             };
+            timing.store_us += traced.store_us;
+            timing.assemble_us += traced.assemble_us;
+            timing.queries += traced.queries;
             let pos: HashMap<usize, usize> = result
                 .spans
                 .iter()

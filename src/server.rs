@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SharedStore, StoreKind, StoreResult};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub fn clickhouse_settings(cfg: &Config) -> ClickHouseSettings {
 
 /// The handlers' state for a configuration and an opened store.
 pub fn app_state(cfg: &Config, store: SharedStore) -> AppState {
+    let store = crate::store::metered::MeteredStore::wrap(store);
     let tracer = crate::service::TraceService::new(store.clone(), cfg.tracing.clone());
     let tempo = crate::service::TempoService::new(tracer, cfg.tempo.clone(), cfg.cache.clone());
     AppState {
@@ -55,9 +57,13 @@ pub fn bind(
 ) -> std::io::Result<(actix_web::dev::Server, Vec<SocketAddr>)> {
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
+        // The last wrap is the outermost: request id → metrics → auth → handlers.
         App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::Compress::default())
+            .wrap(from_fn(api::auth::require_credentials))
+            .wrap(from_fn(api::observe::http_metrics))
+            .wrap(from_fn(api::observe::request_context))
             .configure(api::configure)
     })
     .bind(listen)?;

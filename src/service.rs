@@ -34,6 +34,21 @@ pub struct TraceTiming {
     pub encode_us: u64,
 }
 
+impl TraceTiming {
+    /// The phases as a `Server-Timing` header value (durations in ms):
+    /// `store;dur=…, search;dur=…, assembly;dur=…, encode;dur=…`.
+    pub fn server_timing(&self) -> String {
+        let ms = |us: u64| us as f64 / 1000.0;
+        format!(
+            "store;dur={:.3}, search;dur={:.3}, assembly;dur={:.3}, encode;dur={:.3}",
+            ms(self.store_us),
+            ms(self.search_us),
+            ms(self.assemble_us),
+            ms(self.encode_us)
+        )
+    }
+}
+
 /// Auto-tracing over a store.
 #[derive(Clone)]
 pub struct TraceService {
@@ -193,6 +208,11 @@ impl TraceService {
         let result =
             autotrace::assemble(records, outcome.external.clone(), outcome.entry_id, params);
         timing.assemble_us = t.elapsed().as_micros() as u64;
+        crate::metrics::metrics().assembled_trace(
+            result.spans.len(),
+            outcome.iterations,
+            timing.queries,
+        );
         Ok((outcome, result, timing))
     }
 
@@ -367,13 +387,28 @@ impl TempoService {
         trace_id: crate::tempo::ids::TraceId,
         range: Option<(i64, i64)>,
     ) -> Result<Option<std::sync::Arc<TempoTrace>>, ServiceError> {
+        Ok(self
+            .lookup(org, trace_id, range)
+            .await?
+            .map(|(trace, _)| trace))
+    }
+
+    /// [`TempoService::trace`], also telling whether the trace came from the cache.
+    pub async fn lookup(
+        &self,
+        org: OrgId,
+        trace_id: crate::tempo::ids::TraceId,
+        range: Option<(i64, i64)>,
+    ) -> Result<Option<(std::sync::Arc<TempoTrace>, bool)>, ServiceError> {
         let key = CacheKey {
             org,
             trace_id,
             range,
         };
-        if let Some(hit) = self.cache.get(&key) {
-            return Ok(Some(hit));
+        let cached = self.cache.get(&key);
+        crate::metrics::metrics().cache_lookup(cached.is_some());
+        if let Some(hit) = cached {
+            return Ok(Some((hit, true)));
         }
         let found = match trace_id.as_zero_code() {
             Some(row_id) => {
@@ -425,7 +460,7 @@ impl TempoService {
         });
         let recent = now_s() - newest_s < self.cache.cfg.recent_age as i64;
         self.cache.put(key, value.clone(), recent);
-        Ok(Some(value))
+        Ok(Some((value, false)))
     }
 
     /// An application trace id: one cheap query finds its rows (in the range, or within the
@@ -500,6 +535,21 @@ mod tests {
             trace_id: TraceId::zero_code(n),
             range: None,
         }
+    }
+
+    #[test]
+    fn server_timing_names_every_phase_in_ms() {
+        let t = TraceTiming {
+            queries: 3,
+            store_us: 1500,
+            search_us: 20,
+            assemble_us: 0,
+            encode_us: 123_456,
+        };
+        assert_eq!(
+            t.server_timing(),
+            "store;dur=1.500, search;dur=0.020, assembly;dur=0.000, encode;dur=123.456"
+        );
     }
 
     #[test]

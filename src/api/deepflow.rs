@@ -10,7 +10,7 @@
 //! records: it calls `TraceService` and renders its `TraceResult` with the result's own JSON
 //! methods.
 
-use super::{org_of, AppState};
+use super::{org_of, with_server_timing, AppState};
 use crate::autotrace::{ExternalAppSpan, TraceParams};
 use crate::error::ApiError;
 use crate::service::{TraceService, TraceTiming};
@@ -98,10 +98,10 @@ impl Failure {
             ),
             Failure::Api(e) => {
                 let status = e.status_code();
-                let opt = if status == StatusCode::BAD_REQUEST {
-                    "INVALID_POST_DATA"
-                } else {
-                    "INTERNAL_SERVER_ERROR"
+                let opt = match status {
+                    StatusCode::BAD_REQUEST => "INVALID_POST_DATA",
+                    StatusCode::FORBIDDEN => "FORBIDDEN",
+                    _ => "INTERNAL_SERVER_ERROR",
                 };
                 if status.is_server_error() {
                     tracing::warn!(status = status.as_u16(), error = %e, "deepflow api request failed");
@@ -758,8 +758,8 @@ async fn run_tracing(
     body: web::Payload,
 ) -> Result<HttpResponse, Failure> {
     let started = Instant::now();
-    let r = validate_tracing(&parse_object(&read_body(body).await?)?)?;
     let org = org_of(req)?;
+    let r = validate_tracing(&parse_object(&read_body(body).await?)?)?;
     let params = r.params(&state.tempo.tracer.params);
     let (svc, rec) = tracer(state, params, r.debug);
     let found = match (r.id, &r.trace_id) {
@@ -770,6 +770,8 @@ async fn run_tracing(
         ),
         (None, None) => None,
     };
+    let mut timing = found.as_ref().map(|f| f.2).unwrap_or_default();
+    let encoding = Instant::now();
     let data = match &found {
         Some((outcome, result, _)) if !outcome.is_empty() => {
             result.to_deepflow_json(r.has_attributes)
@@ -780,12 +782,14 @@ async fn run_tracing(
         debug_info(
             &rec,
             svc.store.kind(),
-            found.as_ref().map(|f| f.2).unwrap_or_default(),
+            timing,
             found.as_ref().map(|f| &f.0),
             started.elapsed().as_micros() as u64,
         )
     });
-    Ok(success(TYPE_TRACING, data, debug))
+    let resp = success(TYPE_TRACING, data, debug);
+    timing.encode_us = encoding.elapsed().as_micros() as u64;
+    Ok(with_server_timing(resp, &timing.server_timing()))
 }
 
 async fn tracing_completion(
@@ -805,11 +809,12 @@ async fn run_completion(
     body: web::Payload,
 ) -> Result<HttpResponse, Failure> {
     let started = Instant::now();
-    let r = validate_completion(&parse_object(&read_body(body).await?)?)?;
     let org = org_of(req)?;
+    let r = validate_completion(&parse_object(&read_body(body).await?)?)?;
     let params = r.params(&state.tempo.tracer.params);
     let (svc, rec) = tracer(state, params.clone(), r.debug);
-    let (outcome, result, timing) = svc.complete(org, r.spans, &params).await?;
+    let (outcome, result, mut timing) = svc.complete(org, r.spans, &params).await?;
+    let encoding = Instant::now();
     // An unknown trace still has the external spans: they are returned alone (REF-QUIRK T-2).
     let data = if outcome.is_empty() {
         json!({})
@@ -825,7 +830,9 @@ async fn run_completion(
             started.elapsed().as_micros() as u64,
         )
     });
-    Ok(success(TYPE_COMPLETION, data, debug))
+    let resp = success(TYPE_COMPLETION, data, debug);
+    timing.encode_us = encoding.elapsed().as_micros() as u64;
+    Ok(with_server_timing(resp, &timing.server_timing()))
 }
 
 async fn tracing_algo_params(state: web::Data<AppState>) -> HttpResponse {

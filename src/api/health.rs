@@ -1,4 +1,5 @@
-//! Health and version routes: `/api/echo`, `/ready`, `/api/status/buildinfo`.
+//! Health, version and metrics routes: `/api/echo`, `/ready`, `/api/status/buildinfo`,
+//! `/metrics`.
 
 use super::AppState;
 use actix_web::{web, HttpResponse};
@@ -11,7 +12,14 @@ pub const TEMPO_COMPAT_VERSION: &str = "2.9.0";
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/echo", web::get().to(echo))
         .route("/ready", web::get().to(ready))
-        .route("/api/status/buildinfo", web::get().to(buildinfo));
+        .route("/api/status/buildinfo", web::get().to(buildinfo))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(crate::metrics::metrics().render())
 }
 
 async fn echo() -> HttpResponse {

@@ -1,8 +1,10 @@
 //! HTTP handlers (actix-web): parse the request, call the service, encode the answer. Nothing
 //! else: no SQL, no tracing logic.
 
+pub mod auth;
 pub mod deepflow;
 pub mod health;
+pub mod observe;
 pub mod search;
 pub mod tempo;
 
@@ -57,10 +59,43 @@ pub fn negotiate(
     }
 }
 
-/// The organisation a request reads: DeepFlow's `X-Org-Id`, else a numeric Tempo tenant
-/// (`X-Scope-OrgID`), else the default organisation. Non-numeric Tempo tenants (such as
-/// Grafana's "single-tenant") read the default organisation.
+/// The organisation a request reads ([`resolve_org`]), if `tenancy.allowed_orgs` lets it:
+/// an organisation off a non-empty allow-list is a 403.
 pub fn org_of(req: &HttpRequest) -> Result<OrgId, ApiError> {
+    let org = resolve_org(req)?;
+    let allowed = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.tenancy.allowed_orgs.as_slice())
+        .unwrap_or_default();
+    if allowed.is_empty() || allowed.contains(&org.0) {
+        Ok(org)
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "organisation {} is not served here: tenancy.allowed_orgs does not list it \
+             (the organisation comes from X-Org-Id, else a numeric X-Scope-OrgID, else 1)",
+            org.0
+        )))
+    }
+}
+
+/// `resp` with a `Server-Timing` header (`value` as [`crate::service::TraceTiming::server_timing`]
+/// writes it).
+pub fn with_server_timing(
+    mut resp: actix_web::HttpResponse,
+    value: &str,
+) -> actix_web::HttpResponse {
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("server-timing"), v);
+    }
+    resp
+}
+
+/// The organisation a request names: DeepFlow's `X-Org-Id`, else a numeric Tempo tenant
+/// (`X-Scope-OrgID`), else the default organisation. Non-numeric Tempo tenants (such as
+/// Grafana's "single-tenant") read the default organisation. No allow-list: see [`org_of`].
+pub fn resolve_org(req: &HttpRequest) -> Result<OrgId, ApiError> {
     let header = |name: &str| {
         req.headers()
             .get(name)

@@ -3,7 +3,7 @@
 //! `/api/v2/search/tag/<name>/values`). Parse and validate parameters as Tempo does, call the
 //! executor or the store, encode as jsonpb JSON or protobuf.
 
-use super::{negotiate, org_of, AppState};
+use super::{negotiate, org_of, with_server_timing, AppState};
 use crate::error::ApiError;
 use crate::search::{self, SearchRequest};
 use crate::store::{Col, Facet, Filter, FlowQuery, TimeWindow};
@@ -379,7 +379,7 @@ async fn search_route(
         limit: limit as usize,
         spss: spss as usize,
     };
-    let resp = search::search(&state.tempo.tracer, org, &sreq, cfg, tolerance)
+    let (resp, mut timing) = search::search_timed(&state.tempo.tracer, org, &sreq, cfg, tolerance)
         .await
         .map_err(|e| match e {
             search::SearchError::NotSupported(n) => ApiError::NotImplemented(n.to_string()),
@@ -388,7 +388,10 @@ async fn search_route(
             }
             search::SearchError::Service(s) => s.into(),
         })?;
-    Ok(negotiate(&req, &resp, || search_json(&resp).to_string()))
+    let started = std::time::Instant::now();
+    let http = negotiate(&req, &resp, || search_json(&resp).to_string());
+    timing.encode_us = started.elapsed().as_micros() as u64;
+    Ok(with_server_timing(http, &timing.server_timing()))
 }
 
 fn scope_param(p: &HashMap<String, String>) -> Result<String, ApiError> {

@@ -1,14 +1,18 @@
 //! Tempo's trace-by-ID routes: `GET /api/traces/{id}` (v1) and `GET /api/v2/traces/{id}`.
 //!
 //! Parse the ID and range, ask the service, negotiate protobuf or JSON by `Accept`, map "not
-//! found" to 404 and partial traces to v2 `PARTIAL` / v1 422.
+//! found" to 404 and partial traces to v2 `PARTIAL` / v1 422, and say in `Server-Timing` how
+//! the time went.
 
-use super::{negotiate, org_of, AppState};
+use super::{negotiate, org_of, with_server_timing, AppState};
 use crate::error::ApiError;
+use crate::service::TempoTrace;
 use crate::tempo::ids::TraceId;
 use crate::tempo::{json, pb};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Instant;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/traces/{id}", web::get().to(trace_v1))
@@ -45,16 +49,37 @@ pub fn parse_range(p: &RangeParams) -> Result<Option<(i64, i64)>, ApiError> {
     }
 }
 
+/// The trace, and whether it came from the cache.
 async fn lookup(
     req: &HttpRequest,
     state: &AppState,
     id: &str,
     range: &RangeParams,
-) -> Result<Option<std::sync::Arc<crate::service::TempoTrace>>, ApiError> {
+) -> Result<Option<(Arc<TempoTrace>, bool)>, ApiError> {
     let trace_id = TraceId::parse(id).map_err(ApiError::BadRequest)?;
     let range = parse_range(range)?;
     let org = org_of(req)?;
-    Ok(state.tempo.trace(org, trace_id, range).await?)
+    Ok(state.tempo.lookup(org, trace_id, range).await?)
+}
+
+/// Encode the answer with `encode` and add the `Server-Timing` header: the phases of the
+/// request that built the trace (its encoding plus this response's), or for a cached trace
+/// `cache;desc=hit` and this response's encoding.
+fn timed(t: &TempoTrace, cached: bool, encode: impl FnOnce() -> HttpResponse) -> HttpResponse {
+    let started = Instant::now();
+    let resp = encode();
+    let encode_us = started.elapsed().as_micros() as u64;
+    let value = if cached {
+        format!(
+            "cache;desc=hit, encode;dur={:.3}",
+            encode_us as f64 / 1000.0
+        )
+    } else {
+        let mut timing = t.timing;
+        timing.encode_us += encode_us;
+        format!("{}, cache;desc=miss", timing.server_timing())
+    };
+    with_server_timing(resp, &value)
 }
 
 async fn trace_v1(
@@ -63,7 +88,7 @@ async fn trace_v1(
     id: web::Path<String>,
     range: web::Query<RangeParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(t) = lookup(&req, &state, &id, &range).await? else {
+    let Some((t, cached)) = lookup(&req, &state, &id, &range).await? else {
         return Ok(HttpResponse::NotFound().finish());
     };
     if let Some(why) = &t.partial {
@@ -71,8 +96,8 @@ async fn trace_v1(
             "trace exceeds max size: {why}"
         )));
     }
-    Ok(negotiate(&req, &t.trace, || {
-        json::trace_v1(&t.trace).to_string()
+    Ok(timed(&t, cached, || {
+        negotiate(&req, &t.trace, || json::trace_v1(&t.trace).to_string())
     }))
 }
 
@@ -82,10 +107,19 @@ async fn trace_v2(
     id: web::Path<String>,
     range: web::Query<RangeParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(t) = lookup(&req, &state, &id, &range).await? else {
+    let Some((t, cached)) = lookup(&req, &state, &id, &range).await? else {
         return Ok(HttpResponse::NotFound().finish());
     };
-    let resp = pb::TraceByIdResponse {
+    Ok(timed(&t, cached, || {
+        let resp = v2_response(&t);
+        negotiate(&req, &resp, || {
+            json::trace_by_id_response(&resp).to_string()
+        })
+    }))
+}
+
+fn v2_response(t: &TempoTrace) -> pb::TraceByIdResponse {
+    pb::TraceByIdResponse {
         trace: Some(t.trace.clone()),
         metrics: Some(pb::TraceByIdMetrics {
             inspected_bytes: t.size as u64,
@@ -96,10 +130,7 @@ async fn trace_v2(
             pb::PartialStatus::Complete
         } as i32,
         message: t.partial.clone().unwrap_or_default(),
-    };
-    Ok(negotiate(&req, &resp, || {
-        json::trace_by_id_response(&resp).to_string()
-    }))
+    }
 }
 
 #[cfg(test)]
