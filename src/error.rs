@@ -17,7 +17,7 @@ pub enum ApiError {
     /// 403: the organisation is not on the allow-list.
     #[error("{0}")]
     Forbidden(String),
-    /// 404: no such trace or route.
+    /// 404: no such trace, route or organisation.
     #[error("{0}")]
     NotFound(String),
     /// 413: the request body is larger than `limits.max_body_bytes`.
@@ -49,6 +49,8 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             StoreError::Timeout(_) => ApiError::Timeout(e.to_string()),
             StoreError::Invalid(m) => ApiError::BadRequest(m),
+            StoreError::NotFound(m) => ApiError::NotFound(m),
+            StoreError::Overloaded(_) => ApiError::Overloaded(e.to_string()),
             StoreError::Query(_) => ApiError::Internal(e.to_string()),
         }
     }

@@ -29,6 +29,13 @@ pub enum StoreError {
     /// The input cannot be stored (bad value, schema missing).
     #[error("{0}")]
     Invalid(String),
+    /// What the read names does not exist (an organisation without a database).
+    #[error("{0}")]
+    NotFound(String),
+    /// No query slot became free in time (`limits.max_concurrent_queries`), or the store
+    /// itself refused the query as one too many.
+    #[error("store overloaded: {0}")]
+    Overloaded(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
