@@ -33,8 +33,10 @@ pub fn clickhouse_settings(cfg: &Config) -> ClickHouseSettings {
     }
 }
 
-/// The handlers' state for a configuration and an opened store.
+/// The handlers' state for a configuration and an opened store, which is put behind the query
+/// slots of `limits` (`store::guard`).
 pub fn app_state(cfg: &Config, store: SharedStore) -> AppState {
+    let store = crate::store::guard::QuerySlots::wrap(store, &cfg.limits);
     let tracer = crate::service::TraceService::new(store.clone(), cfg.tracing.clone());
     let tempo = crate::service::TempoService::new(tracer, cfg.tempo.clone(), cfg.cache.clone());
     AppState {

@@ -6,6 +6,7 @@
 //! value bound as a parameter. Nothing outside this module builds SQL text.
 
 pub mod clickhouse;
+pub mod guard;
 pub mod model;
 pub mod schema;
 pub mod sqlite;
