@@ -55,13 +55,17 @@ pub fn bind(
     state: AppState,
     listen: &str,
 ) -> std::io::Result<(actix_web::dev::Server, Vec<SocketAddr>)> {
+    let limits = state.limits.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .configure(|c| api::guard::configure(c, &limits))
+            .wrap(api::guard::Rejections)
             .wrap(actix_web::middleware::Compress::default())
             .configure(api::configure)
     })
+    .h1_allow_half_closed(api::guard::ALLOW_HALF_CLOSED)
     .bind(listen)?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))

@@ -11,8 +11,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/traces/{id}", web::get().to(trace_v1))
-        .route("/api/v2/traces/{id}", web::get().to(trace_v2));
+    cfg.service(super::get("/api/traces/{id}", trace_v1))
+        .service(super::get("/api/v2/traces/{id}", trace_v2));
 }
 
 /// Optional unix-second bounds, as Tempo parses them.
