@@ -17,9 +17,12 @@ pub enum ApiError {
     /// 403: the organisation is not on the allow-list.
     #[error("{0}")]
     Forbidden(String),
-    /// 404: no such trace or route.
+    /// 404: no such trace, route or organisation.
     #[error("{0}")]
     NotFound(String),
+    /// 405: the route exists but not for this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// 413: the request body is larger than `limits.max_body_bytes`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -49,6 +52,8 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
             StoreError::Timeout(_) => ApiError::Timeout(e.to_string()),
             StoreError::Invalid(m) => ApiError::BadRequest(m),
+            StoreError::NotFound(m) => ApiError::NotFound(m),
+            StoreError::Overloaded(_) => ApiError::Overloaded(e.to_string()),
             StoreError::Query(_) => ApiError::Internal(e.to_string()),
         }
     }
@@ -70,6 +75,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TraceTooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -105,6 +111,7 @@ mod tests {
             (ApiError::Unauthorized("u".into()), 401),
             (ApiError::Forbidden("f".into()), 403),
             (ApiError::NotFound("n".into()), 404),
+            (ApiError::MethodNotAllowed("m".into()), 405),
             (ApiError::PayloadTooLarge("p".into()), 413),
             (ApiError::TraceTooLarge("t".into()), 422),
             (ApiError::Overloaded("o".into()), 429),

@@ -108,7 +108,7 @@ impl Metrics {
         let store_queries = Family::<StoreLabels, Counter>::default();
         registry.register(
             "store_queries",
-            "Store operations, by kind (meta, records, distinct, ping, insert_rows, insert_names, apply_schema) and outcome (ok, unavailable, timeout, failed, invalid)",
+            "Store operations, by kind (meta, records, distinct, ping, insert_rows, insert_names, apply_schema) and outcome (ok, unavailable, timeout, failed, invalid, not_found, overloaded)",
             store_queries.clone(),
         );
         let store_duration: HistogramFamily<StoreKindLabels> =

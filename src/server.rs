@@ -34,9 +34,12 @@ pub fn clickhouse_settings(cfg: &Config) -> ClickHouseSettings {
     }
 }
 
-/// The handlers' state for a configuration and an opened store.
+/// The handlers' state for a configuration and an opened store, which is put behind the query
+/// slots of `limits` (`store::guard`).
 pub fn app_state(cfg: &Config, store: SharedStore) -> AppState {
+    // Slots outside the meter: the store-latency metric does not include queue wait.
     let store = crate::store::metered::MeteredStore::wrap(store);
+    let store = crate::store::guard::QuerySlots::wrap(store, &cfg.limits);
     let tracer = crate::service::TraceService::new(store.clone(), cfg.tracing.clone());
     let tempo = crate::service::TempoService::new(tracer, cfg.tempo.clone(), cfg.cache.clone());
     AppState {
@@ -55,17 +58,21 @@ pub fn bind(
     state: AppState,
     listen: &str,
 ) -> std::io::Result<(actix_web::dev::Server, Vec<SocketAddr>)> {
+    let limits = state.limits.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         // The last wrap is the outermost: request id → metrics → auth → handlers.
         App::new()
             .app_data(data.clone())
+            .configure(|c| api::guard::configure(c, &limits))
+            .wrap(api::guard::Rejections)
             .wrap(actix_web::middleware::Compress::default())
             .wrap(from_fn(api::auth::require_credentials))
             .wrap(from_fn(api::observe::http_metrics))
             .wrap(from_fn(api::observe::request_context))
             .configure(api::configure)
     })
+    .h1_allow_half_closed(api::guard::ALLOW_HALF_CLOSED)
     .bind(listen)?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))

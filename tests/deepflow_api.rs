@@ -835,7 +835,7 @@ async fn malformed_bodies(srv: &Server, path: &str) {
             "{d}"
         );
     }
-    // Larger than the 16 MiB limit: 413, still in the envelope.
+    // Larger than limits.max_body_bytes (8 MiB by default): 413, still in the envelope.
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(17 << 20));
     let a = srv.post_text(path, &big).await;
     assert_eq!(a.status, 413, "{}", a.body);

@@ -5,9 +5,9 @@ deepflow-tempo's tests need a real ClickHouse engine but no ClickHouse server. T
 runs the engine in-process (chDB: PyPI `chdb-core` 26.9.0, i.e. ClickHouse 26.9) and speaks
 the part of the ClickHouse HTTP protocol that the Rust `clickhouse` crate 0.15.3 uses, so
 the crate works against it unchanged: SQL in the body and/or the `query` parameter,
-`default_format`, `database`, settings as URL parameters, `param_*` (also in
-multipart/form-data bodies), `INSERT ... FORMAT X` with chunked and/or LZ4 native-framed
-bodies (`decompress=1`), `compress=1` responses, errors as HTTP 500 with
+`default_format`, `database`, settings as URL parameters (`readonly` allows only reads),
+`param_*` (also in multipart/form-data bodies), `INSERT ... FORMAT X` with chunked and/or
+LZ4 native-framed bodies (`decompress=1`), `compress=1` responses, errors as HTTP 500 with
 `X-ClickHouse-Exception-Code`, and `GET /ping`.
 
 It is not a server: one chDB session, requests serialised by a lock, no authentication;
@@ -53,6 +53,13 @@ PROTOCOL_PARAMS = {
     "wait_end_of_query", "buffer_size", "enable_http_compression",
     "http_zlib_compression_level",
 }
+# Settings of ClickHouse's HTTP server rather than of the engine (the front is that server):
+# never SET on the shared session. `readonly` is enforced by the front per request, because
+# `SET readonly` cannot be undone on the session; `cancel_http_readonly_queries_on_client_close`
+# is accepted and has no effect here (requests are serialised on one session, and a query the
+# engine has started runs to its end).
+SERVER_SETTINGS = {"readonly", "cancel_http_readonly_queries_on_client_close"}
+READ_ONLY_RE = re.compile(r"\s*\(*\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS|EXPLAIN)\b", re.I)
 # `INSERT INTO <head> FORMAT <fmt>`; the head may not contain string literals.
 INSERT_RE = re.compile(rb"\s*(INSERT\s+INTO\s[^']*?)\s+FORMAT\s+([A-Za-z0-9_]+)", re.I)
 TRAILING_FORMAT_RE = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.I)
@@ -139,6 +146,11 @@ def split_insert(query, body):
     return match.group(1).decode(), match.group(2).decode(), text[pos:]
 
 
+def is_read(sql):
+    """Whether the statement only reads (what `readonly` allows)."""
+    return READ_ONLY_RE.match(sql) is not None
+
+
 def sql_literal(value):
     if NUMBER_RE.fullmatch(value):
         return value
@@ -163,8 +175,13 @@ class Front:
         fmt = params.get("default_format") or "TabSeparated"
         bound = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
         settings = [(k, v) for k, v in params.items()
-                    if k not in PROTOCOL_PARAMS and not k.startswith("param_")]
+                    if k not in PROTOCOL_PARAMS and k not in SERVER_SETTINGS
+                    and not k.startswith("param_")]
         database = params.get("database")
+        if params.get("readonly", "0") not in ("", "0"):
+            statement = params.get("query") or body[:4096].decode("utf-8", "replace")
+            if not is_read(statement):
+                raise FrontError(164, "Cannot execute query in readonly mode", "READONLY")
         applied = []
         with self.lock:
             try:

@@ -24,9 +24,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Largest request body accepted (completion requests can carry many spans).
-const MAX_BODY: usize = 16 << 20;
-
 const TYPE_TRACING: &str = "Flow_Log_L7_Tracing";
 const TYPE_COMPLETION: &str = "tracing-completion-by-external-app-spans";
 const TYPE_PARAMS: &str = "TracingAlgoParams";
@@ -42,18 +39,18 @@ const MAX_TIME_S: i64 = u32::MAX as i64;
 const COMPLETION_MAX_ITERATION: u32 = 30;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
+    cfg.service(super::post(
         "/v1/stats/querier/L7FlowTracing",
-        web::post().to(l7_flow_tracing),
-    )
-    .route(
+        l7_flow_tracing,
+    ))
+    .service(super::post(
         "/v1/stats/querier/tracing-completion-by-external-app-spans",
-        web::post().to(tracing_completion),
-    )
-    .route(
+        tracing_completion,
+    ))
+    .service(super::get(
         "/v1/stats/querier/TracingAlgoParams",
-        web::get().to(tracing_algo_params),
-    );
+        tracing_algo_params,
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -64,8 +61,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 enum Failure {
     /// DESCRIPTION text: a validation error JSON, or a message for an unparsable body.
     Invalid(String),
-    /// The body is larger than `MAX_BODY`.
-    TooLarge,
+    /// The body is larger than `limits.max_body_bytes` (the limit).
+    TooLarge(usize),
     Api(ApiError),
 }
 
@@ -91,10 +88,10 @@ impl Failure {
     fn response(self) -> HttpResponse {
         let (status, opt, description) = match self {
             Failure::Invalid(d) => (StatusCode::BAD_REQUEST, "INVALID_POST_DATA", d),
-            Failure::TooLarge => (
+            Failure::TooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "INVALID_POST_DATA",
-                format!("request body is larger than {MAX_BODY} bytes"),
+                super::guard::too_large(limit).to_string(),
             ),
             Failure::Api(e) => {
                 let status = e.status_code();
@@ -360,14 +357,28 @@ fn invalid(errors: Map<String, Value>) -> Failure {
     Failure::Invalid(python_json(&Value::Object(errors)))
 }
 
-/// The whole body, at most `MAX_BODY` bytes.
-async fn read_body(payload: web::Payload) -> Result<web::Bytes, Failure> {
-    match payload.to_bytes_limited(MAX_BODY).await {
+/// The whole body, at most `limits.max_body_bytes`; a larger declared length fails before
+/// anything is read.
+async fn read_body(
+    req: &HttpRequest,
+    state: &AppState,
+    payload: web::Payload,
+) -> Result<web::Bytes, Failure> {
+    let limit = state.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Failure::TooLarge(limit));
+    }
+    match payload.to_bytes_limited(limit).await {
         Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => Err(Failure::Invalid(format!(
             "cannot read the request body: {e}"
         ))),
-        Err(_) => Err(Failure::TooLarge),
+        Err(_) => Err(Failure::TooLarge(limit)),
     }
 }
 
@@ -759,7 +770,7 @@ async fn run_tracing(
 ) -> Result<HttpResponse, Failure> {
     let started = Instant::now();
     let org = org_of(req)?;
-    let r = validate_tracing(&parse_object(&read_body(body).await?)?)?;
+    let r = validate_tracing(&parse_object(&read_body(req, state, body).await?)?)?;
     let params = r.params(&state.tempo.tracer.params);
     let (svc, rec) = tracer(state, params, r.debug);
     let found = match (r.id, &r.trace_id) {
@@ -810,7 +821,7 @@ async fn run_completion(
 ) -> Result<HttpResponse, Failure> {
     let started = Instant::now();
     let org = org_of(req)?;
-    let r = validate_completion(&parse_object(&read_body(body).await?)?)?;
+    let r = validate_completion(&parse_object(&read_body(req, state, body).await?)?)?;
     let params = r.params(&state.tempo.tracer.params);
     let (svc, rec) = tracer(state, params.clone(), r.debug);
     let (outcome, result, mut timing) = svc.complete(org, r.spans, &params).await?;

@@ -10,10 +10,10 @@ use serde::Serialize;
 pub const TEMPO_COMPAT_VERSION: &str = "2.9.0";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/echo", web::get().to(echo))
-        .route("/ready", web::get().to(ready))
-        .route("/api/status/buildinfo", web::get().to(buildinfo))
-        .route("/metrics", web::get().to(metrics));
+    cfg.service(super::get("/api/echo", echo))
+        .service(super::get("/ready", ready))
+        .service(super::get("/api/status/buildinfo", buildinfo))
+        .service(super::get("/metrics", metrics));
 }
 
 async fn metrics() -> HttpResponse {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod deepflow;
+pub mod guard;
 pub mod health;
 pub mod observe;
 pub mod search;
@@ -32,6 +33,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     deepflow::configure(cfg);
     tempo::configure(cfg);
     search::configure(cfg);
+}
+
+/// `GET path`, served by `handler` under the request deadline ([`guard::Deadline`]); other
+/// methods get `405` with `Allow`. Every API route is registered through [`get`] or [`post`].
+pub fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path).route(web::get().to(handler).wrap(guard::Deadline))
+}
+
+/// `POST path` (see [`get`]).
+pub fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path).route(web::post().to(handler).wrap(guard::Deadline))
 }
 
 /// Whether the client asked for protobuf (`Accept` contains `application/protobuf`).

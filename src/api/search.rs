@@ -14,11 +14,11 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/search", web::get().to(search_route))
-        .route("/api/search/tags", web::get().to(tags_v1))
-        .route("/api/v2/search/tags", web::get().to(tags_v2))
-        .route("/api/search/tag/{rest:.*}", web::get().to(tag_values_v1))
-        .route("/api/v2/search/tag/{rest:.*}", web::get().to(tag_values_v2));
+    cfg.service(super::get("/api/search", search_route))
+        .service(super::get("/api/search/tags", tags_v1))
+        .service(super::get("/api/v2/search/tags", tags_v2))
+        .service(super::get("/api/search/tag/{rest:.*}", tag_values_v1))
+        .service(super::get("/api/v2/search/tag/{rest:.*}", tag_values_v2));
 }
 
 /// The intrinsic tags Tempo lists (scope `intrinsic`).

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/traces/{id}", web::get().to(trace_v1))
-        .route("/api/v2/traces/{id}", web::get().to(trace_v2));
+    cfg.service(super::get("/api/traces/{id}", trace_v1))
+        .service(super::get("/api/v2/traces/{id}", trace_v2));
 }
 
 /// Optional unix-second bounds, as Tempo parses them.

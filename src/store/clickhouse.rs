@@ -56,6 +56,29 @@ impl From<clickhouse::error::Error> for StoreError {
     }
 }
 
+/// ClickHouse exception codes given their own meaning (see `ErrorCodes.cpp`).
+const UNKNOWN_TABLE: u32 = 60;
+const UNKNOWN_DATABASE: u32 = 81;
+const TIMEOUT_EXCEEDED: u32 = 159;
+const TOO_MANY_SIMULTANEOUS_QUERIES: u32 = 202;
+
+/// The exception code of an error answer (`Code: 81. DB::Exception: …`, or `Code: 81` when
+/// ClickHouse sent only the `X-ClickHouse-Exception-Code` header).
+fn exception_code(msg: &str) -> Option<u32> {
+    let rest = &msg[msg.find("Code: ")? + "Code: ".len()..];
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..digits].parse().ok()
+}
+
+/// The settings every read carries (see [`ClickHouseStore::build`]).
+fn read_settings(query: clickhouse::query::Query) -> clickhouse::query::Query {
+    query
+        .with_setting("readonly", "2")
+        .with_setting("cancel_http_readonly_queries_on_client_close", "1")
+}
+
 const META_SELECT: &str = "SELECT _id, type, signal_source, req_tcp_seq, resp_tcp_seq, \
     toUnixTimestamp64Micro(start_time) AS start_time_us, toUnixTimestamp64Micro(end_time) AS end_time_us, \
     agent_id, protocol, syscall_trace_id_request, syscall_trace_id_response, span_id, parent_span_id, \
@@ -104,8 +127,46 @@ impl ClickHouseStore {
         fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
     ) -> StoreResult<T> {
         match tokio::time::timeout(self.settings.timeout, fut).await {
-            Ok(r) => r.map_err(StoreError::from),
+            Ok(r) => r.map_err(|e| self.classify(e, None)),
             Err(_) => Err(StoreError::Timeout(self.settings.timeout.as_secs())),
+        }
+    }
+
+    /// [`Self::timed`] for a read of one organisation's tables: a missing database or table
+    /// means the organisation has no data here (404), not a fault.
+    async fn read<T>(
+        &self,
+        org: OrgId,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.settings.timeout, fut).await {
+            Ok(r) => r.map_err(|e| self.classify(e, Some(org))),
+            Err(_) => Err(StoreError::Timeout(self.settings.timeout.as_secs())),
+        }
+    }
+
+    /// Map ClickHouse's exception codes that are not faults of the query to their own errors.
+    fn classify(&self, e: clickhouse::error::Error, org: Option<OrgId>) -> StoreError {
+        let code = match &e {
+            clickhouse::error::Error::BadResponse(msg) => exception_code(msg),
+            _ => None,
+        };
+        match (code, org) {
+            (Some(UNKNOWN_DATABASE), Some(org)) => StoreError::NotFound(format!(
+                "organisation {} has no flow data: clickhouse has no database `{}`",
+                org.0,
+                self.flow_db(org)
+            )),
+            (Some(UNKNOWN_TABLE), Some(org)) => StoreError::NotFound(format!(
+                "organisation {} has no flow data: clickhouse has no table `{}`.`l7_flow_log`",
+                org.0,
+                self.flow_db(org)
+            )),
+            (Some(TIMEOUT_EXCEEDED), _) => StoreError::Timeout(self.settings.timeout.as_secs()),
+            (Some(TOO_MANY_SIMULTANEOUS_QUERIES), _) => {
+                StoreError::Overloaded(format!("clickhouse refused the query: {e}"))
+            }
+            _ => e.into(),
         }
     }
 
@@ -140,8 +201,12 @@ impl ClickHouseStore {
         (sql, binds)
     }
 
+    /// A read with its bound values. Reads run as `readonly=2` (no writes, settings allowed),
+    /// which is also what makes ClickHouse honour `cancel_http_readonly_queries_on_client_close`:
+    /// when this process drops a read (request timeout, client gone), the crate closes the HTTP
+    /// connection and ClickHouse stops the query instead of finishing it for nobody.
     fn build(&self, sql: &str, binds: Vec<BindValue>) -> clickhouse::query::Query {
-        let mut query = self.client.query(sql);
+        let mut query = read_settings(self.client.query(sql));
         for b in binds {
             query = match b {
                 BindValue::U32(v) => query.bind(v),
@@ -399,7 +464,7 @@ impl FlowStore for ClickHouseStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let one: u8 = self
-            .timed(self.client.query("SELECT toUInt8(1)").fetch_one::<u8>())
+            .timed(read_settings(self.client.query("SELECT toUInt8(1)")).fetch_one::<u8>())
             .await?;
         if one == 1 {
             Ok(())
@@ -411,14 +476,14 @@ impl FlowStore for ClickHouseStore {
     async fn select_meta(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowMeta>> {
         let (tail, binds) = self.tail(org, q);
         let sql = format!("{META_SELECT}{tail}");
-        self.timed(self.build(&sql, binds).fetch_all::<FlowMeta>())
+        self.read(org, self.build(&sql, binds).fetch_all::<FlowMeta>())
             .await
     }
 
     async fn select_records(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowRecord>> {
         let (tail, binds) = self.tail(org, q);
         let sql = format!("{}{tail}", self.record_select(org));
-        self.timed(self.build(&sql, binds).fetch_all::<FlowRecord>())
+        self.read(org, self.build(&sql, binds).fetch_all::<FlowRecord>())
             .await
     }
 
@@ -519,7 +584,7 @@ impl FlowStore for ClickHouseStore {
             "SELECT v FROM (SELECT DISTINCT {expr} AS v{from_where}) WHERE v != '' ORDER BY v LIMIT {}",
             self.limit(q)
         );
-        self.timed(self.build(&sql, pre).fetch_all::<String>())
+        self.read(org, self.build(&sql, pre).fetch_all::<String>())
             .await
     }
 
@@ -532,5 +597,23 @@ impl FlowStore for ClickHouseStore {
         .into_iter()
         .map(|s| s.sql)
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exception_codes_are_read_from_either_form_of_an_error_answer() {
+        assert_eq!(
+            exception_code(
+                "bad response: Code: 81. DB::Exception: Database x does not exist. (UNKNOWN_DATABASE)"
+            ),
+            Some(81)
+        );
+        assert_eq!(exception_code("Code: 159"), Some(159));
+        assert_eq!(exception_code("500 Internal Server Error"), None);
+        assert_eq!(exception_code("Code: x"), None);
     }
 }

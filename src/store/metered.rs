@@ -30,6 +30,8 @@ fn outcome<T>(r: &StoreResult<T>) -> &'static str {
         Err(StoreError::Timeout(_)) => "timeout",
         Err(StoreError::Query(_)) => "failed",
         Err(StoreError::Invalid(_)) => "invalid",
+        Err(StoreError::NotFound(_)) => "not_found",
+        Err(StoreError::Overloaded(_)) => "overloaded",
     }
 }
 

@@ -6,6 +6,7 @@
 //! value bound as a parameter. Nothing outside this module builds SQL text.
 
 pub mod clickhouse;
+pub mod guard;
 pub mod metered;
 pub mod model;
 pub mod schema;
@@ -30,6 +31,13 @@ pub enum StoreError {
     /// The input cannot be stored (bad value, schema missing).
     #[error("{0}")]
     Invalid(String),
+    /// What the read names does not exist (an organisation without a database).
+    #[error("{0}")]
+    NotFound(String),
+    /// No query slot became free in time (`limits.max_concurrent_queries`), or the store
+    /// itself refused the query as one too many.
+    #[error("store overloaded: {0}")]
+    Overloaded(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
