@@ -84,6 +84,15 @@ pub fn org_of(req: &HttpRequest) -> Result<OrgId, ApiError> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    // An X-Org-Id that is not visible ASCII names no organisation: refused, not ignored
+    // (ignoring it would read the default organisation).
+    if let Some(raw) = req.headers().get("x-org-id") {
+        if raw.to_str().is_err() {
+            return Err(ApiError::BadRequest(
+                "X-Org-Id: invalid organisation id: not visible ASCII".into(),
+            ));
+        }
+    }
     if let Some(v) = header("x-org-id").filter(|v| !v.is_empty()) {
         return v
             .parse()
