@@ -10,6 +10,8 @@ pub mod autotrace;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod load;
 pub mod metrics;
 pub mod search;

@@ -30,10 +30,10 @@ const TYPE_PARAMS: &str = "TracingAlgoParams";
 
 /// Tolerances above this (µs, about 116 days) are treated as this: it already covers any
 /// search window, and keeps the engine's time arithmetic far from overflow.
-const MAX_TOLERANCE_US: i64 = 10_000_000_000_000;
+pub(crate) const MAX_TOLERANCE_US: i64 = 10_000_000_000_000;
 
 /// Request windows end here at the latest: the `time` column is unsigned 32-bit seconds.
-const MAX_TIME_S: i64 = u32::MAX as i64;
+pub(crate) const MAX_TIME_S: i64 = u32::MAX as i64;
 
 /// `max_iteration` of the completion API when the request has none (hard-coded, §1.2).
 const COMPLETION_MAX_ITERATION: u32 = 30;
@@ -85,8 +85,9 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
 }
 
 impl Failure {
-    fn response(self) -> HttpResponse {
-        let (status, opt, description) = match self {
+    /// Status, `OPT_STATUS` and `DESCRIPTION` of the failure envelope.
+    fn parts(self) -> (StatusCode, &'static str, String) {
+        match self {
             Failure::Invalid(d) => (StatusCode::BAD_REQUEST, "INVALID_POST_DATA", d),
             Failure::TooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -105,7 +106,11 @@ impl Failure {
                 }
                 (status, opt, e.to_string())
             }
-        };
+        }
+    }
+
+    fn response(self) -> HttpResponse {
+        let (status, opt, description) = self.parts();
         json_response(
             status,
             &json!({"OPT_STATUS": opt, "DESCRIPTION": description}),
@@ -601,6 +606,48 @@ fn validate_completion(obj: &Map<String, Value>) -> Result<CompletionRequest, Fa
         network_delay_us,
         otel_only: sources.as_deref().map(otel_only),
         debug: debug.unwrap_or(false),
+    })
+}
+
+/// What a valid request body hands the tracing engine.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct DryRun {
+    /// The parameters it traces with.
+    pub params: TraceParams,
+    /// L7FlowTracing: its time window, seconds.
+    pub window: Option<(i64, i64)>,
+    /// Completion: its application spans.
+    pub spans: Vec<ExternalAppSpan>,
+}
+
+/// What a request body becomes before the handler runs anything (over `config`), or the
+/// failure envelope's status and `DESCRIPTION`. No I/O; the shared entry of the fuzz target
+/// and the corpus replay (`crate::fuzzing`).
+#[doc(hidden)]
+pub fn dry_run(
+    completion: bool,
+    body: &[u8],
+    config: &TraceParams,
+) -> Result<DryRun, (StatusCode, String)> {
+    let checked = parse_object(body).and_then(|obj| {
+        if completion {
+            validate_completion(&obj).map(|r| DryRun {
+                params: r.params(config),
+                window: None,
+                spans: r.spans,
+            })
+        } else {
+            validate_tracing(&obj).map(|r| DryRun {
+                params: r.params(config),
+                window: Some((r.time_start, r.time_end)),
+                spans: Vec::new(),
+            })
+        }
+    });
+    checked.map_err(|f| {
+        let (status, _, description) = f.parts();
+        (status, description)
     })
 }
 

@@ -27,12 +27,32 @@ pub struct AppState {
     pub tenancy: crate::config::TenancyConfig,
 }
 
-/// Register every route.
+/// Register every route, and the answer for requests none of them serves.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     deepflow::configure(cfg);
     tempo::configure(cfg);
     search::configure(cfg);
+    cfg.default_service(web::to(no_route));
+}
+
+/// Longest part of a request path quoted back in a 404.
+const SHOWN_PATH: usize = 200;
+
+/// A request no route serves (unknown path, or a known path under another method): a 404 with a
+/// message, where actix-web's default has no body.
+async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    let path = req.path();
+    let mut end = path.len().min(SHOWN_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < path.len() { "…" } else { "" };
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}{more}",
+        req.method(),
+        &path[..end]
+    )))
 }
 
 /// `GET path`, served by `handler` under the request deadline ([`guard::Deadline`]); other
@@ -124,6 +144,15 @@ pub fn resolve_org(req: &HttpRequest) -> Result<OrgId, ApiError> {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    // An X-Org-Id that is not visible ASCII names no organisation: refused, not ignored
+    // (ignoring it would read the default organisation).
+    if let Some(raw) = req.headers().get("x-org-id") {
+        if raw.to_str().is_err() {
+            return Err(ApiError::BadRequest(
+                "X-Org-Id: invalid organisation id: not visible ASCII".into(),
+            ));
+        }
+    }
     if let Some(v) = header("x-org-id").filter(|v| !v.is_empty()) {
         return v
             .parse()

@@ -35,18 +35,21 @@ fn parse_seconds(name: &str, v: &Option<String>) -> Result<Option<i64>, ApiError
     }
 }
 
-/// `start`/`end`: both optional; when both are set (non-zero), `end` must be after `start`.
+/// `start`/`end`: both optional (0 = unset); a missing `end` is the last second a row can
+/// have. A range is never empty: `end` must be after `start`, whichever was given.
 pub fn parse_range(p: &RangeParams) -> Result<Option<(i64, i64)>, ApiError> {
     let start = parse_seconds("start", &p.start)?.unwrap_or(0);
     let end = parse_seconds("end", &p.end)?.unwrap_or(0);
-    match (start, end) {
-        (0, 0) => Ok(None),
-        (s, e) if s != 0 && e != 0 && e <= s => Err(ApiError::BadRequest(format!(
-            "http parameter start must be before end. received start={s} end={e}"
-        ))),
-        (s, 0) => Ok(Some((s, i64::from(u32::MAX)))),
-        (s, e) => Ok(Some((s, e))),
+    if (start, end) == (0, 0) {
+        return Ok(None);
     }
+    let end = if end == 0 { i64::from(u32::MAX) } else { end };
+    if end <= start {
+        return Err(ApiError::BadRequest(format!(
+            "http parameter start must be before end. received start={start} end={end}"
+        )));
+    }
+    Ok(Some((start, end)))
 }
 
 /// The trace, and whether it came from the cache.
@@ -154,5 +157,13 @@ mod tests {
         assert!(parse_range(&rp(Some("20"), Some("20"))).is_err());
         assert!(parse_range(&rp(Some("x"), None)).is_err());
         assert_eq!(parse_range(&rp(Some("0"), Some("0"))).unwrap(), None);
+        assert_eq!(
+            parse_range(&rp(Some("10"), None)).unwrap(),
+            Some((10, u32::MAX as i64))
+        );
+        // Never an empty range: a start past the last second, or an end before 0 alone.
+        assert!(parse_range(&rp(Some("16000000000"), None)).is_err());
+        assert!(parse_range(&rp(None, Some("-5"))).is_err());
+        assert_eq!(parse_range(&rp(None, Some("5"))).unwrap(), Some((0, 5)));
     }
 }

@@ -434,7 +434,9 @@ pub fn build_output(
                 continue;
             }
             let h = host_clock_offset_us;
-            let overlap = trees[t].1 + h >= imin && imax + h >= trees[t].0;
+            // Saturating: client spans may end at i64::MAX.
+            let overlap =
+                trees[t].1.saturating_add(h) >= imin && imax.saturating_add(h) >= trees[t].0;
             let shares = !init_comps.is_empty()
                 && comps_of(t, &mut uf).iter().any(|c| init_comps.contains(c));
             keep_tree[t] = overlap || shares;
@@ -636,8 +638,8 @@ pub fn build_output(
             set_parent_info: node.reason.clone(),
             deepflow_span_id: dsid[s].clone().unwrap_or_default(),
             deepflow_parent_span_id: parent_dsid,
-            render_start_time_us: f.start() + shift,
-            render_end_time_us: f.end() + shift,
+            render_start_time_us: f.start().saturating_add(shift),
+            render_end_time_us: f.end().saturating_add(shift),
             service_uid: uid,
             service_uname: uname,
             auto_service_id: node.svc.as_ref().and(svc.auto_service_id),

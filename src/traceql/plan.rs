@@ -138,7 +138,9 @@ fn condition(a: &Attribute, op: BinaryOp, s: &Static) -> Filter {
         Attribute::Intrinsic(Intrinsic::Duration) => match (s, cmp(op)) {
             (Static::Duration(ns), Some(c)) => {
                 // Durations are stored in µs: round outward so no row is lost.
-                let (lo, hi) = (ns.div_euclid(1000), (ns + 999).div_euclid(1000));
+                // (`hi` is the ceiling without `ns + 999`, which overflows near i64::MAX.)
+                let lo = ns.div_euclid(1000);
+                let hi = lo + i64::from(ns.rem_euclid(1000) != 0);
                 match c {
                     CmpOp::Gt | CmpOp::Gte => Filter::IntCmp(Col::ResponseDuration, CmpOp::Gte, lo),
                     CmpOp::Lt | CmpOp::Lte => Filter::IntCmp(Col::ResponseDuration, CmpOp::Lte, hi),
@@ -227,6 +229,30 @@ mod tests {
     fn plan(q: &str) -> Filter {
         let query = crate::traceql::parse(q).unwrap();
         plan_filters(&query.spanset_filters())
+    }
+
+    #[test]
+    fn extreme_durations_round_outward_without_overflow() {
+        let bounds = |q: &str| match plan(q) {
+            Filter::Or(v) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            bounds("{duration < 9223372036854775807ns}"),
+            vec![Filter::IntCmp(
+                Col::ResponseDuration,
+                CmpOp::Lte,
+                9_223_372_036_854_776
+            )]
+        );
+        assert_eq!(
+            bounds("{duration <= 1001ns}"),
+            vec![Filter::IntCmp(Col::ResponseDuration, CmpOp::Lte, 2)]
+        );
+        assert_eq!(
+            bounds("{duration >= 1000ns}"),
+            vec![Filter::IntCmp(Col::ResponseDuration, CmpOp::Gte, 1)]
+        );
     }
 
     #[test]
