@@ -69,11 +69,20 @@ pub fn too_large(limit: usize) -> ApiError {
     ))
 }
 
+/// Longest part of a request path quoted back in a 404.
+const SHOWN_PATH: usize = 200;
+
 async fn unknown_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let path = req.path();
+    let mut end = path.len().min(SHOWN_PATH);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = if end < path.len() { "…" } else { "" };
     Err(ApiError::NotFound(format!(
-        "no route for {} {}",
+        "no route for {} {}{more}",
         req.method(),
-        req.path()
+        &path[..end]
     )))
 }
 

@@ -27,32 +27,12 @@ pub struct AppState {
     pub tenancy: crate::config::TenancyConfig,
 }
 
-/// Register every route, and the answer for requests none of them serves.
+/// Register every route (requests none of them serves: `guard::configure`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     deepflow::configure(cfg);
     tempo::configure(cfg);
     search::configure(cfg);
-    cfg.default_service(web::to(no_route));
-}
-
-/// Longest part of a request path quoted back in a 404.
-const SHOWN_PATH: usize = 200;
-
-/// A request no route serves (unknown path, or a known path under another method): a 404 with a
-/// message, where actix-web's default has no body.
-async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    let path = req.path();
-    let mut end = path.len().min(SHOWN_PATH);
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    let more = if end < path.len() { "…" } else { "" };
-    Err(ApiError::NotFound(format!(
-        "no route for {} {}{more}",
-        req.method(),
-        &path[..end]
-    )))
 }
 
 /// `GET path`, served by `handler` under the request deadline ([`guard::Deadline`]); other
