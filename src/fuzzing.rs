@@ -10,8 +10,11 @@ use crate::store::model::OrgId;
 use crate::tempo::ids::{app_span_id, TraceId};
 use crate::traceql::{self, eval::Evaluator, plan};
 
+/// One target's check of one input.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets, by the name of their corpus directory (`fuzz/corpus/<name>/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("traceql", traceql),
     ("trace_id", trace_id),
     ("deepflow_body", deepflow_body),
