@@ -193,7 +193,8 @@ pub fn assemble(
     entry_id: Option<u64>,
     params: &TraceParams,
 ) -> TraceResult {
-    let mut seen = HashSet::with_capacity(records.len() + external.len());
+    let mut seen: foldhash::HashSet<u64> =
+        foldhash::HashSetExt::with_capacity(records.len() + external.len());
     let rows: Vec<Flow> = records
         .into_iter()
         .chain(external.iter().map(ExternalAppSpan::to_record))

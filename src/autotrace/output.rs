@@ -11,10 +11,11 @@ use super::flow::Flow;
 use super::relate::names;
 use super::sort::Tree;
 use crate::store::model::FlowRecord;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 /// One span of the result, in output (depth-first) order.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -13,13 +13,13 @@ use crate::autotrace::{OutSpan, TraceResult};
 use crate::store::model::{
     l7_protocol, observation_point, pick_side as pick, response_status, signal_source, FlowRecord,
 };
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexMap;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
-use std::collections::{HashMap, HashSet};
 
 /// Scope names of the three signals.
 pub const SCOPE_APP: &str = "deepflow.app";

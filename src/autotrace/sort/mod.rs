@@ -18,8 +18,8 @@ use super::clock::{ClockCorrection, LinkEnd};
 use super::flow::{Flow, InstKey};
 use super::relate::RelCtx;
 use crate::store::model::signal_source;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use indexmap::IndexMap;
-use std::collections::{HashMap, HashSet};
 
 mod connect;
 mod index;
