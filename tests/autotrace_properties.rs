@@ -9,7 +9,9 @@
 mod autotrace_common;
 
 use autotrace_common::*;
-use deepflow_tempo::autotrace::{assemble, assemble_exhaustive, TraceParams, TraceResult};
+use deepflow_tempo::autotrace::{
+    assemble, assemble_exhaustive, Search, SearchQuery, TimeWindow, TraceParams, TraceResult,
+};
 use deepflow_tempo::store::model::FlowRecord;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -344,6 +346,71 @@ fn indexes_match_the_linear_scans_on_large_inputs() {
         let b = assemble_exhaustive(rows, None, &p);
         assert_eq!(a, b, "seed {seed}");
     }
+}
+
+/// Drive a search to its end over `ev`; the queries it asked and its outcome.
+fn run_search(
+    mut s: Search,
+    ev: &Evaluator,
+) -> (Vec<SearchQuery>, deepflow_tempo::autotrace::SearchOutcome) {
+    let mut qs = Vec::new();
+    while let Some(q) = s.next().unwrap() {
+        match &q {
+            SearchQuery::Fetch { .. } => s.feed_records(ev.fetch(&q)).unwrap(),
+            _ => s.feed_meta(ev.meta(&q)).unwrap(),
+        }
+        qs.push(q);
+    }
+    (qs, s.finish())
+}
+
+#[test]
+fn search_relation_index_kept_across_iterations_matches_a_rebuild() {
+    let mut iterations = 0; // searches with two relation checks or more
+    for seed in 0..120u64 {
+        // Colliding keys (many candidates per query, zero seqs, shared trace/span/x-request
+        // ids) over several hundred rows, so the search runs several iterations.
+        let rows = big_trace(
+            seed + 500,
+            150 + (seed as usize % 4) * 100,
+            seed % 3 == 0,
+            3_000,
+        );
+        let mut p = params(seed);
+        p.l7_tracing_limit = 100_000;
+        p.allow_multiple_trace_ids_in_tracing_result = seed % 2 == 0;
+        if seed % 5 == 0 {
+            p.network_delay_us = 1;
+            p.host_clock_offset_us = 1;
+        }
+        let ev = Evaluator { rows: rows.clone() };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let w = TimeWindow::new(-5, 5);
+        for _ in 0..3 {
+            let entry = rows[rng.random_range(0..rows.len())]._id;
+            let a = run_search(Search::by_id(entry, w, &p), &ev);
+            let b = run_search(Search::by_id(entry, w, &p).with_full_relation_check(), &ev);
+            assert_eq!(a.0, b.0, "seed {seed} entry {entry}: queries");
+            assert_eq!(a.1.ids, b.1.ids, "seed {seed} entry {entry}: ids");
+            assert_eq!(a.1.stop_reason, b.1.stop_reason, "seed {seed}");
+            assert_eq!(a.1.iterations, b.1.iterations, "seed {seed}");
+            if a.1.iterations >= 2 {
+                iterations += 1;
+            }
+        }
+        for t in ["A", "B"] {
+            let a = run_search(Search::by_trace_id(t, w, &p), &ev);
+            let b = run_search(
+                Search::by_trace_id(t, w, &p).with_full_relation_check(),
+                &ev,
+            );
+            assert_eq!(a.0, b.0, "seed {seed} trace {t}: queries");
+            assert_eq!(a.1.ids, b.1.ids, "seed {seed} trace {t}: ids");
+            assert_eq!(a.1.entry_id, b.1.entry_id, "seed {seed}");
+        }
+    }
+    // many searches must go through several relation checks, not stop at the first
+    assert!(iterations > 100, "{iterations}");
 }
 
 /// Throughput probe (prints µs per flow; no threshold — figures live in BENCHMARKS.md):
