@@ -413,7 +413,8 @@ impl TempoService {
             ));
         }
         let t = Instant::now();
-        let trace = crate::tempo::encode::encode(&result, &trace_id);
+        // The assembled trace moves into the encoding (and is dropped there).
+        let trace = crate::tempo::encode::encode_owned(result, &trace_id);
         let size = prost::Message::encoded_len(&trace);
         timing.encode_us = t.elapsed().as_micros() as u64;
         let value = std::sync::Arc::new(TempoTrace {

@@ -8,7 +8,7 @@
 //! process-set order without de-duplication (O-2).
 
 use super::flow::Flow;
-use super::relate::names;
+use super::relate::push_names;
 use super::sort::Tree;
 use crate::store::model::FlowRecord;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -297,6 +297,64 @@ fn span_json(s: &OutSpan, has_attributes: bool) -> Map<String, Value> {
     m
 }
 
+/// `{j}-{names(bits)}-{id}`, one entry of `related_ids`.
+fn related_id(j: usize, bits: u8, id: u64) -> String {
+    let mut out = String::with_capacity(48);
+    push_decimal(&mut out, j as u64);
+    out.push('-');
+    push_names(&mut out, bits);
+    out.push('-');
+    push_decimal(&mut out, id);
+    out
+}
+
+/// `.{tap}.{s}`, the tail of a generated deepflow span id.
+fn push_dotted(out: &mut String, tap: &str, s: usize) {
+    out.push('.');
+    out.push_str(tap);
+    out.push('.');
+    push_decimal(out, s as u64);
+}
+
+/// Append `v` in decimal (what `format!("{v}")` writes, without the formatting machinery).
+pub(crate) fn push_decimal(out: &mut String, mut v: u64) {
+    const PAIRS: [u8; 200] = {
+        let mut t = [0u8; 200];
+        let mut k = 0;
+        while k < 100 {
+            t[2 * k] = b'0' + (k / 10) as u8;
+            t[2 * k + 1] = b'0' + (k % 10) as u8;
+            k += 1;
+        }
+        t
+    };
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    while v >= 100 {
+        let r = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
+    }
+    if v >= 10 {
+        let r = v as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + v as u8;
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ascii digits"));
+}
+
+/// Append `v` in lower-case hexadecimal without leading zeros (`format!("{v:x}")`).
+fn push_hex(out: &mut String, v: u64) {
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for k in (0..digits).rev() {
+        out.push(char::from_digit(((v >> (4 * k)) & 0xf) as u32, 16).expect("a hex digit"));
+    }
+}
+
 fn find(uf: &mut [usize], mut x: usize) -> usize {
     while uf[x] != x {
         uf[x] = uf[uf[x]];
@@ -309,7 +367,7 @@ fn find(uf: &mut [usize], mut x: usize) -> usize {
 pub fn build_output(
     flows: Vec<Flow>,
     rel: &[Vec<(usize, u8)>],
-    tree: Tree,
+    mut tree: Tree,
     entry_id: Option<u64>,
     host_clock_offset_us: i64,
 ) -> TraceResult {
@@ -327,12 +385,15 @@ pub fn build_output(
             let f = &flows[s];
             let id = if f.is_sys() {
                 let sid = &f.rec.span_id;
-                let head = if sid.chars().count() >= 16 {
-                    sid.clone()
+                let mut id = String::with_capacity(sid.len().max(18) + f.tap_side().len() + 8);
+                if sid.chars().count() >= 16 {
+                    id.push_str(sid);
                 } else {
-                    format!("0x{:x}", f.ids[0])
-                };
-                format!("{head}.{}.{s}", f.tap_side())
+                    id.push_str("0x");
+                    push_hex(&mut id, f.ids[0]);
+                }
+                push_dotted(&mut id, f.tap_side(), s);
+                id
             } else {
                 f.rec.span_id.clone()
             };
@@ -346,7 +407,11 @@ pub fn build_output(
             if flows[s].is_sys() || dsid[s].is_some() {
                 continue;
             }
-            dsid[s] = Some(format!("{head}.{}.{s}", flows[s].tap_side()));
+            let tap = flows[s].tap_side();
+            let mut id = String::with_capacity(head.len() + tap.len() + 8);
+            id.push_str(head);
+            push_dotted(&mut id, tap, s);
+            dsid[s] = Some(id);
             records.push(s);
         }
     }
@@ -593,8 +658,9 @@ pub fn build_output(
     let mut spans = Vec::with_capacity(kept_order.len());
     let id0: Vec<u64> = flows.iter().map(|f| f.ids[0]).collect();
     let mut flows: Vec<Option<Flow>> = flows.into_iter().map(Some).collect();
+    let nodes = &mut tree.nodes;
     for &s in &kept_order {
-        let node = &nodes[s];
+        let node = &mut nodes[s];
         let mut parent_id = node.parent.filter(|&p| has_rec[p]);
         let mut parent_dsid = match node.parent {
             None => String::new(),
@@ -619,38 +685,40 @@ pub fn build_output(
         let related_ids: Vec<String> = rel[s]
             .iter()
             .filter(|(j, _)| kept[*j])
-            .map(|&(j, bits)| format!("{j}-{}-{}", names(bits), id0[j]))
+            .map(|&(j, bits)| related_id(j, bits, id0[j]))
             .collect();
         let (uid, uname) = match &service_of[s] {
             Some((a, b)) => (Some(a.clone()), Some(b.clone())),
             None => (None, None),
         };
-        let svc = node.svc.clone().unwrap_or_default();
-        let extra = node.extra.clone();
+        // Each node is output once: its fields move into the span.
+        let svc = node.svc.take();
+        let extra = node.extra.take().unwrap_or_default();
+        let (start, end) = (f.start(), f.end());
         spans.push(OutSpan {
             id: s,
-            ids: f.ids.clone(),
+            ids: f.ids,
             parent_id,
-            childs: node.childs.clone(),
+            childs: std::mem::take(&mut node.childs),
             related_ids,
             selftime: selftime[s],
-            set_parent_info: node.reason.clone(),
+            set_parent_info: node.reason.take(),
             deepflow_span_id: dsid[s].clone().unwrap_or_default(),
             deepflow_parent_span_id: parent_dsid,
-            render_start_time_us: f.start() + shift,
-            render_end_time_us: f.end() + shift,
+            render_start_time_us: start + shift,
+            render_end_time_us: end + shift,
             service_uid: uid,
             service_uname: uname,
-            auto_service_id: node.svc.as_ref().and(svc.auto_service_id),
-            auto_service: node.svc.as_ref().and(svc.auto_service.clone()),
-            auto_service_type: node.svc.as_ref().and(svc.auto_service_type),
-            process_id: extra.as_ref().and_then(|e| e.process_id),
-            subnet: extra.as_ref().and_then(|e| e.subnet.clone()),
-            ip: extra.as_ref().and_then(|e| e.ip.clone()),
-            process_kname: extra.as_ref().and_then(|e| e.process_kname.clone()),
-            gprocess: extra.as_ref().and_then(|e| e.gprocess.clone()),
-            trace_id: f.origin_trace_id.clone(),
-            trace_ids: f.trace_ids.clone(),
+            auto_service_id: svc.as_ref().and_then(|v| v.auto_service_id),
+            auto_service_type: svc.as_ref().and_then(|v| v.auto_service_type),
+            auto_service: svc.and_then(|v| v.auto_service),
+            process_id: extra.process_id,
+            subnet: extra.subnet,
+            ip: extra.ip,
+            process_kname: extra.process_kname,
+            gprocess: extra.gprocess,
+            trace_id: f.origin_trace_id,
+            trace_ids: f.trace_ids,
             record: f.rec,
         });
     }
@@ -659,5 +727,41 @@ pub fn build_output(
         services,
         host_clock_correction: corr,
         entry_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_rendering_matches_format() {
+        for v in [
+            0u64,
+            1,
+            9,
+            10,
+            15,
+            16,
+            99,
+            100,
+            255,
+            1000,
+            4096,
+            123_456_789,
+            u32::MAX as u64,
+            7_301_444_403_200_000_001,
+            u64::MAX,
+        ] {
+            let (mut d, mut h) = (String::new(), String::new());
+            push_decimal(&mut d, v);
+            push_hex(&mut h, v);
+            assert_eq!(d, v.to_string());
+            assert_eq!(h, format!("{v:x}"));
+        }
+        assert_eq!(related_id(3, 1 | 8, 77), "3-network,app-77");
+        let mut t = String::from("0x1");
+        push_dotted(&mut t, "c-p", 12);
+        assert_eq!(t, "0x1.c-p.12");
     }
 }

@@ -21,6 +21,13 @@ pub const DNS_REQUEST_ID: u8 = 16;
 
 /// The `related_ids` name of a bit combination (§4), e.g. `network,app`.
 pub fn names(bits: u8) -> String {
+    let mut out = String::new();
+    push_names(&mut out, bits);
+    out
+}
+
+/// Append `names(bits)` to `out`.
+pub fn push_names(out: &mut String, bits: u8) {
     const N: [(u8, &str); 5] = [
         (TCP_SEQ, "network"),
         (X_REQUEST_ID, "xrequestid"),
@@ -28,16 +35,16 @@ pub fn names(bits: u8) -> String {
         (SPAN_ID, "app"),
         (DNS_REQUEST_ID, "request_id"),
     ];
-    let mut out = String::new();
+    let mut first = true;
     for (b, n) in N {
         if bits & b != 0 {
-            if !out.is_empty() {
+            if !first {
                 out.push(',');
             }
+            first = false;
             out.push_str(n);
         }
     }
-    out
 }
 
 /// The columns the relation rules read, so the search can relate its FLOWMETA rows (a
@@ -551,8 +558,16 @@ pub fn relate_subject<F: Relatable>(
     // 4. SYSCALL
     let (q, p) = (a.syscall_trace_id_request(), a.syscall_trace_id_response());
     if q != p {
-        let c1 = if q == 0 { ix.none() } else { ix.get(&ix.sys, &q) };
-        let c2 = if p == 0 { ix.none() } else { ix.get(&ix.sys, &p) };
+        let c1 = if q == 0 {
+            ix.none()
+        } else {
+            ix.get(&ix.sys, &q)
+        };
+        let c2 = if p == 0 {
+            ix.none()
+        } else {
+            ix.get(&ix.sys, &p)
+        };
         for j in c1.chain(c2) {
             if j == a_i {
                 continue;

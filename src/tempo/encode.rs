@@ -9,6 +9,7 @@
 
 use super::ids::{app_span_id, row_span_id, SpanId, TraceId};
 use super::pb;
+use crate::autotrace::output::push_decimal;
 use crate::autotrace::{OutSpan, TraceResult};
 use crate::store::model::{
     l7_protocol, observation_point, pick_side as pick, response_status, signal_source, FlowRecord,
@@ -83,7 +84,7 @@ fn first_nonempty<'a>(v: &[&'a str]) -> &'a str {
 }
 
 /// The node or host a span was captured on (network spans), or runs on.
-fn capture_host(r: &FlowRecord, sd: u8) -> String {
+fn capture_host(r: &FlowRecord, sd: u8) -> std::borrow::Cow<'_, str> {
     let name = first_nonempty(&[
         pick(sd, &r.pod_node_0, &r.pod_node_1),
         &r.vtap_pod_node_name,
@@ -92,9 +93,9 @@ fn capture_host(r: &FlowRecord, sd: u8) -> String {
         &r.vtap_device_name,
     ]);
     if name.is_empty() {
-        format!("agent {}", r.agent_id)
+        format!("agent {}", r.agent_id).into()
     } else {
-        name.to_string()
+        name.into()
     }
 }
 
@@ -121,11 +122,13 @@ pub fn service_name(s: &OutSpan) -> String {
         Signal::Network => {
             let point =
                 observation_point::name(&r.observation_point).unwrap_or(&r.observation_point);
-            format!(
-                "{} @ {}",
-                if point.is_empty() { "network" } else { point },
-                capture_host(r, sd)
-            )
+            let point = if point.is_empty() { "network" } else { point };
+            let host = capture_host(r, sd);
+            let mut name = String::with_capacity(point.len() + 3 + host.len());
+            name.push_str(point);
+            name.push_str(" @ ");
+            name.push_str(&host);
+            name
         }
     }
 }
@@ -280,32 +283,41 @@ pub fn span_status(r: &FlowRecord) -> Status {
 }
 
 /// Semantic-convention and DeepFlow attributes of a span, then the row's own OTel attributes
-/// (which win on a name clash).
-fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
-    let r = &s.record;
-    let mut v: Vec<KeyValue> = Vec::with_capacity(24 + r.attribute_names.len());
+/// (which win on a name clash). Column values are moved out of the span where this is their
+/// last use (the span name, kind and status must be taken before).
+fn span_attributes(s: &mut OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
+    let take = std::mem::take::<String>;
+    let r = &mut s.record;
+    let mut v: Vec<KeyValue> = Vec::with_capacity(32 + r.attribute_names.len());
     v.push(kv_str(
         "deepflow.observation_point",
-        r.observation_point.clone(),
+        take(&mut r.observation_point),
     ));
     v.push(kv_str("deepflow.signal_source", Signal::of(r).name()));
     v.push(kv_str("deepflow.l7_protocol", r.l7_protocol_name()));
     if !r.biz_protocol.is_empty() {
-        v.push(kv_str("deepflow.biz_protocol", r.biz_protocol.clone()));
+        v.push(kv_str("deepflow.biz_protocol", take(&mut r.biz_protocol)));
     }
+    // The request columns are read again by the semantic conventions below.
     for (k, val) in [
         ("deepflow.request_type", &r.request_type),
         ("deepflow.request_domain", &r.request_domain),
         ("deepflow.request_resource", &r.request_resource),
-        ("deepflow.endpoint", &r.endpoint),
-        ("deepflow.response_exception", &r.response_exception),
-        ("deepflow.response_result", &r.response_result),
-        ("deepflow.x_request_id_0", &r.x_request_id_0),
-        ("deepflow.x_request_id_1", &r.x_request_id_1),
-        ("deepflow.http_proxy_client", &r.http_proxy_client),
     ] {
         if !val.is_empty() {
-            v.push(kv_str(k, val.clone()));
+            v.push(kv_str(k, val.as_str()));
+        }
+    }
+    for (k, val) in [
+        ("deepflow.endpoint", &mut r.endpoint),
+        ("deepflow.response_exception", &mut r.response_exception),
+        ("deepflow.response_result", &mut r.response_result),
+        ("deepflow.x_request_id_0", &mut r.x_request_id_0),
+        ("deepflow.x_request_id_1", &mut r.x_request_id_1),
+        ("deepflow.http_proxy_client", &mut r.http_proxy_client),
+    ] {
+        if !val.is_empty() {
+            v.push(kv_str(k, take(val)));
         }
     }
     if let Some(code) = r.response_code {
@@ -326,26 +338,26 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
     ] {
         if val != 0 {
             // 64-bit unsigned ids do not fit OTLP's int64: keep them as text.
-            v.push(kv_str(k, val.to_string()));
+            v.push(kv_str(k, decimal(val)));
         }
     }
     if let Some(id) = r.request_id {
-        v.push(kv_str("deepflow.request_id", id.to_string()));
+        v.push(kv_str("deepflow.request_id", decimal(id)));
     }
     v.push(kv_int("deepflow.agent_id", r.agent_id as i64));
     v.push(kv_int("deepflow.selftime_us", s.selftime));
-    if let Some(why) = &s.set_parent_info {
-        v.push(kv_str("deepflow.parent_reason", why.clone()));
+    if let Some(why) = s.set_parent_info.take() {
+        v.push(kv_str("deepflow.parent_reason", why));
     }
-    v.push(kv_str("deepflow.span_id", s.deepflow_span_id.clone()));
-    v.push(kv_str(
-        "deepflow.row_ids",
-        s.ids
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-    ));
+    v.push(kv_str("deepflow.span_id", take(&mut s.deepflow_span_id)));
+    let mut row_ids = String::with_capacity(20 * s.ids.len());
+    for (k, id) in s.ids.iter().enumerate() {
+        if k > 0 {
+            row_ids.push(',');
+        }
+        push_decimal(&mut row_ids, *id);
+    }
+    v.push(kv_str("deepflow.row_ids", row_ids));
     let own = r.joined_trace_id();
     if !own.is_empty() && TraceId::from_app_trace_id(&own).is_none_or(|t| t != *trace_id) {
         v.push(kv_str("deepflow.trace_id", own));
@@ -354,17 +366,15 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
     let proto = r.l7_protocol;
     if proto == l7_protocol::HTTP1 || proto == l7_protocol::HTTP2 {
         if !r.request_type.is_empty() {
-            v.push(kv_str("http.method", r.request_type.clone()));
+            v.push(kv_str("http.method", take(&mut r.request_type)));
         }
         if !r.request_resource.is_empty() {
-            v.push(kv_str("http.target", r.request_resource.clone()));
-            v.push(kv_str(
-                "http.url",
-                format!("{}{}", r.request_domain, r.request_resource),
-            ));
+            let url = [r.request_domain.as_str(), r.request_resource.as_str()].concat();
+            v.push(kv_str("http.target", take(&mut r.request_resource)));
+            v.push(kv_str("http.url", url));
         }
         if !r.request_domain.is_empty() {
-            v.push(kv_str("http.host", r.request_domain.clone()));
+            v.push(kv_str("http.host", take(&mut r.request_domain)));
         }
         if let Some(code) = r.response_code {
             v.push(kv_int("http.status_code", code as i64));
@@ -372,10 +382,10 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
     } else if let Some(system) = db_system(proto) {
         v.push(kv_str("db.system", system));
         if !r.request_resource.is_empty() {
-            v.push(kv_str("db.statement", r.request_resource.clone()));
+            v.push(kv_str("db.statement", take(&mut r.request_resource)));
         }
         if !r.request_type.is_empty() {
-            v.push(kv_str("db.operation", r.request_type.clone()));
+            v.push(kv_str("db.operation", take(&mut r.request_type)));
         }
     } else if proto == l7_protocol::GRPC || proto == l7_protocol::DUBBO {
         v.push(kv_str(
@@ -387,26 +397,42 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
             },
         ));
         if !r.request_domain.is_empty() {
-            v.push(kv_str("rpc.service", r.request_domain.clone()));
+            v.push(kv_str("rpc.service", take(&mut r.request_domain)));
         }
         if !r.request_resource.is_empty() {
-            v.push(kv_str("rpc.method", r.request_resource.clone()));
+            v.push(kv_str("rpc.method", take(&mut r.request_resource)));
         }
     }
     if !r.ip_0.is_empty() {
-        v.push(kv_str("client.address", r.ip_0.clone()));
+        v.push(kv_str("client.address", take(&mut r.ip_0)));
     }
     if !r.ip_1.is_empty() {
-        v.push(kv_str("server.address", r.ip_1.clone()));
+        v.push(kv_str("server.address", take(&mut r.ip_1)));
     }
     if r.server_port != 0 {
         v.push(kv_int("server.port", r.server_port as i64));
     }
     // The row's own attributes, under their own keys.
-    let own: HashSet<&str> = r.attribute_names.iter().map(String::as_str).collect();
-    v.retain(|kv| !own.contains(kv.key.as_str()));
-    v.extend(r.attributes().map(|(k, val)| kv_str(k, val)));
+    if !r.attribute_names.is_empty() {
+        let own: HashSet<&str> = r.attribute_names.iter().map(String::as_str).collect();
+        v.retain(|kv| !own.contains(kv.key.as_str()));
+        let names = std::mem::take(&mut r.attribute_names);
+        let values = std::mem::take(&mut r.attribute_values);
+        v.extend(names.into_iter().zip(values).map(|(k, val)| KeyValue {
+            key: k,
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(val)),
+            }),
+            ..Default::default()
+        }));
+    }
     v
+}
+
+fn decimal(v: u64) -> String {
+    let mut out = String::with_capacity(20);
+    push_decimal(&mut out, v);
+    out
 }
 
 pub fn db_system(proto: u8) -> Option<&'static str> {
@@ -472,10 +498,61 @@ const PARALLEL_SPANS: usize = 2_000;
 
 /// Encode an assembled trace under `trace_id`.
 pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
-    encode_with(result, trace_id, result.spans.len() >= PARALLEL_SPANS)
+    encode_owned(result.clone(), trace_id)
 }
 
-fn encode_with(result: &TraceResult, trace_id: &TraceId, parallel: bool) -> pb::Trace {
+/// `encode`, consuming the trace: its column values move into the encoding instead of being
+/// copied (what a request does, as it drops the assembled trace once encoded).
+pub fn encode_owned(result: TraceResult, trace_id: &TraceId) -> pb::Trace {
+    let parallel = result.spans.len() >= PARALLEL_SPANS;
+    encode_with(result, trace_id, parallel)
+}
+
+/// `f` over `items`, on two threads when `parallel` (the store is idle meanwhile); order kept.
+fn map_halves<'a, T: Sync, R: Send>(
+    items: &'a [T],
+    parallel: bool,
+    f: impl Fn(&'a T) -> R + Sync,
+) -> Vec<R> {
+    if !parallel {
+        return items.iter().map(f).collect();
+    }
+    let (a, b) = items.split_at(items.len() / 2);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| b.iter().map(&f).collect::<Vec<_>>());
+        let mut first: Vec<R> = a.iter().map(&f).collect();
+        first.extend(
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        first
+    })
+}
+
+/// `map_halves` consuming the items (each is dropped on the thread that mapped it).
+fn map_halves_owned<T: Send, R: Send>(
+    mut items: Vec<T>,
+    parallel: bool,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    if !parallel {
+        return items.into_iter().map(f).collect();
+    }
+    let b = items.split_off(items.len() / 2);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| b.into_iter().map(&f).collect::<Vec<_>>());
+        let mut first: Vec<R> = items.into_iter().map(&f).collect();
+        first.extend(
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        first
+    })
+}
+
+fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> pb::Trace {
     // Span IDs first, so parents can be looked up by flow index.
     let mut used: HashSet<SpanId> = HashSet::with_capacity(result.spans.len());
     let mut ids: HashMap<usize, SpanId> = HashMap::with_capacity(result.spans.len());
@@ -492,7 +569,23 @@ fn encode_with(result: &TraceResult, trace_id: &TraceId, parallel: bool) -> pb::
         }
         ids.insert(s.id, id);
     }
-    let build = |s: &OutSpan| -> Span {
+    // Resources: spans with equal keys share one, in order of first appearance.
+    let (group_of, resources) = {
+        let keys = map_halves(&result.spans, parallel, ResourceKey::of);
+        let mut groups: IndexMap<&ResourceKey<'_>, usize, foldhash::fast::RandomState> =
+            IndexMap::default();
+        let group_of: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                let n = groups.len();
+                *groups.entry(k).or_insert(n)
+            })
+            .collect();
+        let resources: Vec<(Signal, Vec<KeyValue>)> =
+            groups.keys().map(|k| (k.signal, k.attributes())).collect();
+        (group_of, resources)
+    };
+    let build = |mut s: OutSpan| -> Span {
         let r = &s.record;
         let parent = s
             .parent_id
@@ -501,50 +594,41 @@ fn encode_with(result: &TraceResult, trace_id: &TraceId, parallel: bool) -> pb::
             .unwrap_or_default();
         let start = s.render_start_time_us.max(0) as u64 * 1000;
         let end = (s.render_end_time_us.max(s.render_start_time_us)).max(0) as u64 * 1000;
+        // What reads the columns comes before the attributes, which move them out.
+        let name = r.span_name();
+        let kind = span_kind(r) as i32;
+        let status = span_status(r);
+        let events = span_events(r);
         Span {
             trace_id: trace_id.0.to_vec(),
             span_id: ids[&s.id].to_vec(),
             parent_span_id: parent,
-            name: r.span_name(),
-            kind: span_kind(r) as i32,
+            name,
+            kind,
             start_time_unix_nano: start,
             end_time_unix_nano: end,
-            attributes: span_attributes(s, trace_id),
-            events: span_events(r),
-            status: Some(span_status(r)),
+            attributes: span_attributes(&mut s, trace_id),
+            events,
+            status: Some(status),
             ..Default::default()
         }
     };
-    // Large traces: build the spans on two threads (the store is idle meanwhile); order kept.
-    let spans: Vec<Span> = if parallel {
-        let (a, b) = result.spans.split_at(result.spans.len() / 2);
-        std::thread::scope(|scope| {
-            let second = scope.spawn(|| b.iter().map(build).collect::<Vec<_>>());
-            let mut first: Vec<Span> = a.iter().map(build).collect();
-            first.extend(
-                second
-                    .join()
-                    .unwrap_or_else(|_| b.iter().map(build).collect()),
-            );
-            first
-        })
-    } else {
-        result.spans.iter().map(build).collect()
-    };
-    let mut groups: IndexMap<ResourceKey<'_>, Vec<Span>> = IndexMap::new();
-    for (s, span) in result.spans.iter().zip(spans) {
-        groups.entry(ResourceKey::of(s)).or_default().push(span);
+    let spans = map_halves_owned(std::mem::take(&mut result.spans), parallel, build);
+    let mut grouped: Vec<Vec<Span>> = resources.iter().map(|_| Vec::new()).collect();
+    for (g, span) in group_of.into_iter().zip(spans) {
+        grouped[g].push(span);
     }
-    let resource_spans = groups
+    let resource_spans = resources
         .into_iter()
-        .map(|(key, spans)| ResourceSpans {
+        .zip(grouped)
+        .map(|((signal, attributes), spans)| ResourceSpans {
             resource: Some(Resource {
-                attributes: key.attributes(),
+                attributes,
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
                 scope: Some(InstrumentationScope {
-                    name: key.signal.scope().into(),
+                    name: signal.scope().into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
@@ -608,8 +692,8 @@ mod tests {
         assert!(result.spans.len() >= PARALLEL_SPANS);
         let id = TraceId::zero_code(trace.entry_id);
         assert_eq!(
-            encode_with(&result, &id, true),
-            encode_with(&result, &id, false)
+            encode_with(result.clone(), &id, true),
+            encode_with(result, &id, false)
         );
     }
 }
