@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default)]
 pub struct Flow {
     /// All merged columns. `start_time_us`, `end_time_us`, `type`, `response_duration` and the
-    /// other merged fields are the post-merge values.
-    pub rec: FlowRecord,
+    /// other merged fields are the post-merge values. Boxed: flows move between the phases and
+    /// a record is large.
+    pub rec: Box<FlowRecord>,
     /// `_id`s of the merged rows, first row first.
     pub ids: Vec<u64>,
     /// Sorted, distinct, trimmed, non-empty trace ids.
@@ -32,7 +33,7 @@ impl Flow {
             ids: vec![rec._id],
             trace_ids,
             origin_trace_id,
-            rec,
+            rec: Box::new(rec),
         }
     }
 

@@ -8,7 +8,7 @@
 //! process-set order without de-duplication (O-2).
 
 use super::flow::Flow;
-use super::relate::push_names;
+use super::relate::names;
 use super::sort::Tree;
 use crate::store::model::FlowRecord;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -52,8 +52,9 @@ pub struct OutSpan {
     pub trace_id: String,
     /// Sorted distinct trace ids.
     pub trace_ids: Vec<String>,
-    /// The merged record (times, type and duration are post-merge).
-    pub record: FlowRecord,
+    /// The merged record (times, type and duration are post-merge). Boxed: spans move
+    /// between the assembly and the encoders, and a record is large.
+    pub record: Box<FlowRecord>,
 }
 
 impl OutSpan {
@@ -298,14 +299,54 @@ fn span_json(s: &OutSpan, has_attributes: bool) -> Map<String, Value> {
 }
 
 /// `{j}-{names(bits)}-{id}`, one entry of `related_ids`.
+#[cfg(test)]
 fn related_id(j: usize, bits: u8, id: u64) -> String {
-    let mut out = String::with_capacity(48);
-    push_decimal(&mut out, j as u64);
-    out.push('-');
-    push_names(&mut out, bits);
-    out.push('-');
-    push_decimal(&mut out, id);
-    out
+    let mut id0 = vec![0; j + 1];
+    id0[j] = id;
+    RelatedIds::new(&id0, &[j]).render(j, bits)
+}
+
+/// Renders `related_ids` entries from the decimal forms of each related flow's index and
+/// first `_id`, written once per flow rather than once per relation.
+struct RelatedIds {
+    /// The decimal forms, and where each flow's are in them (`j`'s, then the `_id`'s).
+    digits: String,
+    at: Vec<(u32, u8, u8)>,
+    names: Vec<String>,
+}
+
+impl RelatedIds {
+    /// For flows whose first `_id`s are `id0`; only `flows` can be rendered.
+    fn new(id0: &[u64], flows: &[usize]) -> Self {
+        let mut digits = String::with_capacity(flows.len() * 24);
+        let mut at = vec![(0, 0, 0); id0.len()];
+        for &j in flows {
+            let start = digits.len();
+            push_decimal(&mut digits, j as u64);
+            let mid = digits.len();
+            push_decimal(&mut digits, id0[j]);
+            at[j] = (
+                start as u32,
+                (mid - start) as u8,
+                (digits.len() - mid) as u8,
+            );
+        }
+        let names = (0..32u8).map(names).collect();
+        RelatedIds { digits, at, names }
+    }
+
+    fn render(&self, j: usize, bits: u8) -> String {
+        let (start, jl, il) = self.at[j];
+        let (start, jl, il) = (start as usize, jl as usize, il as usize);
+        let name = &self.names[bits as usize & 31];
+        let mut out = String::with_capacity(jl + il + name.len() + 2);
+        out.push_str(&self.digits[start..start + jl]);
+        out.push('-');
+        out.push_str(name);
+        out.push('-');
+        out.push_str(&self.digits[start + jl..start + jl + il]);
+        out
+    }
 }
 
 /// `.{tap}.{s}`, the tail of a generated deepflow span id.
@@ -657,6 +698,7 @@ pub fn build_output(
         .collect();
     let mut spans = Vec::with_capacity(kept_order.len());
     let id0: Vec<u64> = flows.iter().map(|f| f.ids[0]).collect();
+    let related = RelatedIds::new(&id0, &kept_order);
     let mut flows: Vec<Option<Flow>> = flows.into_iter().map(Some).collect();
     let nodes = &mut tree.nodes;
     for &s in &kept_order {
@@ -685,7 +727,7 @@ pub fn build_output(
         let related_ids: Vec<String> = rel[s]
             .iter()
             .filter(|(j, _)| kept[*j])
-            .map(|&(j, bits)| related_id(j, bits, id0[j]))
+            .map(|&(j, bits)| related.render(j, bits))
             .collect();
         let (uid, uname) = match &service_of[s] {
             Some((a, b)) => (Some(a.clone()), Some(b.clone())),

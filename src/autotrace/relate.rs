@@ -21,13 +21,6 @@ pub const DNS_REQUEST_ID: u8 = 16;
 
 /// The `related_ids` name of a bit combination (§4), e.g. `network,app`.
 pub fn names(bits: u8) -> String {
-    let mut out = String::new();
-    push_names(&mut out, bits);
-    out
-}
-
-/// Append `names(bits)` to `out`.
-pub fn push_names(out: &mut String, bits: u8) {
     const N: [(u8, &str); 5] = [
         (TCP_SEQ, "network"),
         (X_REQUEST_ID, "xrequestid"),
@@ -35,16 +28,16 @@ pub fn push_names(out: &mut String, bits: u8) {
         (SPAN_ID, "app"),
         (DNS_REQUEST_ID, "request_id"),
     ];
-    let mut first = true;
+    let mut out = String::new();
     for (b, n) in N {
         if bits & b != 0 {
-            if !first {
+            if !out.is_empty() {
                 out.push(',');
             }
-            first = false;
             out.push_str(n);
         }
     }
+    out
 }
 
 /// The columns the relation rules read, so the search can relate its FLOWMETA rows (a
@@ -175,7 +168,7 @@ macro_rules! relatable {
     };
 }
 
-relatable!(Flow, rec, |f| Some(&f.rec));
+relatable!(Flow, rec, |f| Some(&*f.rec));
 relatable!(MetaFlow, meta, |_f| None);
 
 /// Tolerances and switches of the relation evaluation.
@@ -629,18 +622,42 @@ pub fn normalise(v: &mut Vec<(usize, u8)>) {
     v.truncate(w);
 }
 
+/// From this many flows on, `relation_map` evaluates its subjects on two threads.
+const PARALLEL_FLOWS: usize = 2_000;
+
 /// The relation map of the sort phase (§5.4): weak TCP mode, not fast, every flow a subject.
 /// `rel[a]` lists `(b, bits)` in ascending `b`.
 pub fn relation_map(flows: &[Flow], ctx: &RelCtx) -> Vec<Vec<(usize, u8)>> {
+    relation_map_with(flows, ctx, flows.len() >= PARALLEL_FLOWS)
+}
+
+fn relation_map_with(flows: &[Flow], ctx: &RelCtx, parallel: bool) -> Vec<Vec<(usize, u8)>> {
     let ix = Index::build(flows, ctx);
-    let mut out = Vec::with_capacity(flows.len());
-    for a in 0..flows.len() {
-        let mut v = Vec::new();
-        relate_subject(&flows[a], Some(a), flows, &ix, false, false, ctx, &mut v);
-        normalise(&mut v);
-        out.push(v);
+    // Subjects are independent: each half of them can be evaluated on its own thread.
+    let subjects = |range: std::ops::Range<usize>| -> Vec<Vec<(usize, u8)>> {
+        range
+            .map(|a| {
+                let mut v = Vec::new();
+                relate_subject(&flows[a], Some(a), flows, &ix, false, false, ctx, &mut v);
+                normalise(&mut v);
+                v
+            })
+            .collect()
+    };
+    if !parallel {
+        return subjects(0..flows.len());
     }
-    out
+    let mid = flows.len() / 2;
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| subjects(mid..flows.len()));
+        let mut out = subjects(0..mid);
+        out.extend(
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        out
+    })
 }
 
 /// The strong TCP relation of §4.3.
@@ -991,6 +1008,21 @@ mod tests {
         }
         // every relation kind occurs
         assert!(related[..5].iter().all(|&n| n > 0), "{related:?}");
+    }
+
+    #[test]
+    fn relation_map_on_two_threads_equals_one() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        let flows: Vec<Flow> = (0..300)
+            .map(|i| Flow::from_meta(&random_meta(&mut rng, i)))
+            .collect();
+        for dns in [false, true] {
+            let c = RelCtx { dns, ..ctx() };
+            let one = relation_map_with(&flows, &c, false);
+            assert_eq!(relation_map_with(&flows, &c, true), one);
+            assert!(one.iter().filter(|v| !v.is_empty()).count() > 100);
+        }
     }
 
     #[test]

@@ -15,12 +15,13 @@ use crate::store::model::{
     l7_protocol, observation_point, pick_side as pick, response_status, signal_source, FlowRecord,
 };
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use indexmap::IndexMap;
+use indexmap::IndexSet;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
+use std::borrow::Cow;
 
 /// Scope names of the three signals.
 pub const SCOPE_APP: &str = "deepflow.app";
@@ -148,17 +149,18 @@ impl IfEmpty for String {
 }
 
 /// What identifies a span's resource: spans with equal keys share one `ResourceSpans`.
-/// Borrowed from the span, so grouping allocates only the service name.
+/// Borrowed from the span, so grouping allocates only the service name; `into_owned` keeps
+/// one per resource once the spans are gone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ResourceKey<'a> {
     signal: Signal,
     service: String,
-    instance: &'a str,
-    pod: &'a str,
-    node: &'a str,
-    host: &'a str,
+    instance: Cow<'a, str>,
+    pod: Cow<'a, str>,
+    node: Cow<'a, str>,
+    host: Cow<'a, str>,
     pid: i32,
-    exe: &'a str,
+    exe: Cow<'a, str>,
     agent: u16,
 }
 
@@ -177,17 +179,19 @@ impl<'a> ResourceKey<'a> {
         ResourceKey {
             signal,
             service: service_name(s),
-            instance,
+            instance: instance.into(),
             pod: if net {
                 ""
             } else {
                 pick(sd, &r.pod_0, &r.pod_1)
-            },
+            }
+            .into(),
             node: first_nonempty(&[
                 pick(sd, &r.pod_node_0, &r.pod_node_1),
                 &r.vtap_pod_node_name,
-            ]),
-            host: first_nonempty(&[pick(sd, &r.host_0, &r.host_1), &r.vtap_host_name]),
+            ])
+            .into(),
+            host: first_nonempty(&[pick(sd, &r.host_0, &r.host_1), &r.vtap_host_name]).into(),
             pid: if ebpf {
                 s.process_id.unwrap_or(if sd == 0 {
                     r.process_id_0
@@ -201,8 +205,23 @@ impl<'a> ResourceKey<'a> {
                 pick(sd, &r.process_kname_0, &r.process_kname_1)
             } else {
                 ""
-            },
+            }
+            .into(),
             agent: r.agent_id,
+        }
+    }
+
+    fn into_owned(self) -> ResourceKey<'static> {
+        ResourceKey {
+            signal: self.signal,
+            service: self.service,
+            instance: Cow::Owned(self.instance.into_owned()),
+            pod: Cow::Owned(self.pod.into_owned()),
+            node: Cow::Owned(self.node.into_owned()),
+            host: Cow::Owned(self.host.into_owned()),
+            pid: self.pid,
+            exe: Cow::Owned(self.exe.into_owned()),
+            agent: self.agent,
         }
     }
 
@@ -210,20 +229,20 @@ impl<'a> ResourceKey<'a> {
     fn attributes(&self) -> Vec<KeyValue> {
         let mut v = vec![kv_str("service.name", self.service.clone())];
         for (k, val) in [
-            ("service.instance.id", self.instance),
-            ("k8s.pod.name", self.pod),
-            ("k8s.node.name", self.node),
-            ("host.name", self.host),
+            ("service.instance.id", &self.instance),
+            ("k8s.pod.name", &self.pod),
+            ("k8s.node.name", &self.node),
+            ("host.name", &self.host),
         ] {
             if !val.is_empty() {
-                v.push(kv_str(k, val));
+                v.push(kv_str(k, val.as_ref()));
             }
         }
         if self.pid != 0 {
             v.push(kv_int("process.pid", self.pid as i64));
         }
         if !self.exe.is_empty() {
-            v.push(kv_str("process.executable.name", self.exe));
+            v.push(kv_str("process.executable.name", self.exe.as_ref()));
         }
         if self.agent != 0 {
             v.push(kv_int("deepflow.agent_id", self.agent as i64));
@@ -508,48 +527,35 @@ pub fn encode_owned(result: TraceResult, trace_id: &TraceId) -> pb::Trace {
     encode_with(result, trace_id, parallel)
 }
 
-/// `f` over `items`, on two threads when `parallel` (the store is idle meanwhile); order kept.
-fn map_halves<'a, T: Sync, R: Send>(
-    items: &'a [T],
+/// `f` over `items`, or over each half of them on its own thread when `parallel` (the store is
+/// idle meanwhile); results in order.
+fn on_halves<T: Send, R: Send>(
+    mut items: Vec<T>,
     parallel: bool,
-    f: impl Fn(&'a T) -> R + Sync,
+    f: impl Fn(Vec<T>) -> R + Sync,
 ) -> Vec<R> {
     if !parallel {
-        return items.iter().map(f).collect();
+        return vec![f(items)];
     }
-    let (a, b) = items.split_at(items.len() / 2);
+    let second_half = items.split_off(items.len() / 2);
     std::thread::scope(|scope| {
-        let second = scope.spawn(|| b.iter().map(&f).collect::<Vec<_>>());
-        let mut first: Vec<R> = a.iter().map(&f).collect();
-        first.extend(
+        let second = scope.spawn(|| f(second_half));
+        let first = f(items);
+        vec![
+            first,
             second
                 .join()
                 .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-        );
-        first
+        ]
     })
 }
 
-/// `map_halves` consuming the items (each is dropped on the thread that mapped it).
-fn map_halves_owned<T: Send, R: Send>(
-    mut items: Vec<T>,
-    parallel: bool,
-    f: impl Fn(T) -> R + Sync,
-) -> Vec<R> {
-    if !parallel {
-        return items.into_iter().map(f).collect();
-    }
-    let b = items.split_off(items.len() / 2);
-    std::thread::scope(|scope| {
-        let second = scope.spawn(|| b.into_iter().map(&f).collect::<Vec<_>>());
-        let mut first: Vec<R> = items.into_iter().map(&f).collect();
-        first.extend(
-            second
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-        );
-        first
-    })
+/// Spans of one run of the trace: the resources they use in order of first appearance, each
+/// span's resource (an index into them), and the spans.
+struct Part {
+    resources: Vec<ResourceKey<'static>>,
+    resource_of: Vec<usize>,
+    spans: Vec<Span>,
 }
 
 fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> pb::Trace {
@@ -569,22 +575,6 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> p
         }
         ids.insert(s.id, id);
     }
-    // Resources: spans with equal keys share one, in order of first appearance.
-    let (group_of, resources) = {
-        let keys = map_halves(&result.spans, parallel, ResourceKey::of);
-        let mut groups: IndexMap<&ResourceKey<'_>, usize, foldhash::fast::RandomState> =
-            IndexMap::default();
-        let group_of: Vec<usize> = keys
-            .iter()
-            .map(|k| {
-                let n = groups.len();
-                *groups.entry(k).or_insert(n)
-            })
-            .collect();
-        let resources: Vec<(Signal, Vec<KeyValue>)> =
-            groups.keys().map(|k| (k.signal, k.attributes())).collect();
-        (group_of, resources)
-    };
     let build = |mut s: OutSpan| -> Span {
         let r = &s.record;
         let parent = s
@@ -613,22 +603,47 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> p
             ..Default::default()
         }
     };
-    let spans = map_halves_owned(std::mem::take(&mut result.spans), parallel, build);
-    let mut grouped: Vec<Vec<Span>> = resources.iter().map(|_| Vec::new()).collect();
-    for (g, span) in group_of.into_iter().zip(spans) {
-        grouped[g].push(span);
+    // Each half groups its spans by resource, then builds them (dropping each assembled span
+    // on the thread that encoded it).
+    let parts = on_halves(std::mem::take(&mut result.spans), parallel, |spans| {
+        let mut keys: IndexSet<ResourceKey<'_>, foldhash::fast::RandomState> = IndexSet::default();
+        let resource_of = spans
+            .iter()
+            .map(|s| keys.insert_full(ResourceKey::of(s)).0)
+            .collect();
+        let resources = keys.into_iter().map(ResourceKey::into_owned).collect();
+        Part {
+            resources,
+            resource_of,
+            spans: spans.into_iter().map(&build).collect(),
+        }
+    });
+    // The halves' resources in order of first appearance in the whole trace.
+    let mut resources: IndexSet<ResourceKey<'static>, foldhash::fast::RandomState> =
+        IndexSet::default();
+    let mut grouped: Vec<Vec<Span>> = Vec::new();
+    for part in parts {
+        let global: Vec<usize> = part
+            .resources
+            .into_iter()
+            .map(|k| resources.insert_full(k).0)
+            .collect();
+        grouped.resize_with(resources.len(), Vec::new);
+        for (g, span) in part.resource_of.into_iter().zip(part.spans) {
+            grouped[global[g]].push(span);
+        }
     }
     let resource_spans = resources
         .into_iter()
         .zip(grouped)
-        .map(|((signal, attributes), spans)| ResourceSpans {
+        .map(|(key, spans)| ResourceSpans {
             resource: Some(Resource {
-                attributes,
+                attributes: key.attributes(),
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
                 scope: Some(InstrumentationScope {
-                    name: signal.scope().into(),
+                    name: key.signal.scope().into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
