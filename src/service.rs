@@ -414,8 +414,7 @@ impl TempoService {
         }
         let t = Instant::now();
         // The assembled trace moves into the encoding (and is dropped there).
-        let trace = crate::tempo::encode::encode_owned(result, &trace_id);
-        let size = prost::Message::encoded_len(&trace);
+        let (trace, size) = crate::tempo::encode::encode_owned(result, &trace_id);
         timing.encode_us = t.elapsed().as_micros() as u64;
         let value = std::sync::Arc::new(TempoTrace {
             trace,

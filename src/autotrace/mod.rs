@@ -184,6 +184,33 @@ impl TraceParams {
     }
 }
 
+/// From this many flows on, the assembly spreads independent per-flow work over two threads.
+pub(crate) const PARALLEL_FLOWS: usize = 2_000;
+
+/// `f(offset, part)` over `items` whole, or over each half (the second on its own thread) when
+/// `parallel`; the results are concatenated in order, so they do not depend on the split.
+pub(crate) fn in_halves<T: Sync, R: Send>(
+    items: &[T],
+    parallel: bool,
+    f: impl Fn(usize, &[T]) -> Vec<R> + Sync,
+) -> Vec<R> {
+    if !parallel {
+        return f(0, items);
+    }
+    let mid = items.len() / 2;
+    let (a, b) = items.split_at(mid);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| f(mid, b));
+        let mut out = f(0, a);
+        out.extend(
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        out
+    })
+}
+
 /// Assemble fetched records and external app spans into a trace: merge (§5), relate (§4),
 /// sort (§6) and output (§7). `entry_id` is the pruning anchor (`None` keeps every tree).
 /// Duplicate `_id`s are dropped (first occurrence wins). Pure and deterministic.

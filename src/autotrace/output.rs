@@ -626,7 +626,9 @@ pub fn build_output(
         }
     }
     let mut metrics: IndexMap<String, (String, i64)> = IndexMap::new();
-    let mut service_of: Vec<Option<(String, String)>> = vec![None; n];
+    // Each kept PSS's (service_uid, service_uname), and which of them each span has.
+    let mut service_names: Vec<(String, String)> = Vec::with_capacity(kept_pss.len());
+    let mut service_of: Vec<Option<usize>> = vec![None; n];
     for &p in &kept_pss {
         let ps = &tree.pss[p];
         let asid = ps.svc.auto_service_id.unwrap_or(0);
@@ -669,8 +671,9 @@ pub fn build_output(
             e.0 = uname.clone();
         }
         for &s in &ps.spans {
-            service_of[s] = Some((uid.clone(), uname.clone()));
+            service_of[s] = Some(service_names.len());
         }
+        service_names.push((uid, uname));
     }
     let total: i64 = metrics.values().map(|v| v.1).sum();
     let mut services: Vec<ServiceStat> = metrics
@@ -691,27 +694,52 @@ pub fn build_output(
     // §7.7 render times
     let corr = tree.clock.tidy();
 
-    // §7.1 parent ids and §7.8 final fixes
-    let kept_ids: HashSet<&str> = kept_order
-        .iter()
-        .filter_map(|&s| dsid[s].as_deref())
-        .collect();
-    let mut spans = Vec::with_capacity(kept_order.len());
+    // §7.1 parent ids (a parent's span id stays when some kept span has it) and §7.8 final
+    // fixes
+    let parents: Vec<(Option<usize>, String)> = {
+        let kept_ids: HashSet<&str> = kept_order
+            .iter()
+            .filter_map(|&s| dsid[s].as_deref())
+            .collect();
+        kept_order
+            .iter()
+            .map(|&s| {
+                let parent = tree.nodes[s].parent;
+                let mut parent_id = parent.filter(|&p| has_rec[p]);
+                let mut parent_dsid = match parent {
+                    None => String::new(),
+                    Some(p) => dsid[p].clone().unwrap_or_default(),
+                };
+                if !parent_dsid.is_empty() && !kept_ids.contains(parent_dsid.as_str()) {
+                    parent_dsid.clear();
+                    parent_id = None;
+                }
+                (parent_id, parent_dsid)
+            })
+            .collect()
+    };
+    // §7.4 related_ids (independent per span: on two threads for large traces)
     let id0: Vec<u64> = flows.iter().map(|f| f.ids[0]).collect();
     let related = RelatedIds::new(&id0, &kept_order);
+    let parallel = kept_order.len() >= super::PARALLEL_FLOWS;
+    let related_ids = super::in_halves(&kept_order, parallel, |_, part| {
+        part.iter()
+            .map(|&s| {
+                rel[s]
+                    .iter()
+                    .filter(|(j, _)| kept[*j])
+                    .map(|&(j, bits)| related.render(j, bits))
+                    .collect::<Vec<String>>()
+            })
+            .collect()
+    });
+    let mut spans = Vec::with_capacity(kept_order.len());
     let mut flows: Vec<Option<Flow>> = flows.into_iter().map(Some).collect();
     let nodes = &mut tree.nodes;
-    for &s in &kept_order {
+    for ((&s, (parent_id, parent_dsid)), related_ids) in
+        kept_order.iter().zip(parents).zip(related_ids)
+    {
         let node = &mut nodes[s];
-        let mut parent_id = node.parent.filter(|&p| has_rec[p]);
-        let mut parent_dsid = match node.parent {
-            None => String::new(),
-            Some(p) => dsid[p].clone().unwrap_or_default(),
-        };
-        if !parent_dsid.is_empty() && !kept_ids.contains(parent_dsid.as_str()) {
-            parent_dsid.clear();
-            parent_id = None;
-        }
         let f = flows[s].take().expect("each record is output once");
         let agent = if f.is_app() {
             let name = f.rec.auto_instance(f.output_side());
@@ -723,14 +751,11 @@ pub fn build_output(
             f.agent()
         };
         let shift = corr.get(&agent).copied().unwrap_or(0);
-        // §7.4 related_ids
-        let related_ids: Vec<String> = rel[s]
-            .iter()
-            .filter(|(j, _)| kept[*j])
-            .map(|&(j, bits)| related.render(j, bits))
-            .collect();
-        let (uid, uname) = match &service_of[s] {
-            Some((a, b)) => (Some(a.clone()), Some(b.clone())),
+        let (uid, uname) = match service_of[s] {
+            Some(k) => (
+                Some(service_names[k].0.clone()),
+                Some(service_names[k].1.clone()),
+            ),
             None => (None, None),
         };
         // Each node is output once: its fields move into the span.
@@ -745,7 +770,7 @@ pub fn build_output(
             related_ids,
             selftime: selftime[s],
             set_parent_info: node.reason.take(),
-            deepflow_span_id: dsid[s].clone().unwrap_or_default(),
+            deepflow_span_id: dsid[s].take().unwrap_or_default(),
             deepflow_parent_span_id: parent_dsid,
             render_start_time_us: start + shift,
             render_end_time_us: end + shift,

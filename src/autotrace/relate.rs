@@ -622,41 +622,25 @@ pub fn normalise(v: &mut Vec<(usize, u8)>) {
     v.truncate(w);
 }
 
-/// From this many flows on, `relation_map` evaluates its subjects on two threads.
-const PARALLEL_FLOWS: usize = 2_000;
-
 /// The relation map of the sort phase (§5.4): weak TCP mode, not fast, every flow a subject.
-/// `rel[a]` lists `(b, bits)` in ascending `b`.
+/// `rel[a]` lists `(b, bits)` in ascending `b`. Subjects are independent: from
+/// `PARALLEL_FLOWS` flows on, each half of them is evaluated on its own thread.
 pub fn relation_map(flows: &[Flow], ctx: &RelCtx) -> Vec<Vec<(usize, u8)>> {
-    relation_map_with(flows, ctx, flows.len() >= PARALLEL_FLOWS)
+    relation_map_with(flows, ctx, flows.len() >= super::PARALLEL_FLOWS)
 }
 
 fn relation_map_with(flows: &[Flow], ctx: &RelCtx, parallel: bool) -> Vec<Vec<(usize, u8)>> {
     let ix = Index::build(flows, ctx);
-    // Subjects are independent: each half of them can be evaluated on its own thread.
-    let subjects = |range: std::ops::Range<usize>| -> Vec<Vec<(usize, u8)>> {
-        range
-            .map(|a| {
+    super::in_halves(flows, parallel, |offset, part| {
+        part.iter()
+            .enumerate()
+            .map(|(k, f)| {
                 let mut v = Vec::new();
-                relate_subject(&flows[a], Some(a), flows, &ix, false, false, ctx, &mut v);
+                relate_subject(f, Some(offset + k), flows, &ix, false, false, ctx, &mut v);
                 normalise(&mut v);
                 v
             })
             .collect()
-    };
-    if !parallel {
-        return subjects(0..flows.len());
-    }
-    let mid = flows.len() / 2;
-    std::thread::scope(|scope| {
-        let second = scope.spawn(|| subjects(mid..flows.len()));
-        let mut out = subjects(0..mid);
-        out.extend(
-            second
-                .join()
-                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
-        );
-        out
     })
 }
 

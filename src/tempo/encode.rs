@@ -517,12 +517,14 @@ const PARALLEL_SPANS: usize = 2_000;
 
 /// Encode an assembled trace under `trace_id`.
 pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
-    encode_owned(result.clone(), trace_id)
+    encode_owned(result.clone(), trace_id).0
 }
 
 /// `encode`, consuming the trace: its column values move into the encoding instead of being
-/// copied (what a request does, as it drops the assembled trace once encoded).
-pub fn encode_owned(result: TraceResult, trace_id: &TraceId) -> pb::Trace {
+/// copied (what a request does, as it drops the assembled trace once encoded). Also returns
+/// the encoding's protobuf size (`prost::Message::encoded_len`), summed from the spans' sizes
+/// as they are built.
+pub fn encode_owned(result: TraceResult, trace_id: &TraceId) -> (pb::Trace, usize) {
     let parallel = result.spans.len() >= PARALLEL_SPANS;
     encode_with(result, trace_id, parallel)
 }
@@ -555,10 +557,11 @@ fn on_halves<T: Send, R: Send>(
 struct Part {
     resources: Vec<ResourceKey<'static>>,
     resource_of: Vec<usize>,
-    spans: Vec<Span>,
+    /// The spans and the size each adds to its `ScopeSpans` (field 2, length-delimited).
+    spans: Vec<(Span, usize)>,
 }
 
-fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> pb::Trace {
+fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (pb::Trace, usize) {
     // Span IDs first, so parents can be looked up by flow index.
     let mut used: HashSet<SpanId> = HashSet::with_capacity(result.spans.len());
     let mut ids: HashMap<usize, SpanId> = HashMap::with_capacity(result.spans.len());
@@ -612,48 +615,74 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> p
             .map(|s| keys.insert_full(ResourceKey::of(s)).0)
             .collect();
         let resources = keys.into_iter().map(ResourceKey::into_owned).collect();
+        let spans = spans
+            .into_iter()
+            .map(|s| {
+                let span = build(s);
+                let size = prost::encoding::message::encoded_len(2, &span);
+                (span, size)
+            })
+            .collect();
         Part {
             resources,
             resource_of,
-            spans: spans.into_iter().map(&build).collect(),
+            spans,
         }
     });
     // The halves' resources in order of first appearance in the whole trace.
     let mut resources: IndexSet<ResourceKey<'static>, foldhash::fast::RandomState> =
         IndexSet::default();
-    let mut grouped: Vec<Vec<Span>> = Vec::new();
+    let mut grouped: Vec<(Vec<Span>, usize)> = Vec::new();
     for part in parts {
         let global: Vec<usize> = part
             .resources
             .into_iter()
             .map(|k| resources.insert_full(k).0)
             .collect();
-        grouped.resize_with(resources.len(), Vec::new);
-        for (g, span) in part.resource_of.into_iter().zip(part.spans) {
-            grouped[global[g]].push(span);
+        grouped.resize_with(resources.len(), Default::default);
+        for (g, (span, size)) in part.resource_of.into_iter().zip(part.spans) {
+            let (spans, sizes) = &mut grouped[global[g]];
+            spans.push(span);
+            *sizes += size;
         }
     }
+    let mut size = 0;
     let resource_spans = resources
         .into_iter()
         .zip(grouped)
-        .map(|(key, spans)| ResourceSpans {
-            resource: Some(Resource {
-                attributes: key.attributes(),
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
+        .map(|(key, (spans, spans_size))| {
+            let mut scope = ScopeSpans {
                 scope: Some(InstrumentationScope {
                     name: key.signal.scope().into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
-                spans,
+                spans: Vec::new(),
                 schema_url: String::new(),
-            }],
-            schema_url: String::new(),
+            };
+            // Sizes of the messages without their spans, plus what the spans add.
+            let scope_size = prost::Message::encoded_len(&scope) + spans_size;
+            scope.spans = spans;
+            let mut rs = ResourceSpans {
+                resource: Some(Resource {
+                    attributes: key.attributes(),
+                    ..Default::default()
+                }),
+                scope_spans: Vec::new(),
+                schema_url: String::new(),
+            };
+            let rs_size = prost::Message::encoded_len(&rs)
+                + prost::encoding::key_len(2)
+                + prost::encoding::encoded_len_varint(scope_size as u64)
+                + scope_size;
+            rs.scope_spans.push(scope);
+            size += prost::encoding::key_len(1)
+                + prost::encoding::encoded_len_varint(rs_size as u64)
+                + rs_size;
+            rs
         })
         .collect();
-    pb::Trace { resource_spans }
+    (pb::Trace { resource_spans }, size)
 }
 
 #[cfg(test)]
@@ -706,9 +735,8 @@ mod tests {
             crate::autotrace::assemble(records, vec![], Some(trace.entry_id), &Default::default());
         assert!(result.spans.len() >= PARALLEL_SPANS);
         let id = TraceId::zero_code(trace.entry_id);
-        assert_eq!(
-            encode_with(result.clone(), &id, true),
-            encode_with(result, &id, false)
-        );
+        let (two, size) = encode_with(result.clone(), &id, true);
+        assert_eq!(size, prost::Message::encoded_len(&two));
+        assert_eq!((two, size), encode_with(result, &id, false));
     }
 }
