@@ -68,11 +68,13 @@ fn main() {
         // The service moves fetched records into the engine: copy them outside the timing.
         let input = records.clone();
         let t = Instant::now();
-        let result = deepflow_tempo::autotrace::assemble(
+        // As the Tempo service assembles: the tree without DeepFlow's display fields.
+        let result = deepflow_tempo::autotrace::assemble_with(
             input,
             vec![],
             Some(trace.entry_id),
             &Default::default(),
+            deepflow_tempo::autotrace::Detail::Tree,
         );
         ta += t.elapsed().as_micros();
         let t = Instant::now();

@@ -290,6 +290,37 @@ fn shuffled_input_gives_the_same_trace() {
     }
 }
 
+#[test]
+fn tree_detail_leaves_out_only_the_display_fields() {
+    use deepflow_tempo::autotrace::{assemble_with, Detail};
+    use deepflow_tempo::tempo::{encode::encode, ids::TraceId};
+    for seed in 0..150u64 {
+        let mut g = Gen {
+            rng: StdRng::seed_from_u64(seed + 20_000),
+            next_id: seed * 1000,
+            used_starts: HashSet::new(),
+        };
+        let rows = if seed % 10 == 0 {
+            big_trace(seed, 2_400, seed % 20 == 0, 5_000)
+        } else {
+            g.trace()
+        };
+        let p = params(seed);
+        let entry = rows[0]._id;
+        let full = assemble(rows.clone(), vec![], Some(entry), &p);
+        let tree = assemble_with(rows, vec![], Some(entry), &p, Detail::Tree);
+        let id = TraceId::zero_code(entry);
+        assert_eq!(encode(&full, &id), encode(&tree, &id), "seed {seed}");
+        let mut stripped = full;
+        for s in &mut stripped.spans {
+            s.related_ids.clear();
+            s.service_uid = None;
+            s.service_uname = None;
+        }
+        assert_eq!(stripped, tree, "seed {seed}");
+    }
+}
+
 /// Many generated calls in one input. With `distinct_keys` the calls' keys (seqs, syscall
 /// ids, trace/span/x-request ids) are kept apart; without, they collide heavily. `gap_us`
 /// separates the calls in time.
@@ -445,7 +476,14 @@ fn assemble_10k_flows_quickly() {
         let tree = sort::build_tree(&flows, &rel, &ctx, sort::SortOpts::default());
         let t_sort = t.elapsed();
         let t = std::time::Instant::now();
-        let _ = output::build_output(flows, &rel, tree, None, p.host_clock_offset_us);
+        let _ = output::build_output(
+            flows,
+            &rel,
+            tree,
+            None,
+            p.host_clock_offset_us,
+            deepflow_tempo::autotrace::Detail::Full,
+        );
         let t_out = t.elapsed();
         eprintln!("merge {t_merge:?} relate {t_rel:?} sort {t_sort:?} output {t_out:?}");
     }

@@ -10,6 +10,7 @@
 use super::flow::Flow;
 use super::relate::names;
 use super::sort::Tree;
+use super::Detail;
 use crate::store::model::FlowRecord;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexMap;
@@ -411,6 +412,7 @@ pub fn build_output(
     mut tree: Tree,
     entry_id: Option<u64>,
     host_clock_offset_us: i64,
+    detail: Detail,
 ) -> TraceResult {
     let n = flows.len();
     let nodes = &tree.nodes;
@@ -720,9 +722,13 @@ pub fn build_output(
     };
     // §7.4 related_ids (independent per span: on two threads for large traces)
     let id0: Vec<u64> = flows.iter().map(|f| f.ids[0]).collect();
-    let related = RelatedIds::new(&id0, &kept_order);
-    let parallel = kept_order.len() >= super::PARALLEL_FLOWS;
+    let full = detail == Detail::Full;
+    let related = RelatedIds::new(&id0, if full { &kept_order } else { &[] });
+    let parallel = full && kept_order.len() >= super::PARALLEL_FLOWS;
     let related_ids = super::in_halves(&kept_order, parallel, |_, part| {
+        if !full {
+            return vec![Vec::new(); part.len()];
+        }
         part.iter()
             .map(|&s| {
                 rel[s]
@@ -751,7 +757,7 @@ pub fn build_output(
             f.agent()
         };
         let shift = corr.get(&agent).copied().unwrap_or(0);
-        let (uid, uname) = match service_of[s] {
+        let (uid, uname) = match service_of[s].filter(|_| full) {
             Some(k) => (
                 Some(service_names[k].0.clone()),
                 Some(service_names[k].1.clone()),
