@@ -303,11 +303,17 @@ pub fn span_status(r: &FlowRecord) -> Status {
 
 /// Semantic-convention and DeepFlow attributes of a span, then the row's own OTel attributes
 /// (which win on a name clash). Column values are moved out of the span where this is their
-/// last use (the span name, kind and status must be taken before).
-fn span_attributes(s: &mut OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
+/// last use (the span name, kind and status must be taken before). Built in `scratch` (kept
+/// by the caller across spans), then copied into a vector of exactly their number.
+fn span_attributes(
+    s: &mut OutSpan,
+    trace_id: &TraceId,
+    scratch: &mut Vec<KeyValue>,
+) -> Vec<KeyValue> {
     let take = std::mem::take::<String>;
     let r = &mut s.record;
-    let mut v: Vec<KeyValue> = Vec::with_capacity(32 + r.attribute_names.len());
+    let v = scratch;
+    v.clear();
     v.push(kv_str(
         "deepflow.observation_point",
         take(&mut r.observation_point),
@@ -445,7 +451,7 @@ fn span_attributes(s: &mut OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
             ..Default::default()
         }));
     }
-    v
+    v.drain(..).collect()
 }
 
 fn decimal(v: u64) -> String {
@@ -578,7 +584,7 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
         }
         ids.insert(s.id, id);
     }
-    let build = |mut s: OutSpan| -> Span {
+    let build = |mut s: OutSpan, scratch: &mut Vec<KeyValue>| -> Span {
         let r = &s.record;
         let parent = s
             .parent_id
@@ -600,7 +606,7 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
             kind,
             start_time_unix_nano: start,
             end_time_unix_nano: end,
-            attributes: span_attributes(&mut s, trace_id),
+            attributes: span_attributes(&mut s, trace_id, scratch),
             events,
             status: Some(status),
             ..Default::default()
@@ -615,10 +621,11 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
             .map(|s| keys.insert_full(ResourceKey::of(s)).0)
             .collect();
         let resources = keys.into_iter().map(ResourceKey::into_owned).collect();
+        let mut scratch = Vec::with_capacity(64);
         let spans = spans
             .into_iter()
             .map(|s| {
-                let span = build(s);
+                let span = build(s, &mut scratch);
                 let size = prost::encoding::message::encoded_len(2, &span);
                 (span, size)
             })
@@ -632,14 +639,28 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
     // The halves' resources in order of first appearance in the whole trace.
     let mut resources: IndexSet<ResourceKey<'static>, foldhash::fast::RandomState> =
         IndexSet::default();
-    let mut grouped: Vec<(Vec<Span>, usize)> = Vec::new();
-    for part in parts {
-        let global: Vec<usize> = part
-            .resources
-            .into_iter()
-            .map(|k| resources.insert_full(k).0)
-            .collect();
-        grouped.resize_with(resources.len(), Default::default);
+    let parts: Vec<(Vec<usize>, Part)> = parts
+        .into_iter()
+        .map(|mut part| {
+            let global = std::mem::take(&mut part.resources)
+                .into_iter()
+                .map(|k| resources.insert_full(k).0)
+                .collect();
+            (global, part)
+        })
+        .collect();
+    // Each resource's spans, in a vector of their number.
+    let mut counts = vec![0usize; resources.len()];
+    for (global, part) in &parts {
+        for &g in &part.resource_of {
+            counts[global[g]] += 1;
+        }
+    }
+    let mut grouped: Vec<(Vec<Span>, usize)> = counts
+        .into_iter()
+        .map(|n| (Vec::with_capacity(n), 0))
+        .collect();
+    for (global, part) in parts {
         for (g, (span, size)) in part.resource_of.into_iter().zip(part.spans) {
             let (spans, sizes) = &mut grouped[global[g]];
             spans.push(span);
