@@ -881,7 +881,7 @@ async fn run_search(
                     .map(|s| s.parent_id.and_then(|p| pos.get(&p).copied()))
                     .collect(),
             );
-            owned = result.spans.into_iter().map(|s| s.record).collect();
+            owned = result.spans.into_iter().map(|s| *s.record).collect();
         }
         let group_rows: Vec<&FlowRecord> = if structural {
             owned.iter().collect()

@@ -54,6 +54,8 @@ impl TraceTiming {
 pub struct TraceService {
     pub store: SharedStore,
     pub params: TraceParams,
+    /// What the assembly renders (`Full` unless the consumer needs the tree only).
+    pub detail: autotrace::Detail,
 }
 
 fn window(w: autotrace::TimeWindow) -> TimeWindow {
@@ -165,7 +167,11 @@ pub fn to_flow_query(q: &SearchQuery) -> (FlowQuery, bool) {
 
 impl TraceService {
     pub fn new(store: SharedStore, params: TraceParams) -> Self {
-        TraceService { store, params }
+        TraceService {
+            store,
+            params,
+            detail: autotrace::Detail::Full,
+        }
     }
 
     /// Drive a search to its end: one store read per engine query.
@@ -205,8 +211,13 @@ impl TraceService {
         let t = Instant::now();
         // The records move into the engine (no copy); the outcome keeps their count.
         let records = std::mem::take(&mut outcome.records);
-        let result =
-            autotrace::assemble(records, outcome.external.clone(), outcome.entry_id, params);
+        let result = autotrace::assemble_with(
+            records,
+            outcome.external.clone(),
+            outcome.entry_id,
+            params,
+            self.detail,
+        );
         timing.assemble_us = t.elapsed().as_micros() as u64;
         crate::metrics::metrics().assembled_trace(
             result.spans.len(),
@@ -368,10 +379,12 @@ fn now_s() -> i64 {
 
 impl TempoService {
     pub fn new(
-        tracer: TraceService,
+        mut tracer: TraceService,
         cfg: crate::config::TempoConfig,
         cache: crate::config::CacheConfig,
     ) -> Self {
+        // The encoding reads the tree and the spans' own fields, not DeepFlow's display fields.
+        tracer.detail = autotrace::Detail::Tree;
         TempoService {
             tracer,
             cfg,
@@ -448,8 +461,8 @@ impl TempoService {
             ));
         }
         let t = Instant::now();
-        let trace = crate::tempo::encode::encode(&result, &trace_id);
-        let size = prost::Message::encoded_len(&trace);
+        // The assembled trace moves into the encoding (and is dropped there).
+        let (trace, size) = crate::tempo::encode::encode_owned(result, &trace_id);
         timing.encode_us = t.elapsed().as_micros() as u64;
         let value = std::sync::Arc::new(TempoTrace {
             trace,

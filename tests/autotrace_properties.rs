@@ -9,7 +9,9 @@
 mod autotrace_common;
 
 use autotrace_common::*;
-use deepflow_tempo::autotrace::{assemble, assemble_exhaustive, TraceParams, TraceResult};
+use deepflow_tempo::autotrace::{
+    assemble, assemble_exhaustive, Search, SearchQuery, TimeWindow, TraceParams, TraceResult,
+};
 use deepflow_tempo::store::model::FlowRecord;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -288,6 +290,37 @@ fn shuffled_input_gives_the_same_trace() {
     }
 }
 
+#[test]
+fn tree_detail_leaves_out_only_the_display_fields() {
+    use deepflow_tempo::autotrace::{assemble_with, Detail};
+    use deepflow_tempo::tempo::{encode::encode, ids::TraceId};
+    for seed in 0..150u64 {
+        let mut g = Gen {
+            rng: StdRng::seed_from_u64(seed + 20_000),
+            next_id: seed * 1000,
+            used_starts: HashSet::new(),
+        };
+        let rows = if seed % 10 == 0 {
+            big_trace(seed, 2_400, seed % 20 == 0, 5_000)
+        } else {
+            g.trace()
+        };
+        let p = params(seed);
+        let entry = rows[0]._id;
+        let full = assemble(rows.clone(), vec![], Some(entry), &p);
+        let tree = assemble_with(rows, vec![], Some(entry), &p, Detail::Tree);
+        let id = TraceId::zero_code(entry);
+        assert_eq!(encode(&full, &id), encode(&tree, &id), "seed {seed}");
+        let mut stripped = full;
+        for s in &mut stripped.spans {
+            s.related_ids.clear();
+            s.service_uid = None;
+            s.service_uname = None;
+        }
+        assert_eq!(stripped, tree, "seed {seed}");
+    }
+}
+
 /// Many generated calls in one input. With `distinct_keys` the calls' keys (seqs, syscall
 /// ids, trace/span/x-request ids) are kept apart; without, they collide heavily. `gap_us`
 /// separates the calls in time.
@@ -346,6 +379,71 @@ fn indexes_match_the_linear_scans_on_large_inputs() {
     }
 }
 
+/// Drive a search to its end over `ev`; the queries it asked and its outcome.
+fn run_search(
+    mut s: Search,
+    ev: &Evaluator,
+) -> (Vec<SearchQuery>, deepflow_tempo::autotrace::SearchOutcome) {
+    let mut qs = Vec::new();
+    while let Some(q) = s.next().unwrap() {
+        match &q {
+            SearchQuery::Fetch { .. } => s.feed_records(ev.fetch(&q)).unwrap(),
+            _ => s.feed_meta(ev.meta(&q)).unwrap(),
+        }
+        qs.push(q);
+    }
+    (qs, s.finish())
+}
+
+#[test]
+fn search_relation_index_kept_across_iterations_matches_a_rebuild() {
+    let mut iterations = 0; // searches with two relation checks or more
+    for seed in 0..120u64 {
+        // Colliding keys (many candidates per query, zero seqs, shared trace/span/x-request
+        // ids) over several hundred rows, so the search runs several iterations.
+        let rows = big_trace(
+            seed + 500,
+            150 + (seed as usize % 4) * 100,
+            seed % 3 == 0,
+            3_000,
+        );
+        let mut p = params(seed);
+        p.l7_tracing_limit = 100_000;
+        p.allow_multiple_trace_ids_in_tracing_result = seed % 2 == 0;
+        if seed % 5 == 0 {
+            p.network_delay_us = 1;
+            p.host_clock_offset_us = 1;
+        }
+        let ev = Evaluator { rows: rows.clone() };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let w = TimeWindow::new(-5, 5);
+        for _ in 0..3 {
+            let entry = rows[rng.random_range(0..rows.len())]._id;
+            let a = run_search(Search::by_id(entry, w, &p), &ev);
+            let b = run_search(Search::by_id(entry, w, &p).with_full_relation_check(), &ev);
+            assert_eq!(a.0, b.0, "seed {seed} entry {entry}: queries");
+            assert_eq!(a.1.ids, b.1.ids, "seed {seed} entry {entry}: ids");
+            assert_eq!(a.1.stop_reason, b.1.stop_reason, "seed {seed}");
+            assert_eq!(a.1.iterations, b.1.iterations, "seed {seed}");
+            if a.1.iterations >= 2 {
+                iterations += 1;
+            }
+        }
+        for t in ["A", "B"] {
+            let a = run_search(Search::by_trace_id(t, w, &p), &ev);
+            let b = run_search(
+                Search::by_trace_id(t, w, &p).with_full_relation_check(),
+                &ev,
+            );
+            assert_eq!(a.0, b.0, "seed {seed} trace {t}: queries");
+            assert_eq!(a.1.ids, b.1.ids, "seed {seed} trace {t}: ids");
+            assert_eq!(a.1.entry_id, b.1.entry_id, "seed {seed}");
+        }
+    }
+    // many searches must go through several relation checks, not stop at the first
+    assert!(iterations > 100, "{iterations}");
+}
+
 /// Throughput probe (prints µs per flow; no threshold — figures live in BENCHMARKS.md):
 /// `cargo test --release --test autotrace_properties -- --ignored --nocapture`.
 /// `AUTOTRACE_BENCH_N` sets the size; `AUTOTRACE_BENCH_SHARED_TRACE=1` makes all calls share
@@ -378,7 +476,14 @@ fn assemble_10k_flows_quickly() {
         let tree = sort::build_tree(&flows, &rel, &ctx, sort::SortOpts::default());
         let t_sort = t.elapsed();
         let t = std::time::Instant::now();
-        let _ = output::build_output(flows, &rel, tree, None, p.host_clock_offset_us);
+        let _ = output::build_output(
+            flows,
+            &rel,
+            tree,
+            None,
+            p.host_clock_offset_us,
+            deepflow_tempo::autotrace::Detail::Full,
+        );
         let t_out = t.elapsed();
         eprintln!("merge {t_merge:?} relate {t_rel:?} sort {t_sort:?} output {t_out:?}");
     }

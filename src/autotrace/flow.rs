@@ -6,7 +6,7 @@
 //! `sort`) and must not change the store model.
 
 use crate::store::model::{
-    join_trace_ids, observation_point, signal_source, split_trace_ids, FlowMeta, FlowRecord,
+    observation_point, signal_source, split_trace_id_pair, FlowMeta, FlowRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default)]
 pub struct Flow {
     /// All merged columns. `start_time_us`, `end_time_us`, `type`, `response_duration` and the
-    /// other merged fields are the post-merge values.
-    pub rec: FlowRecord,
+    /// other merged fields are the post-merge values. Boxed: flows move between the phases and
+    /// a record is large.
+    pub rec: Box<FlowRecord>,
     /// `_id`s of the merged rows, first row first.
     pub ids: Vec<u64>,
     /// Sorted, distinct, trimmed, non-empty trace ids.
@@ -27,17 +28,18 @@ pub struct Flow {
 impl Flow {
     pub fn from_record(rec: FlowRecord) -> Self {
         let origin_trace_id = rec.joined_trace_id();
-        let trace_ids = split_trace_ids(&origin_trace_id);
+        let trace_ids = split_trace_id_pair(&rec.trace_id, &rec._trace_id_2);
         Flow {
             ids: vec![rec._id],
             trace_ids,
             origin_trace_id,
-            rec,
+            rec: Box::new(rec),
         }
     }
 
-    /// A search-phase flow: only the FLOWMETA columns are present, everything else is absent
-    /// (empty / zero / NULL), which is how the relation checks must see it (§4.4, R-2 fixed).
+    /// A flow of the FLOWMETA columns only, everything else absent (empty / zero / NULL), which
+    /// is how the relation checks must see a search row (§4.4, R-2 fixed). The search itself
+    /// uses the lighter [`MetaFlow`]; the two relate alike.
     pub fn from_meta(m: &FlowMeta) -> Self {
         let rec = FlowRecord {
             _id: m._id,
@@ -134,6 +136,23 @@ impl Flow {
         if self.origin_trace_id.is_empty() {
             self.origin_trace_id = f.origin_trace_id.clone();
         }
+    }
+}
+
+/// A search-phase flow: one FLOWMETA row and its trace ids. The relation checks see every
+/// column it lacks as absent (empty / zero / NULL), as §4.4 requires of search rows (R-2 fixed);
+/// it relates exactly like `Flow::from_meta` of the same row, without carrying a full record.
+#[derive(Debug, Clone, Default)]
+pub struct MetaFlow {
+    pub meta: FlowMeta,
+    /// Sorted, distinct, trimmed, non-empty trace ids (`meta_trace_ids`).
+    pub trace_ids: Vec<String>,
+}
+
+impl MetaFlow {
+    pub fn new(meta: FlowMeta) -> Self {
+        let trace_ids = meta_trace_ids(&meta);
+        MetaFlow { meta, trace_ids }
     }
 }
 
@@ -318,7 +337,7 @@ impl ExternalAppSpan {
 
 /// Trace ids as the search sees a row: sorted, trimmed, non-empty parts.
 pub fn meta_trace_ids(m: &FlowMeta) -> Vec<String> {
-    split_trace_ids(&join_trace_ids(&m.trace_id, &m._trace_id_2))
+    split_trace_id_pair(&m.trace_id, &m._trace_id_2)
 }
 
 #[cfg(test)]

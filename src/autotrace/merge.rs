@@ -7,7 +7,7 @@
 
 use super::flow::{sorted_intersect, Flow};
 use crate::store::model::l7_protocol as l7;
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 type Key = (u16, u64, Option<u64>);
 

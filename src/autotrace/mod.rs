@@ -184,6 +184,45 @@ impl TraceParams {
     }
 }
 
+/// From this many flows on, the assembly spreads independent per-flow work over two threads.
+pub(crate) const PARALLEL_FLOWS: usize = 2_000;
+
+/// `f(offset, part)` over `items` whole, or over each half (the second on its own thread) when
+/// `parallel`; the results are concatenated in order, so they do not depend on the split.
+pub(crate) fn in_halves<T: Sync, R: Send>(
+    items: &[T],
+    parallel: bool,
+    f: impl Fn(usize, &[T]) -> Vec<R> + Sync,
+) -> Vec<R> {
+    if !parallel {
+        return f(0, items);
+    }
+    let mid = items.len() / 2;
+    let (a, b) = items.split_at(mid);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| f(mid, b));
+        let mut out = f(0, a);
+        out.extend(
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        );
+        out
+    })
+}
+
+/// How much of §7's output `assemble` renders.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything, as DeepFlow's API returns it.
+    #[default]
+    Full,
+    /// The tree and the spans' own fields, without the per-span display fields that only
+    /// DeepFlow's API shows: `related_ids` stay empty, `service_uid` and `service_uname` unset.
+    /// Everything else is as with `Full` (what encoders of span trees read).
+    Tree,
+}
+
 /// Assemble fetched records and external app spans into a trace: merge (§5), relate (§4),
 /// sort (§6) and output (§7). `entry_id` is the pruning anchor (`None` keeps every tree).
 /// Duplicate `_id`s are dropped (first occurrence wins). Pure and deterministic.
@@ -193,19 +232,31 @@ pub fn assemble(
     entry_id: Option<u64>,
     params: &TraceParams,
 ) -> TraceResult {
-    let mut seen = HashSet::with_capacity(records.len() + external.len());
+    assemble_with(records, external, entry_id, params, Detail::Full)
+}
+
+/// `assemble` rendering `detail`.
+pub fn assemble_with(
+    records: Vec<FlowRecord>,
+    external: Vec<ExternalAppSpan>,
+    entry_id: Option<u64>,
+    params: &TraceParams,
+    detail: Detail,
+) -> TraceResult {
+    let mut seen: foldhash::HashSet<u64> =
+        foldhash::HashSetExt::with_capacity(records.len() + external.len());
     let rows: Vec<Flow> = records
         .into_iter()
         .chain(external.iter().map(ExternalAppSpan::to_record))
         .filter(|r| seen.insert(r._id))
         .map(Flow::from_record)
         .collect();
-    assemble_flows(rows, entry_id, params)
+    assemble_impl(rows, entry_id, params, false, detail)
 }
 
 /// `assemble` over already-built flows (rows, before merging).
 pub fn assemble_flows(rows: Vec<Flow>, entry_id: Option<u64>, params: &TraceParams) -> TraceResult {
-    assemble_impl(rows, entry_id, params, false)
+    assemble_impl(rows, entry_id, params, false, Detail::Full)
 }
 
 /// `assemble` with the spec's linear scans instead of the candidate indexes of the sort phase;
@@ -217,7 +268,7 @@ pub fn assemble_exhaustive(
     params: &TraceParams,
 ) -> TraceResult {
     let rows = records.into_iter().map(Flow::from_record).collect();
-    assemble_impl(rows, entry_id, params, true)
+    assemble_impl(rows, entry_id, params, true, Detail::Full)
 }
 
 fn assemble_impl(
@@ -225,6 +276,7 @@ fn assemble_impl(
     entry_id: Option<u64>,
     params: &TraceParams,
     exhaustive: bool,
+    detail: Detail,
 ) -> TraceResult {
     if rows.is_empty() {
         return TraceResult {
@@ -245,7 +297,14 @@ fn assemble_impl(
         exhaustive,
     };
     let tree = sort::build_tree(&flows, &rel, &ctx, opts);
-    output::build_output(flows, &rel, tree, entry_id, ctx.host_clock_offset_us)
+    output::build_output(
+        flows,
+        &rel,
+        tree,
+        entry_id,
+        ctx.host_clock_offset_us,
+        detail,
+    )
 }
 
 #[cfg(test)]

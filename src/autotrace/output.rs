@@ -10,11 +10,13 @@
 use super::flow::Flow;
 use super::relate::names;
 use super::sort::Tree;
+use super::Detail;
 use crate::store::model::FlowRecord;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 /// One span of the result, in output (depth-first) order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -51,8 +53,9 @@ pub struct OutSpan {
     pub trace_id: String,
     /// Sorted distinct trace ids.
     pub trace_ids: Vec<String>,
-    /// The merged record (times, type and duration are post-merge).
-    pub record: FlowRecord,
+    /// The merged record (times, type and duration are post-merge). Boxed: spans move
+    /// between the assembly and the encoders, and a record is large.
+    pub record: Box<FlowRecord>,
 }
 
 impl OutSpan {
@@ -296,6 +299,104 @@ fn span_json(s: &OutSpan, has_attributes: bool) -> Map<String, Value> {
     m
 }
 
+/// `{j}-{names(bits)}-{id}`, one entry of `related_ids`.
+#[cfg(test)]
+fn related_id(j: usize, bits: u8, id: u64) -> String {
+    let mut id0 = vec![0; j + 1];
+    id0[j] = id;
+    RelatedIds::new(&id0, &[j]).render(j, bits)
+}
+
+/// Renders `related_ids` entries from the decimal forms of each related flow's index and
+/// first `_id`, written once per flow rather than once per relation.
+struct RelatedIds {
+    /// The decimal forms, and where each flow's are in them (`j`'s, then the `_id`'s).
+    digits: String,
+    at: Vec<(u32, u8, u8)>,
+    names: Vec<String>,
+}
+
+impl RelatedIds {
+    /// For flows whose first `_id`s are `id0`; only `flows` can be rendered.
+    fn new(id0: &[u64], flows: &[usize]) -> Self {
+        let mut digits = String::with_capacity(flows.len() * 24);
+        let mut at = vec![(0, 0, 0); id0.len()];
+        for &j in flows {
+            let start = digits.len();
+            push_decimal(&mut digits, j as u64);
+            let mid = digits.len();
+            push_decimal(&mut digits, id0[j]);
+            at[j] = (
+                start as u32,
+                (mid - start) as u8,
+                (digits.len() - mid) as u8,
+            );
+        }
+        let names = (0..32u8).map(names).collect();
+        RelatedIds { digits, at, names }
+    }
+
+    fn render(&self, j: usize, bits: u8) -> String {
+        let (start, jl, il) = self.at[j];
+        let (start, jl, il) = (start as usize, jl as usize, il as usize);
+        let name = &self.names[bits as usize & 31];
+        let mut out = String::with_capacity(jl + il + name.len() + 2);
+        out.push_str(&self.digits[start..start + jl]);
+        out.push('-');
+        out.push_str(name);
+        out.push('-');
+        out.push_str(&self.digits[start + jl..start + jl + il]);
+        out
+    }
+}
+
+/// `.{tap}.{s}`, the tail of a generated deepflow span id.
+fn push_dotted(out: &mut String, tap: &str, s: usize) {
+    out.push('.');
+    out.push_str(tap);
+    out.push('.');
+    push_decimal(out, s as u64);
+}
+
+/// Append `v` in decimal (what `format!("{v}")` writes, without the formatting machinery).
+pub(crate) fn push_decimal(out: &mut String, mut v: u64) {
+    const PAIRS: [u8; 200] = {
+        let mut t = [0u8; 200];
+        let mut k = 0;
+        while k < 100 {
+            t[2 * k] = b'0' + (k / 10) as u8;
+            t[2 * k + 1] = b'0' + (k % 10) as u8;
+            k += 1;
+        }
+        t
+    };
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    while v >= 100 {
+        let r = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
+    }
+    if v >= 10 {
+        let r = v as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[r..r + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + v as u8;
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ascii digits"));
+}
+
+/// Append `v` in lower-case hexadecimal without leading zeros (`format!("{v:x}")`).
+fn push_hex(out: &mut String, v: u64) {
+    let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
+    for k in (0..digits).rev() {
+        out.push(char::from_digit(((v >> (4 * k)) & 0xf) as u32, 16).expect("a hex digit"));
+    }
+}
+
 fn find(uf: &mut [usize], mut x: usize) -> usize {
     while uf[x] != x {
         uf[x] = uf[uf[x]];
@@ -308,9 +409,10 @@ fn find(uf: &mut [usize], mut x: usize) -> usize {
 pub fn build_output(
     flows: Vec<Flow>,
     rel: &[Vec<(usize, u8)>],
-    tree: Tree,
+    mut tree: Tree,
     entry_id: Option<u64>,
     host_clock_offset_us: i64,
+    detail: Detail,
 ) -> TraceResult {
     let n = flows.len();
     let nodes = &tree.nodes;
@@ -326,12 +428,15 @@ pub fn build_output(
             let f = &flows[s];
             let id = if f.is_sys() {
                 let sid = &f.rec.span_id;
-                let head = if sid.chars().count() >= 16 {
-                    sid.clone()
+                let mut id = String::with_capacity(sid.len().max(18) + f.tap_side().len() + 8);
+                if sid.chars().count() >= 16 {
+                    id.push_str(sid);
                 } else {
-                    format!("0x{:x}", f.ids[0])
-                };
-                format!("{head}.{}.{s}", f.tap_side())
+                    id.push_str("0x");
+                    push_hex(&mut id, f.ids[0]);
+                }
+                push_dotted(&mut id, f.tap_side(), s);
+                id
             } else {
                 f.rec.span_id.clone()
             };
@@ -345,7 +450,11 @@ pub fn build_output(
             if flows[s].is_sys() || dsid[s].is_some() {
                 continue;
             }
-            dsid[s] = Some(format!("{head}.{}.{s}", flows[s].tap_side()));
+            let tap = flows[s].tap_side();
+            let mut id = String::with_capacity(head.len() + tap.len() + 8);
+            id.push_str(head);
+            push_dotted(&mut id, tap, s);
+            dsid[s] = Some(id);
             records.push(s);
         }
     }
@@ -521,7 +630,9 @@ pub fn build_output(
         }
     }
     let mut metrics: IndexMap<String, (String, i64)> = IndexMap::new();
-    let mut service_of: Vec<Option<(String, String)>> = vec![None; n];
+    // Each kept PSS's (service_uid, service_uname), and which of them each span has.
+    let mut service_names: Vec<(String, String)> = Vec::with_capacity(kept_pss.len());
+    let mut service_of: Vec<Option<usize>> = vec![None; n];
     for &p in &kept_pss {
         let ps = &tree.pss[p];
         let asid = ps.svc.auto_service_id.unwrap_or(0);
@@ -564,8 +675,9 @@ pub fn build_output(
             e.0 = uname.clone();
         }
         for &s in &ps.spans {
-            service_of[s] = Some((uid.clone(), uname.clone()));
+            service_of[s] = Some(service_names.len());
         }
+        service_names.push((uid, uname));
     }
     let total: i64 = metrics.values().map(|v| v.1).sum();
     let mut services: Vec<ServiceStat> = metrics
@@ -586,25 +698,56 @@ pub fn build_output(
     // §7.7 render times
     let corr = tree.clock.tidy();
 
-    // §7.1 parent ids and §7.8 final fixes
-    let kept_ids: HashSet<&str> = kept_order
-        .iter()
-        .filter_map(|&s| dsid[s].as_deref())
-        .collect();
-    let mut spans = Vec::with_capacity(kept_order.len());
+    // §7.1 parent ids (a parent's span id stays when some kept span has it) and §7.8 final
+    // fixes
+    let parents: Vec<(Option<usize>, String)> = {
+        let kept_ids: HashSet<&str> = kept_order
+            .iter()
+            .filter_map(|&s| dsid[s].as_deref())
+            .collect();
+        kept_order
+            .iter()
+            .map(|&s| {
+                let parent = tree.nodes[s].parent;
+                let mut parent_id = parent.filter(|&p| has_rec[p]);
+                let mut parent_dsid = match parent {
+                    None => String::new(),
+                    Some(p) => dsid[p].clone().unwrap_or_default(),
+                };
+                if !parent_dsid.is_empty() && !kept_ids.contains(parent_dsid.as_str()) {
+                    parent_dsid.clear();
+                    parent_id = None;
+                }
+                (parent_id, parent_dsid)
+            })
+            .collect()
+    };
+    // §7.4 related_ids (independent per span: on two threads for large traces)
     let id0: Vec<u64> = flows.iter().map(|f| f.ids[0]).collect();
-    let mut flows: Vec<Option<Flow>> = flows.into_iter().map(Some).collect();
-    for &s in &kept_order {
-        let node = &nodes[s];
-        let mut parent_id = node.parent.filter(|&p| has_rec[p]);
-        let mut parent_dsid = match node.parent {
-            None => String::new(),
-            Some(p) => dsid[p].clone().unwrap_or_default(),
-        };
-        if !parent_dsid.is_empty() && !kept_ids.contains(parent_dsid.as_str()) {
-            parent_dsid.clear();
-            parent_id = None;
+    let full = detail == Detail::Full;
+    let related = RelatedIds::new(&id0, if full { &kept_order } else { &[] });
+    let parallel = full && kept_order.len() >= super::PARALLEL_FLOWS;
+    let related_ids = super::in_halves(&kept_order, parallel, |_, part| {
+        if !full {
+            return vec![Vec::new(); part.len()];
         }
+        part.iter()
+            .map(|&s| {
+                rel[s]
+                    .iter()
+                    .filter(|(j, _)| kept[*j])
+                    .map(|&(j, bits)| related.render(j, bits))
+                    .collect::<Vec<String>>()
+            })
+            .collect()
+    });
+    let mut spans = Vec::with_capacity(kept_order.len());
+    let mut flows: Vec<Option<Flow>> = flows.into_iter().map(Some).collect();
+    let nodes = &mut tree.nodes;
+    for ((&s, (parent_id, parent_dsid)), related_ids) in
+        kept_order.iter().zip(parents).zip(related_ids)
+    {
+        let node = &mut nodes[s];
         let f = flows[s].take().expect("each record is output once");
         let agent = if f.is_app() {
             let name = f.rec.auto_instance(f.output_side());
@@ -616,42 +759,41 @@ pub fn build_output(
             f.agent()
         };
         let shift = corr.get(&agent).copied().unwrap_or(0);
-        // §7.4 related_ids
-        let related_ids: Vec<String> = rel[s]
-            .iter()
-            .filter(|(j, _)| kept[*j])
-            .map(|&(j, bits)| format!("{j}-{}-{}", names(bits), id0[j]))
-            .collect();
-        let (uid, uname) = match &service_of[s] {
-            Some((a, b)) => (Some(a.clone()), Some(b.clone())),
+        let (uid, uname) = match service_of[s].filter(|_| full) {
+            Some(k) => (
+                Some(service_names[k].0.clone()),
+                Some(service_names[k].1.clone()),
+            ),
             None => (None, None),
         };
-        let svc = node.svc.clone().unwrap_or_default();
-        let extra = node.extra.clone();
+        // Each node is output once: its fields move into the span.
+        let svc = node.svc.take();
+        let extra = node.extra.take().unwrap_or_default();
+        let (start, end) = (f.start(), f.end());
         spans.push(OutSpan {
             id: s,
-            ids: f.ids.clone(),
+            ids: f.ids,
             parent_id,
-            childs: node.childs.clone(),
+            childs: std::mem::take(&mut node.childs),
             related_ids,
             selftime: selftime[s],
-            set_parent_info: node.reason.clone(),
-            deepflow_span_id: dsid[s].clone().unwrap_or_default(),
+            set_parent_info: node.reason.take(),
+            deepflow_span_id: dsid[s].take().unwrap_or_default(),
             deepflow_parent_span_id: parent_dsid,
-            render_start_time_us: f.start().saturating_add(shift),
-            render_end_time_us: f.end().saturating_add(shift),
+            render_start_time_us: start.saturating_add(shift),
+            render_end_time_us: end.saturating_add(shift),
             service_uid: uid,
             service_uname: uname,
-            auto_service_id: node.svc.as_ref().and(svc.auto_service_id),
-            auto_service: node.svc.as_ref().and(svc.auto_service.clone()),
-            auto_service_type: node.svc.as_ref().and(svc.auto_service_type),
-            process_id: extra.as_ref().and_then(|e| e.process_id),
-            subnet: extra.as_ref().and_then(|e| e.subnet.clone()),
-            ip: extra.as_ref().and_then(|e| e.ip.clone()),
-            process_kname: extra.as_ref().and_then(|e| e.process_kname.clone()),
-            gprocess: extra.as_ref().and_then(|e| e.gprocess.clone()),
-            trace_id: f.origin_trace_id.clone(),
-            trace_ids: f.trace_ids.clone(),
+            auto_service_id: svc.as_ref().and_then(|v| v.auto_service_id),
+            auto_service_type: svc.as_ref().and_then(|v| v.auto_service_type),
+            auto_service: svc.and_then(|v| v.auto_service),
+            process_id: extra.process_id,
+            subnet: extra.subnet,
+            ip: extra.ip,
+            process_kname: extra.process_kname,
+            gprocess: extra.gprocess,
+            trace_id: f.origin_trace_id,
+            trace_ids: f.trace_ids,
             record: f.rec,
         });
     }
@@ -660,5 +802,41 @@ pub fn build_output(
         services,
         host_clock_correction: corr,
         entry_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_rendering_matches_format() {
+        for v in [
+            0u64,
+            1,
+            9,
+            10,
+            15,
+            16,
+            99,
+            100,
+            255,
+            1000,
+            4096,
+            123_456_789,
+            u32::MAX as u64,
+            7_301_444_403_200_000_001,
+            u64::MAX,
+        ] {
+            let (mut d, mut h) = (String::new(), String::new());
+            push_decimal(&mut d, v);
+            push_hex(&mut h, v);
+            assert_eq!(d, v.to_string());
+            assert_eq!(h, format!("{v:x}"));
+        }
+        assert_eq!(related_id(3, 1 | 8, 77), "3-network,app-77");
+        let mut t = String::from("0x1");
+        push_dotted(&mut t, "c-p", 12);
+        assert_eq!(t, "0x1.c-p.12");
     }
 }

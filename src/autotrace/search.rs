@@ -7,11 +7,12 @@
 //! windows, stop conditions). It must not do IO, and it renders no SQL: `SearchQuery` describes
 //! each query and the store layer translates it.
 
-use super::flow::{meta_trace_ids, ExternalAppSpan, Flow};
+use super::flow::{meta_trace_ids, ExternalAppSpan, MetaFlow};
 use super::relate::{relate_subject, Index};
 use super::{TraceParams, TraceResult, TracingSource};
 use crate::store::model::{id_time_s, FlowMeta, FlowRecord};
-use std::collections::{BTreeSet, HashSet};
+use foldhash::{HashSet, HashSetExt};
+use std::collections::BTreeSet;
 use thiserror::Error;
 
 /// An inclusive window on the `time` column (Unix seconds).
@@ -165,7 +166,13 @@ pub struct Search {
     window: TimeWindow,
     min_s: i64,
     max_s: i64,
-    rows: Vec<Flow>,
+    /// Accepted rows, in acceptance order.
+    rows: Vec<MetaFlow>,
+    /// Relation index over `rows`, kept across iterations and caught up before each relation
+    /// check (rows are only ever appended).
+    index: Index,
+    /// Reference mode: rebuild the relation index over every row for each check.
+    full_relation_check: bool,
     ids: HashSet<u64>,
     used_req: HashSet<u32>,
     used_resp: HashSet<u32>,
@@ -206,6 +213,8 @@ impl Search {
             min_s: window.start_s,
             max_s: window.end_s,
             rows: Vec::new(),
+            index: Index::default(),
+            full_relation_check: false,
             ids: HashSet::new(),
             used_req: HashSet::new(),
             used_resp: HashSet::new(),
@@ -269,6 +278,14 @@ impl Search {
         }
         s.external = spans;
         s
+    }
+
+    /// Relation checks that rebuild the index over all rows each time instead of keeping it
+    /// across iterations; must give identical results (used by differential tests).
+    #[doc(hidden)]
+    pub fn with_full_relation_check(mut self) -> Self {
+        self.full_relation_check = true;
+        self
     }
 
     fn limit(&self) -> usize {
@@ -427,7 +444,8 @@ impl Search {
         })
     }
 
-    fn extract(&mut self, rows: &[FlowMeta], append: bool) {
+    /// The keys of `rows[from..]` become the pending keys (are added to them when `append`).
+    fn extract(&mut self, from: usize, append: bool) {
         if !append {
             self.pending_req.clear();
             self.pending_resp.clear();
@@ -435,7 +453,8 @@ impl Search {
             self.pending_xreq.clear();
             self.pending_dns.clear();
         }
-        for r in rows {
+        for f in &self.rows[from..] {
+            let r = &f.meta;
             self.pending_req.push(r.req_tcp_seq);
             self.pending_resp.push(r.resp_tcp_seq);
             self.pending_xreq.push(r.x_request_id_0.clone());
@@ -450,10 +469,12 @@ impl Search {
         }
     }
 
-    fn accept(&mut self, rows: &[FlowMeta]) {
-        for r in rows {
-            self.ids.insert(r._id);
-            self.rows.push(Flow::from_meta(r));
+    /// Accept rows: record their ids and append them (their keys become pending with
+    /// `extract`).
+    fn accept(&mut self, flows: impl IntoIterator<Item = MetaFlow>) {
+        for f in flows {
+            self.ids.insert(f.meta._id);
+            self.rows.push(f);
         }
     }
 
@@ -475,19 +496,23 @@ impl Search {
                         self.new_trace.insert(x.clone());
                     }
                 }
-                kept.push(r);
-            } else if t.len() == 1 && self.allowed.contains(&t[0]) {
-                kept.push(r);
+            } else if !(t.len() == 1 && self.allowed.contains(&t[0])) {
+                continue;
             }
+            kept.push(MetaFlow {
+                meta: r,
+                trace_ids: t,
+            });
         }
         if self.params.iteration_expand_time_range != 0 && !kept.is_empty() {
-            let lo = kept.iter().map(|r| r.start_time_us).min().unwrap_or(0);
-            let hi = kept.iter().map(|r| r.end_time_us).max().unwrap_or(0);
+            let lo = kept.iter().map(|f| f.meta.start_time_us).min().unwrap_or(0);
+            let hi = kept.iter().map(|f| f.meta.end_time_us).max().unwrap_or(0);
             self.min_s = self.min_s.min(lo.div_euclid(1_000_000));
             self.max_s = self.max_s.max(hi.div_euclid(1_000_000));
         }
-        self.accept(&kept);
-        self.extract(&kept, true);
+        let base = self.rows.len();
+        self.accept(kept);
+        self.extract(base, true);
     }
 
     /// Feed the FLOWMETA rows of the pending entry, trace-id or association query.
@@ -527,7 +552,7 @@ impl Search {
                     self.state = State::Fetch;
                     return Ok(());
                 }
-                self.entry_id = Some(self.rows[0].rec._id);
+                self.entry_id = Some(self.rows[0].meta._id);
                 // Q0 is the trace-id step (A) of the first iteration.
                 self.state = State::AfterTraceStep;
                 Ok(())
@@ -548,8 +573,9 @@ impl Search {
                     self.allowed.insert(t);
                 }
                 self.new_trace = self.allowed.iter().cloned().collect();
-                self.accept(&rows);
-                self.extract(&rows, true);
+                let base = self.rows.len();
+                self.accept(rows.into_iter().map(MetaFlow::new));
+                self.extract(base, true);
                 self.state = State::LoopTop;
                 Ok(())
             }
@@ -586,44 +612,37 @@ impl Search {
             if self.ids.contains(&r._id) || !batch.insert(r._id) {
                 continue;
             }
-            for t in meta_trace_ids(&r) {
-                if !self.allowed.contains(&t) {
+            let t = meta_trace_ids(&r);
+            for x in &t {
+                if !self.allowed.contains(x) {
                     if self.allowed.is_empty() || allow_multi {
-                        self.allowed.insert(t.clone());
-                        self.new_trace.insert(t);
+                        self.allowed.insert(x.clone());
+                        self.new_trace.insert(x.clone());
                     } else {
                         continue 'rows;
                     }
                 }
             }
-            cand.push(r);
+            cand.push(MetaFlow {
+                meta: r,
+                trace_ids: t,
+            });
         }
         // relation check: strong + fast, universe = rows ∪ candidates
-        let base = self.rows.len();
-        self.rows.extend(cand.iter().map(Flow::from_meta));
-        let ctx = self.params.rel_ctx();
-        let keep: Vec<bool> = {
-            let ix = Index::build(&self.rows, &ctx);
-            let mut scratch = Vec::new();
-            (base..self.rows.len())
-                .map(|a| {
-                    scratch.clear();
-                    relate_subject(&self.rows, &ix, a, true, true, &ctx, &mut scratch)
-                })
-                .collect()
+        let keep = if self.full_relation_check {
+            self.relate_full(&cand)
+        } else {
+            self.relate_incremental(&cand)
         };
-        let added = self.rows.split_off(base);
-        let mut accepted = Vec::new();
-        for ((f, r), k) in added.into_iter().zip(cand).zip(keep) {
-            if k {
-                self.ids.insert(r._id);
-                self.rows.push(f);
-                accepted.push(r);
-            }
-        }
+        let base = self.rows.len();
+        self.accept(
+            cand.into_iter()
+                .zip(keep)
+                .filter_map(|(f, k)| k.then_some(f)),
+        );
         self.iter += 1;
-        if !accepted.is_empty() {
-            self.extract(&accepted, false);
+        if self.rows.len() > base {
+            self.extract(base, false);
             self.state = State::LoopTop;
         } else if !self.new_trace.is_empty() {
             self.state = State::LoopTop;
@@ -631,6 +650,56 @@ impl Search {
             self.stop = Some(StopReason::NothingAccepted);
             self.state = State::Fetch;
         }
+    }
+
+    /// Which candidates relate to any other flow of rows ∪ candidates: each is looked up in the
+    /// index of the rows (caught up with the rows accepted since the last check) and in an index
+    /// of the candidates alone, so every row is indexed once per search.
+    fn relate_incremental(&mut self, cand: &[MetaFlow]) -> Vec<bool> {
+        let ctx = self.params.rel_ctx();
+        self.index.extend(&self.rows, &ctx);
+        let own = Index::build(cand, &ctx);
+        let mut scratch = Vec::new();
+        cand.iter()
+            .enumerate()
+            .map(|(k, a)| {
+                scratch.clear();
+                relate_subject(
+                    a,
+                    None,
+                    &self.rows,
+                    &self.index,
+                    true,
+                    true,
+                    &ctx,
+                    &mut scratch,
+                ) || relate_subject(a, Some(k), cand, &own, true, true, &ctx, &mut scratch)
+            })
+            .collect()
+    }
+
+    /// `relate_incremental` the direct way: one index over a copy of rows ∪ candidates.
+    fn relate_full(&self, cand: &[MetaFlow]) -> Vec<bool> {
+        let ctx = self.params.rel_ctx();
+        let base = self.rows.len();
+        let universe: Vec<MetaFlow> = self.rows.iter().chain(cand).cloned().collect();
+        let ix = Index::build(&universe, &ctx);
+        let mut scratch = Vec::new();
+        (base..universe.len())
+            .map(|a| {
+                scratch.clear();
+                relate_subject(
+                    &universe[a],
+                    Some(a),
+                    &universe,
+                    &ix,
+                    true,
+                    true,
+                    &ctx,
+                    &mut scratch,
+                )
+            })
+            .collect()
     }
 
     /// Feed the full records of the fetch query.

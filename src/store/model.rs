@@ -197,12 +197,34 @@ pub fn split_trace_ids(joined: &str) -> Vec<String> {
     v
 }
 
+/// `split_trace_ids(&join_trace_ids(trace_id, trace_id_2))` without building the joined
+/// string: the join puts a separator between the columns, so its parts are those of each.
+pub fn split_trace_id_pair(trace_id: &str, trace_id_2: &str) -> Vec<String> {
+    if trace_id.is_empty() && trace_id_2.is_empty() {
+        return Vec::new();
+    }
+    let mut v: Vec<String> = trace_id
+        .split(',')
+        .chain(trace_id_2.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if v.len() > 1 {
+        v.sort();
+        v.dedup();
+    }
+    v
+}
+
 /// The querier's two-column `trace_id` expression: `"a, b"` when a row carries two trace ids.
 pub fn join_trace_ids(trace_id: &str, trace_id_2: &str) -> String {
-    if trace_id.is_empty() || trace_id_2.is_empty() {
-        format!("{trace_id}{trace_id_2}")
+    if trace_id_2.is_empty() {
+        trace_id.to_string()
+    } else if trace_id.is_empty() {
+        trace_id_2.to_string()
     } else {
-        format!("{trace_id}, {trace_id_2}")
+        [trace_id, ", ", trace_id_2].concat()
     }
 }
 
@@ -395,7 +417,7 @@ pub struct FlowMeta {
 impl FlowMeta {
     /// Sorted, distinct, non-empty trace ids of both trace id columns.
     pub fn trace_ids(&self) -> Vec<String> {
-        split_trace_ids(&join_trace_ids(&self.trace_id, &self._trace_id_2))
+        split_trace_id_pair(&self.trace_id, &self._trace_id_2)
     }
 }
 
@@ -829,6 +851,17 @@ mod tests {
         assert_eq!(split_trace_ids("b, a,, a"), vec!["a", "b"]);
         assert_eq!(join_trace_ids("a", ""), "a");
         assert_eq!(join_trace_ids("a", "b"), "a, b");
+        assert_eq!(join_trace_ids("", "b"), "b");
+        let forms = ["", " ", "a", "b", "a,b", "b, a", " a ,", ",", "c,,a", "a b"];
+        for x in forms {
+            for y in forms {
+                assert_eq!(
+                    split_trace_id_pair(x, y),
+                    split_trace_ids(&join_trace_ids(x, y)),
+                    "{x:?} {y:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -9,17 +9,19 @@
 
 use super::ids::{app_span_id, row_span_id, SpanId, TraceId};
 use super::pb;
+use crate::autotrace::output::push_decimal;
 use crate::autotrace::{OutSpan, TraceResult};
 use crate::store::model::{
     l7_protocol, observation_point, pick_side as pick, response_status, signal_source, FlowRecord,
 };
-use indexmap::IndexMap;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use indexmap::IndexSet;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
 
 /// Scope names of the three signals.
 pub const SCOPE_APP: &str = "deepflow.app";
@@ -83,7 +85,7 @@ fn first_nonempty<'a>(v: &[&'a str]) -> &'a str {
 }
 
 /// The node or host a span was captured on (network spans), or runs on.
-fn capture_host(r: &FlowRecord, sd: u8) -> String {
+fn capture_host(r: &FlowRecord, sd: u8) -> std::borrow::Cow<'_, str> {
     let name = first_nonempty(&[
         pick(sd, &r.pod_node_0, &r.pod_node_1),
         &r.vtap_pod_node_name,
@@ -92,9 +94,9 @@ fn capture_host(r: &FlowRecord, sd: u8) -> String {
         &r.vtap_device_name,
     ]);
     if name.is_empty() {
-        format!("agent {}", r.agent_id)
+        format!("agent {}", r.agent_id).into()
     } else {
-        name.to_string()
+        name.into()
     }
 }
 
@@ -121,11 +123,13 @@ pub fn service_name(s: &OutSpan) -> String {
         Signal::Network => {
             let point =
                 observation_point::name(&r.observation_point).unwrap_or(&r.observation_point);
-            format!(
-                "{} @ {}",
-                if point.is_empty() { "network" } else { point },
-                capture_host(r, sd)
-            )
+            let point = if point.is_empty() { "network" } else { point };
+            let host = capture_host(r, sd);
+            let mut name = String::with_capacity(point.len() + 3 + host.len());
+            name.push_str(point);
+            name.push_str(" @ ");
+            name.push_str(&host);
+            name
         }
     }
 }
@@ -145,17 +149,18 @@ impl IfEmpty for String {
 }
 
 /// What identifies a span's resource: spans with equal keys share one `ResourceSpans`.
-/// Borrowed from the span, so grouping allocates only the service name.
+/// Borrowed from the span, so grouping allocates only the service name; `into_owned` keeps
+/// one per resource once the spans are gone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ResourceKey<'a> {
     signal: Signal,
     service: String,
-    instance: &'a str,
-    pod: &'a str,
-    node: &'a str,
-    host: &'a str,
+    instance: Cow<'a, str>,
+    pod: Cow<'a, str>,
+    node: Cow<'a, str>,
+    host: Cow<'a, str>,
     pid: i32,
-    exe: &'a str,
+    exe: Cow<'a, str>,
     agent: u16,
 }
 
@@ -174,17 +179,19 @@ impl<'a> ResourceKey<'a> {
         ResourceKey {
             signal,
             service: service_name(s),
-            instance,
+            instance: instance.into(),
             pod: if net {
                 ""
             } else {
                 pick(sd, &r.pod_0, &r.pod_1)
-            },
+            }
+            .into(),
             node: first_nonempty(&[
                 pick(sd, &r.pod_node_0, &r.pod_node_1),
                 &r.vtap_pod_node_name,
-            ]),
-            host: first_nonempty(&[pick(sd, &r.host_0, &r.host_1), &r.vtap_host_name]),
+            ])
+            .into(),
+            host: first_nonempty(&[pick(sd, &r.host_0, &r.host_1), &r.vtap_host_name]).into(),
             pid: if ebpf {
                 s.process_id.unwrap_or(if sd == 0 {
                     r.process_id_0
@@ -198,8 +205,23 @@ impl<'a> ResourceKey<'a> {
                 pick(sd, &r.process_kname_0, &r.process_kname_1)
             } else {
                 ""
-            },
+            }
+            .into(),
             agent: r.agent_id,
+        }
+    }
+
+    fn into_owned(self) -> ResourceKey<'static> {
+        ResourceKey {
+            signal: self.signal,
+            service: self.service,
+            instance: Cow::Owned(self.instance.into_owned()),
+            pod: Cow::Owned(self.pod.into_owned()),
+            node: Cow::Owned(self.node.into_owned()),
+            host: Cow::Owned(self.host.into_owned()),
+            pid: self.pid,
+            exe: Cow::Owned(self.exe.into_owned()),
+            agent: self.agent,
         }
     }
 
@@ -207,20 +229,20 @@ impl<'a> ResourceKey<'a> {
     fn attributes(&self) -> Vec<KeyValue> {
         let mut v = vec![kv_str("service.name", self.service.clone())];
         for (k, val) in [
-            ("service.instance.id", self.instance),
-            ("k8s.pod.name", self.pod),
-            ("k8s.node.name", self.node),
-            ("host.name", self.host),
+            ("service.instance.id", &self.instance),
+            ("k8s.pod.name", &self.pod),
+            ("k8s.node.name", &self.node),
+            ("host.name", &self.host),
         ] {
             if !val.is_empty() {
-                v.push(kv_str(k, val));
+                v.push(kv_str(k, val.as_ref()));
             }
         }
         if self.pid != 0 {
             v.push(kv_int("process.pid", self.pid as i64));
         }
         if !self.exe.is_empty() {
-            v.push(kv_str("process.executable.name", self.exe));
+            v.push(kv_str("process.executable.name", self.exe.as_ref()));
         }
         if self.agent != 0 {
             v.push(kv_int("deepflow.agent_id", self.agent as i64));
@@ -280,32 +302,47 @@ pub fn span_status(r: &FlowRecord) -> Status {
 }
 
 /// Semantic-convention and DeepFlow attributes of a span, then the row's own OTel attributes
-/// (which win on a name clash).
-fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
-    let r = &s.record;
-    let mut v: Vec<KeyValue> = Vec::with_capacity(24 + r.attribute_names.len());
+/// (which win on a name clash). Column values are moved out of the span where this is their
+/// last use (the span name, kind and status must be taken before). Built in `scratch` (kept
+/// by the caller across spans), then copied into a vector of exactly their number.
+fn span_attributes(
+    s: &mut OutSpan,
+    trace_id: &TraceId,
+    scratch: &mut Vec<KeyValue>,
+) -> Vec<KeyValue> {
+    let take = std::mem::take::<String>;
+    let r = &mut s.record;
+    let v = scratch;
+    v.clear();
     v.push(kv_str(
         "deepflow.observation_point",
-        r.observation_point.clone(),
+        take(&mut r.observation_point),
     ));
     v.push(kv_str("deepflow.signal_source", Signal::of(r).name()));
     v.push(kv_str("deepflow.l7_protocol", r.l7_protocol_name()));
     if !r.biz_protocol.is_empty() {
-        v.push(kv_str("deepflow.biz_protocol", r.biz_protocol.clone()));
+        v.push(kv_str("deepflow.biz_protocol", take(&mut r.biz_protocol)));
     }
+    // The request columns are read again by the semantic conventions below.
     for (k, val) in [
         ("deepflow.request_type", &r.request_type),
         ("deepflow.request_domain", &r.request_domain),
         ("deepflow.request_resource", &r.request_resource),
-        ("deepflow.endpoint", &r.endpoint),
-        ("deepflow.response_exception", &r.response_exception),
-        ("deepflow.response_result", &r.response_result),
-        ("deepflow.x_request_id_0", &r.x_request_id_0),
-        ("deepflow.x_request_id_1", &r.x_request_id_1),
-        ("deepflow.http_proxy_client", &r.http_proxy_client),
     ] {
         if !val.is_empty() {
-            v.push(kv_str(k, val.clone()));
+            v.push(kv_str(k, val.as_str()));
+        }
+    }
+    for (k, val) in [
+        ("deepflow.endpoint", &mut r.endpoint),
+        ("deepflow.response_exception", &mut r.response_exception),
+        ("deepflow.response_result", &mut r.response_result),
+        ("deepflow.x_request_id_0", &mut r.x_request_id_0),
+        ("deepflow.x_request_id_1", &mut r.x_request_id_1),
+        ("deepflow.http_proxy_client", &mut r.http_proxy_client),
+    ] {
+        if !val.is_empty() {
+            v.push(kv_str(k, take(val)));
         }
     }
     if let Some(code) = r.response_code {
@@ -326,26 +363,26 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
     ] {
         if val != 0 {
             // 64-bit unsigned ids do not fit OTLP's int64: keep them as text.
-            v.push(kv_str(k, val.to_string()));
+            v.push(kv_str(k, decimal(val)));
         }
     }
     if let Some(id) = r.request_id {
-        v.push(kv_str("deepflow.request_id", id.to_string()));
+        v.push(kv_str("deepflow.request_id", decimal(id)));
     }
     v.push(kv_int("deepflow.agent_id", r.agent_id as i64));
     v.push(kv_int("deepflow.selftime_us", s.selftime));
-    if let Some(why) = &s.set_parent_info {
-        v.push(kv_str("deepflow.parent_reason", why.clone()));
+    if let Some(why) = s.set_parent_info.take() {
+        v.push(kv_str("deepflow.parent_reason", why));
     }
-    v.push(kv_str("deepflow.span_id", s.deepflow_span_id.clone()));
-    v.push(kv_str(
-        "deepflow.row_ids",
-        s.ids
-            .iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(","),
-    ));
+    v.push(kv_str("deepflow.span_id", take(&mut s.deepflow_span_id)));
+    let mut row_ids = String::with_capacity(20 * s.ids.len());
+    for (k, id) in s.ids.iter().enumerate() {
+        if k > 0 {
+            row_ids.push(',');
+        }
+        push_decimal(&mut row_ids, *id);
+    }
+    v.push(kv_str("deepflow.row_ids", row_ids));
     let own = r.joined_trace_id();
     if !own.is_empty() && TraceId::from_app_trace_id(&own).is_none_or(|t| t != *trace_id) {
         v.push(kv_str("deepflow.trace_id", own));
@@ -354,17 +391,15 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
     let proto = r.l7_protocol;
     if proto == l7_protocol::HTTP1 || proto == l7_protocol::HTTP2 {
         if !r.request_type.is_empty() {
-            v.push(kv_str("http.method", r.request_type.clone()));
+            v.push(kv_str("http.method", take(&mut r.request_type)));
         }
         if !r.request_resource.is_empty() {
-            v.push(kv_str("http.target", r.request_resource.clone()));
-            v.push(kv_str(
-                "http.url",
-                format!("{}{}", r.request_domain, r.request_resource),
-            ));
+            let url = [r.request_domain.as_str(), r.request_resource.as_str()].concat();
+            v.push(kv_str("http.target", take(&mut r.request_resource)));
+            v.push(kv_str("http.url", url));
         }
         if !r.request_domain.is_empty() {
-            v.push(kv_str("http.host", r.request_domain.clone()));
+            v.push(kv_str("http.host", take(&mut r.request_domain)));
         }
         if let Some(code) = r.response_code {
             v.push(kv_int("http.status_code", code as i64));
@@ -372,10 +407,10 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
     } else if let Some(system) = db_system(proto) {
         v.push(kv_str("db.system", system));
         if !r.request_resource.is_empty() {
-            v.push(kv_str("db.statement", r.request_resource.clone()));
+            v.push(kv_str("db.statement", take(&mut r.request_resource)));
         }
         if !r.request_type.is_empty() {
-            v.push(kv_str("db.operation", r.request_type.clone()));
+            v.push(kv_str("db.operation", take(&mut r.request_type)));
         }
     } else if proto == l7_protocol::GRPC || proto == l7_protocol::DUBBO {
         v.push(kv_str(
@@ -387,26 +422,42 @@ fn span_attributes(s: &OutSpan, trace_id: &TraceId) -> Vec<KeyValue> {
             },
         ));
         if !r.request_domain.is_empty() {
-            v.push(kv_str("rpc.service", r.request_domain.clone()));
+            v.push(kv_str("rpc.service", take(&mut r.request_domain)));
         }
         if !r.request_resource.is_empty() {
-            v.push(kv_str("rpc.method", r.request_resource.clone()));
+            v.push(kv_str("rpc.method", take(&mut r.request_resource)));
         }
     }
     if !r.ip_0.is_empty() {
-        v.push(kv_str("client.address", r.ip_0.clone()));
+        v.push(kv_str("client.address", take(&mut r.ip_0)));
     }
     if !r.ip_1.is_empty() {
-        v.push(kv_str("server.address", r.ip_1.clone()));
+        v.push(kv_str("server.address", take(&mut r.ip_1)));
     }
     if r.server_port != 0 {
         v.push(kv_int("server.port", r.server_port as i64));
     }
     // The row's own attributes, under their own keys.
-    let own: HashSet<&str> = r.attribute_names.iter().map(String::as_str).collect();
-    v.retain(|kv| !own.contains(kv.key.as_str()));
-    v.extend(r.attributes().map(|(k, val)| kv_str(k, val)));
-    v
+    if !r.attribute_names.is_empty() {
+        let own: HashSet<&str> = r.attribute_names.iter().map(String::as_str).collect();
+        v.retain(|kv| !own.contains(kv.key.as_str()));
+        let names = std::mem::take(&mut r.attribute_names);
+        let values = std::mem::take(&mut r.attribute_values);
+        v.extend(names.into_iter().zip(values).map(|(k, val)| KeyValue {
+            key: k,
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(val)),
+            }),
+            ..Default::default()
+        }));
+    }
+    v.drain(..).collect()
+}
+
+fn decimal(v: u64) -> String {
+    let mut out = String::with_capacity(20);
+    push_decimal(&mut out, v);
+    out
 }
 
 pub fn db_system(proto: u8) -> Option<&'static str> {
@@ -472,10 +523,51 @@ const PARALLEL_SPANS: usize = 2_000;
 
 /// Encode an assembled trace under `trace_id`.
 pub fn encode(result: &TraceResult, trace_id: &TraceId) -> pb::Trace {
-    encode_with(result, trace_id, result.spans.len() >= PARALLEL_SPANS)
+    encode_owned(result.clone(), trace_id).0
 }
 
-fn encode_with(result: &TraceResult, trace_id: &TraceId, parallel: bool) -> pb::Trace {
+/// `encode`, consuming the trace: its column values move into the encoding instead of being
+/// copied (what a request does, as it drops the assembled trace once encoded). Also returns
+/// the encoding's protobuf size (`prost::Message::encoded_len`), summed from the spans' sizes
+/// as they are built.
+pub fn encode_owned(result: TraceResult, trace_id: &TraceId) -> (pb::Trace, usize) {
+    let parallel = result.spans.len() >= PARALLEL_SPANS;
+    encode_with(result, trace_id, parallel)
+}
+
+/// `f` over `items`, or over each half of them on its own thread when `parallel` (the store is
+/// idle meanwhile); results in order.
+fn on_halves<T: Send, R: Send>(
+    mut items: Vec<T>,
+    parallel: bool,
+    f: impl Fn(Vec<T>) -> R + Sync,
+) -> Vec<R> {
+    if !parallel {
+        return vec![f(items)];
+    }
+    let second_half = items.split_off(items.len() / 2);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| f(second_half));
+        let first = f(items);
+        vec![
+            first,
+            second
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+        ]
+    })
+}
+
+/// Spans of one run of the trace: the resources they use in order of first appearance, each
+/// span's resource (an index into them), and the spans.
+struct Part {
+    resources: Vec<ResourceKey<'static>>,
+    resource_of: Vec<usize>,
+    /// The spans and the size each adds to its `ScopeSpans` (field 2, length-delimited).
+    spans: Vec<(Span, usize)>,
+}
+
+fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (pb::Trace, usize) {
     // Span IDs first, so parents can be looked up by flow index.
     let mut used: HashSet<SpanId> = HashSet::with_capacity(result.spans.len());
     let mut ids: HashMap<usize, SpanId> = HashMap::with_capacity(result.spans.len());
@@ -492,7 +584,7 @@ fn encode_with(result: &TraceResult, trace_id: &TraceId, parallel: bool) -> pb::
         }
         ids.insert(s.id, id);
     }
-    let build = |s: &OutSpan| -> Span {
+    let build = |mut s: OutSpan, scratch: &mut Vec<KeyValue>| -> Span {
         let r = &s.record;
         let parent = s
             .parent_id
@@ -501,60 +593,117 @@ fn encode_with(result: &TraceResult, trace_id: &TraceId, parallel: bool) -> pb::
             .unwrap_or_default();
         let start = s.render_start_time_us.max(0) as u64 * 1000;
         let end = (s.render_end_time_us.max(s.render_start_time_us)).max(0) as u64 * 1000;
+        // What reads the columns comes before the attributes, which move them out.
+        let name = r.span_name();
+        let kind = span_kind(r) as i32;
+        let status = span_status(r);
+        let events = span_events(r);
         Span {
             trace_id: trace_id.0.to_vec(),
             span_id: ids[&s.id].to_vec(),
             parent_span_id: parent,
-            name: r.span_name(),
-            kind: span_kind(r) as i32,
+            name,
+            kind,
             start_time_unix_nano: start,
             end_time_unix_nano: end,
-            attributes: span_attributes(s, trace_id),
-            events: span_events(r),
-            status: Some(span_status(r)),
+            attributes: span_attributes(&mut s, trace_id, scratch),
+            events,
+            status: Some(status),
             ..Default::default()
         }
     };
-    // Large traces: build the spans on two threads (the store is idle meanwhile); order kept.
-    let spans: Vec<Span> = if parallel {
-        let (a, b) = result.spans.split_at(result.spans.len() / 2);
-        std::thread::scope(|scope| {
-            let second = scope.spawn(|| b.iter().map(build).collect::<Vec<_>>());
-            let mut first: Vec<Span> = a.iter().map(build).collect();
-            first.extend(
-                second
-                    .join()
-                    .unwrap_or_else(|_| b.iter().map(build).collect()),
-            );
-            first
-        })
-    } else {
-        result.spans.iter().map(build).collect()
-    };
-    let mut groups: IndexMap<ResourceKey<'_>, Vec<Span>> = IndexMap::new();
-    for (s, span) in result.spans.iter().zip(spans) {
-        groups.entry(ResourceKey::of(s)).or_default().push(span);
-    }
-    let resource_spans = groups
+    // Each half groups its spans by resource, then builds them (dropping each assembled span
+    // on the thread that encoded it).
+    let parts = on_halves(std::mem::take(&mut result.spans), parallel, |spans| {
+        let mut keys: IndexSet<ResourceKey<'_>, foldhash::fast::RandomState> = IndexSet::default();
+        let resource_of = spans
+            .iter()
+            .map(|s| keys.insert_full(ResourceKey::of(s)).0)
+            .collect();
+        let resources = keys.into_iter().map(ResourceKey::into_owned).collect();
+        let mut scratch = Vec::with_capacity(64);
+        let spans = spans
+            .into_iter()
+            .map(|s| {
+                let span = build(s, &mut scratch);
+                let size = prost::encoding::message::encoded_len(2, &span);
+                (span, size)
+            })
+            .collect();
+        Part {
+            resources,
+            resource_of,
+            spans,
+        }
+    });
+    // The halves' resources in order of first appearance in the whole trace.
+    let mut resources: IndexSet<ResourceKey<'static>, foldhash::fast::RandomState> =
+        IndexSet::default();
+    let parts: Vec<(Vec<usize>, Part)> = parts
         .into_iter()
-        .map(|(key, spans)| ResourceSpans {
-            resource: Some(Resource {
-                attributes: key.attributes(),
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
+        .map(|mut part| {
+            let global = std::mem::take(&mut part.resources)
+                .into_iter()
+                .map(|k| resources.insert_full(k).0)
+                .collect();
+            (global, part)
+        })
+        .collect();
+    // Each resource's spans, in a vector of their number.
+    let mut counts = vec![0usize; resources.len()];
+    for (global, part) in &parts {
+        for &g in &part.resource_of {
+            counts[global[g]] += 1;
+        }
+    }
+    let mut grouped: Vec<(Vec<Span>, usize)> = counts
+        .into_iter()
+        .map(|n| (Vec::with_capacity(n), 0))
+        .collect();
+    for (global, part) in parts {
+        for (g, (span, size)) in part.resource_of.into_iter().zip(part.spans) {
+            let (spans, sizes) = &mut grouped[global[g]];
+            spans.push(span);
+            *sizes += size;
+        }
+    }
+    let mut size = 0;
+    let resource_spans = resources
+        .into_iter()
+        .zip(grouped)
+        .map(|(key, (spans, spans_size))| {
+            let mut scope = ScopeSpans {
                 scope: Some(InstrumentationScope {
                     name: key.signal.scope().into(),
                     version: env!("CARGO_PKG_VERSION").into(),
                     ..Default::default()
                 }),
-                spans,
+                spans: Vec::new(),
                 schema_url: String::new(),
-            }],
-            schema_url: String::new(),
+            };
+            // Sizes of the messages without their spans, plus what the spans add.
+            let scope_size = prost::Message::encoded_len(&scope) + spans_size;
+            scope.spans = spans;
+            let mut rs = ResourceSpans {
+                resource: Some(Resource {
+                    attributes: key.attributes(),
+                    ..Default::default()
+                }),
+                scope_spans: Vec::new(),
+                schema_url: String::new(),
+            };
+            let rs_size = prost::Message::encoded_len(&rs)
+                + prost::encoding::key_len(2)
+                + prost::encoding::encoded_len_varint(scope_size as u64)
+                + scope_size;
+            rs.scope_spans.push(scope);
+            size += prost::encoding::key_len(1)
+                + prost::encoding::encoded_len_varint(rs_size as u64)
+                + rs_size;
+            rs
         })
         .collect();
-    pb::Trace { resource_spans }
+    (pb::Trace { resource_spans }, size)
 }
 
 #[cfg(test)]
@@ -607,9 +756,8 @@ mod tests {
             crate::autotrace::assemble(records, vec![], Some(trace.entry_id), &Default::default());
         assert!(result.spans.len() >= PARALLEL_SPANS);
         let id = TraceId::zero_code(trace.entry_id);
-        assert_eq!(
-            encode_with(&result, &id, true),
-            encode_with(&result, &id, false)
-        );
+        let (two, size) = encode_with(result.clone(), &id, true);
+        assert_eq!(size, prost::Message::encoded_len(&two));
+        assert_eq!((two, size), encode_with(result, &id, false));
     }
 }

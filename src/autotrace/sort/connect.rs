@@ -8,8 +8,8 @@ use super::{cover, Sorter};
 use crate::autotrace::flow::{sorted_intersect, Flow};
 use crate::autotrace::relate::{SPAN_ID, X_REQUEST_ID};
 use crate::store::model::l7_protocol as l7;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexMap;
-use std::collections::{HashMap, HashSet};
 
 impl<'a> Sorter<'a> {
     pub(super) fn mark_roots_and_leafs(&mut self) -> Marks {

@@ -8,7 +8,7 @@
 use super::connect::Marks;
 use super::{Dsu, Sorter};
 use crate::autotrace::flow::{Flow, InstKey};
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 /// One candidate set of §6.4.4, keyed by the start time of its only s-p.
 #[derive(Clone)]

@@ -18,8 +18,8 @@ use super::clock::{ClockCorrection, LinkEnd};
 use super::flow::{Flow, InstKey};
 use super::relate::RelCtx;
 use crate::store::model::signal_source;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use indexmap::IndexMap;
-use std::collections::{HashMap, HashSet};
 
 mod connect;
 mod index;
@@ -571,8 +571,14 @@ impl<'a> Sorter<'a> {
                 _ => {}
             }
             if f.is_sys() {
+                // the last sys span of an instance names its agent
                 let name = f.rec.auto_instance(if f.starts_with_c() { 0 } else { 1 });
-                self.t.instance_to_agent.insert(name.to_string(), f.agent());
+                match self.t.instance_to_agent.get_mut(name) {
+                    Some(agent) => *agent = f.agent(),
+                    None => {
+                        self.t.instance_to_agent.insert(name.to_string(), f.agent());
+                    }
+                }
             }
         }
 

@@ -7,8 +7,8 @@
 use super::index::{Best, CandEntry, CandIndex, SubIndex};
 use super::{cover, cover_lost_resp, full_before_lost_resp, Pss, Sorter, SvcVals};
 use crate::autotrace::flow::{Flow, InstKey};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexMap;
-use std::collections::{HashMap, HashSet};
 
 impl<'a> Sorter<'a> {
     /// Best parent by `attach_via_sys` over the candidate sets of `ci` (largest s-p start,
