@@ -451,7 +451,11 @@ fn span_attributes(
             ..Default::default()
         }));
     }
-    v.drain(..).collect()
+    // A new vector of exactly this length; the scratch vector keeps its capacity for the next
+    // span (`mem::take` would hand the capacity away).
+    #[allow(clippy::drain_collect)]
+    let attrs = v.drain(..).collect();
+    attrs
 }
 
 fn decimal(v: u64) -> String {
