@@ -104,6 +104,46 @@ const ABSENT: &[&str] = &[
     "nul\0absent",
 ];
 
+/// Regex syntax on which RE2 (ClickHouse, Tempo) and Rust's regex crate may disagree.
+const REGEX_EDGES: &[&str] = &[
+    "\\C",
+    "(?P<n>a)",
+    "(?<n>a)",
+    "\\pL+",
+    "\\p{Greek}",
+    "[[:alpha:]]+",
+    "[[:word:]]",
+    "\\Q.*\\E",
+    "a{1001}",
+    "x{2}{3}",
+    "(?U)a+",
+    "(?s).*",
+    "(?m)^x$",
+    "\\z",
+    "\\Z",
+    "\\b",
+    "\\8",
+    "\\1",
+    "(?=a)",
+    "(?!a)",
+    "a**",
+    "a++",
+    "[a-\\d]",
+    "[\\x00-\\x{10FFFF}]*",
+    "\\x{110000}",
+    "[[:^digit:]]+",
+    "[a&&b]",
+    "[a--b]",
+    "[a~~b]",
+    "\\e",
+    "\\cA",
+    "(?i)INNOCENT",
+    "",
+    "|",
+    "()",
+    "\\",
+];
+
 /// The string of the control row (stored like the hostile ones).
 const CONTROL: &str = "innocent";
 
@@ -329,24 +369,39 @@ async fn traceql_regexes_match_literally(f: Fixture) {
         ] {
             assert_eq!(f.search_spans(&q).await, only, "{}", shown(&q));
         }
-        // As a regex itself: whatever it matches (anchored, as Tempo anchors), or a 400.
-        let q = format!("{{ span.{VALUE_ATTR} =~ {} }}", lit(h));
-        let (status, body) = f
-            .get(&format!(
-                "/api/search?q={}&start={}&end={}&limit=1000&spss=100",
-                enc(&q),
-                f.start,
-                f.end
-            ))
-            .await;
-        match regex::Regex::new(&format!("^(?:{h})$")) {
-            Ok(anchored) if status == 200 => assert_eq!(
-                span_ids(&body),
-                f.spans_where(|x| anchored.is_match(x)),
-                "{}",
-                shown(&q)
-            ),
-            _ => assert_eq!(status, 400, "{}: {body}", shown(&q)),
+    }
+    // As regexes themselves (the hostile strings, and syntax where RE2 and Rust's regex
+    // differ): whatever they match, anchored as Tempo anchors them, or a 400. On a column the
+    // regex reaches ClickHouse's RE2 too.
+    let patterns = f
+        .strings
+        .iter()
+        .map(String::as_str)
+        .chain(REGEX_EDGES.iter().copied());
+    for p in patterns {
+        for q in [
+            format!("{{ span.{VALUE_ATTR} =~ {} }}", lit(p)),
+            format!("{{ span.http.method =~ {} }}", lit(p)),
+            format!("{{ span.http.method !~ {} }}", lit(p)),
+        ] {
+            let (status, body) = f
+                .get(&format!(
+                    "/api/search?q={}&start={}&end={}&limit=1000&spss=100",
+                    enc(&q),
+                    f.start,
+                    f.end
+                ))
+                .await;
+            let negated = q.contains("!~");
+            match regex::Regex::new(&format!("^(?:{p})$")) {
+                Ok(anchored) if status == 200 => assert_eq!(
+                    span_ids(&body),
+                    f.spans_where(|x| anchored.is_match(x) != negated),
+                    "{}",
+                    shown(&q)
+                ),
+                _ => assert_eq!(status, 400, "{}: {body}", shown(&q)),
+            }
         }
     }
     f.assert_intact().await;
