@@ -39,7 +39,7 @@ impl Server {
             .env("DFT_STORE", "embedded")
             .env("DFT_EMBEDDED__PATH", db)
             .env("DFT_CACHE__MAX_ENTRIES", cache_entries.to_string())
-            .env("DFT_LOG", "warn")
+            .env("DFT_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -171,7 +171,7 @@ fn report(name: &str, concurrency: usize, r: &Run, rss: Option<f64>) {
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (traces, concurrency, requests) = if full {
-        (2_000, 500, 5_000)
+        (2_000, 500, 2_000)
     } else {
         (40, 20, 100)
     };
@@ -233,7 +233,13 @@ fn main() {
         server.wait_ready(&client).await;
         let r = run(&client, &server.base, &ids, requests, concurrency).await;
         report("uncached", concurrency, &r, server.peak_rss_mib());
-        assert!(r.statuses.keys().all(|&s| s == 200 || s == 429), "{:?}", r.statuses);
+        // Overload is answered, not suffered: 429 when no query slot frees up in time, 504
+        // past the request deadline; nothing else.
+        assert!(
+            r.statuses.keys().all(|&s| matches!(s, 200 | 429 | 504)),
+            "{:?}",
+            r.statuses
+        );
         drop(server);
 
         // Cached: one warm-up pass over a working set, then every request is a hit.
@@ -242,8 +248,8 @@ fn main() {
         server.wait_ready(&client).await;
         let warm = run(&client, &server.base, working_set, working_set.len(), 8).await;
         assert_eq!(warm.statuses.get(&200), Some(&working_set.len()), "{:?}", warm.statuses);
-        let r = run(&client, &server.base, working_set, requests * 4, concurrency).await;
+        let r = run(&client, &server.base, working_set, requests * 10, concurrency).await;
         report("cached", concurrency, &r, server.peak_rss_mib());
-        assert_eq!(r.statuses.get(&200), Some(&(requests * 4)), "{:?}", r.statuses);
+        assert_eq!(r.statuses.get(&200), Some(&(requests * 10)), "{:?}", r.statuses);
     });
 }
