@@ -286,7 +286,6 @@ fn assemble_impl(
     }
     let ctx = params.rel_ctx();
     let flows = merge::merge_rows(rows);
-    let rel = relate::relation_map(&flows, &ctx);
     let opts = sort::SortOpts {
         net_c_to_s_via_trace_id: params
             .span_set_connection_strategies
@@ -296,7 +295,20 @@ fn assemble_impl(
             .sys_span_s_to_c_via_trace_id,
         exhaustive,
     };
-    let tree = sort::build_tree(&flows, &rel, &ctx, opts);
+    let (rel, tree) = if flows.len() >= PARALLEL_FLOWS {
+        // The sort's ProcessSpanSet stages do not read the relation map: compute it meanwhile.
+        std::thread::scope(|scope| {
+            let rel = scope.spawn(|| relate::relation_map_with(&flows, &ctx, false));
+            let sorting = sort::begin(&flows, &ctx, opts);
+            let rel = rel.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            let tree = sorting.finish(&rel);
+            (rel, tree)
+        })
+    } else {
+        let rel = relate::relation_map(&flows, &ctx);
+        let tree = sort::build_tree(&flows, &rel, &ctx, opts);
+        (rel, tree)
+    };
     output::build_output(
         flows,
         &rel,

@@ -629,7 +629,11 @@ pub fn relation_map(flows: &[Flow], ctx: &RelCtx) -> Vec<Vec<(usize, u8)>> {
     relation_map_with(flows, ctx, flows.len() >= super::PARALLEL_FLOWS)
 }
 
-fn relation_map_with(flows: &[Flow], ctx: &RelCtx, parallel: bool) -> Vec<Vec<(usize, u8)>> {
+pub(crate) fn relation_map_with(
+    flows: &[Flow],
+    ctx: &RelCtx,
+    parallel: bool,
+) -> Vec<Vec<(usize, u8)>> {
     let ix = Index::build(flows, ctx);
     super::in_halves(flows, parallel, |offset, part| {
         part.iter()
