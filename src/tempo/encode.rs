@@ -451,7 +451,10 @@ fn span_attributes(
             ..Default::default()
         }));
     }
-    v.drain(..).collect()
+    // Moved out by append (not mem::take) so the scratch keeps its capacity for the next span.
+    let mut attributes = Vec::with_capacity(v.len());
+    attributes.append(v);
+    attributes
 }
 
 fn decimal(v: u64) -> String {
