@@ -372,7 +372,16 @@ pub(crate) fn push_decimal(out: &mut String, mut v: u64) {
     };
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    while v >= 100 {
+    // Four digits per 64-bit division, then two at a time.
+    while v >= 10_000 {
+        let r = (v % 10_000) as usize;
+        v /= 10_000;
+        let (hi, lo) = (r / 100 * 2, r % 100 * 2);
+        i -= 4;
+        buf[i..i + 2].copy_from_slice(&PAIRS[hi..hi + 2]);
+        buf[i + 2..i + 4].copy_from_slice(&PAIRS[lo..lo + 2]);
+    }
+    if v >= 100 {
         let r = (v % 100) as usize * 2;
         v /= 100;
         i -= 2;
@@ -819,6 +828,10 @@ mod tests {
             99,
             100,
             255,
+            9_999,
+            10_000,
+            10_001,
+            123_456,
             1000,
             4096,
             123_456_789,

@@ -324,6 +324,10 @@ impl Index {
     pub fn extend<F: Relatable>(&mut self, flows: &[F], ctx: &RelCtx) {
         let from = self.len.min(flows.len());
         assert!(flows.len() < END as usize, "too many flows for one index");
+        // Room for the new flows' TCP and syscall keys (at most two each) without rehashing.
+        let new = flows.len() - from;
+        self.tcp.reserve(new);
+        self.sys.reserve(new);
         let links = &mut self.links;
         let (mut by_start, mut by_end) = (Vec::new(), Vec::new());
         for (i, f) in flows.iter().enumerate().skip(from) {

@@ -321,25 +321,25 @@ impl<'a> Sorter<'a> {
         false
     }
 
-    fn link_end(&self, i: usize) -> LinkEnd<'a> {
-        let f = self.f(i);
-        LinkEnd {
-            agent: f.agent(),
-            start: f.start(),
-            end: f.end(),
-            signal_source: f.rec.signal_source,
-            tap_side: f.tap_side(),
-            auto_instance: self.t.nodes[i].inst.render(),
-        }
-    }
-
     /// `set_parent` of §6.1 (plus a refusal of links that would close a cycle).
     fn set_parent(&mut self, child: usize, parent: usize, reason: impl Into<String>) -> bool {
         if self.would_cycle(child, parent) {
             return false;
         }
         if self.f(child).agent() != self.f(parent).agent() {
-            let (c, p) = (self.link_end(child), self.link_end(parent));
+            let (flows, nodes) = (self.flows, &self.t.nodes);
+            let end = |i: usize| {
+                let f = &flows[i];
+                LinkEnd {
+                    agent: f.agent(),
+                    start: f.start(),
+                    end: f.end(),
+                    signal_source: f.rec.signal_source,
+                    tap_side: f.tap_side(),
+                    auto_instance: &nodes[i].inst,
+                }
+            };
+            let (c, p) = (end(child), end(parent));
             self.t.clock.on_link(&c, &p);
         }
         let n = &mut self.t.nodes;
