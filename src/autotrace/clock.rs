@@ -4,7 +4,7 @@
 //! Owns only the offset bookkeeping; it never changes span times (rendering applies the map).
 
 use super::flow::InstKey;
-use indexmap::{IndexMap, IndexSet};
+use super::{IndexMap, IndexSet};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone)]
@@ -85,7 +85,7 @@ impl ClockCorrection {
 
     /// Resolve the accumulated ranges; only non-zero corrections are returned.
     pub fn tidy(&self) -> BTreeMap<u16, i64> {
-        let mut result: IndexMap<u16, i64> = IndexMap::new();
+        let mut result: IndexMap<u16, i64> = IndexMap::default();
         fn merge(result: &mut IndexMap<u16, i64>, h: u16, v: i64) {
             match result.get_mut(&h) {
                 None => {

@@ -184,6 +184,11 @@ impl TraceParams {
     }
 }
 
+/// Insertion-ordered maps and sets of the engine, hashed with foldhash (their order never
+/// depends on the hasher).
+pub(crate) type IndexMap<K, V> = indexmap::IndexMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type IndexSet<T> = indexmap::IndexSet<T, foldhash::fast::RandomState>;
+
 /// From this many flows on, the assembly spreads independent per-flow work over two threads.
 pub(crate) const PARALLEL_FLOWS: usize = 2_000;
 

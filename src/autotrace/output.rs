@@ -11,9 +11,9 @@ use super::flow::Flow;
 use super::relate::names;
 use super::sort::Tree;
 use super::Detail;
+use super::IndexMap;
 use crate::store::model::FlowRecord;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -636,7 +636,7 @@ pub fn build_output(
                 .insert(g);
         }
     }
-    let mut metrics: IndexMap<String, (String, i64)> = IndexMap::new();
+    let mut metrics: IndexMap<String, (String, i64)> = IndexMap::default();
     // Each kept PSS's (service_uid, service_uname), and which of them each span has.
     let mut service_names: Vec<(String, String)> = Vec::with_capacity(kept_pss.len());
     let mut service_of: Vec<Option<usize>> = vec![None; n];

@@ -18,9 +18,9 @@
 use super::clock::{ClockCorrection, LinkEnd};
 use super::flow::{Flow, InstKey};
 use super::relate::RelCtx;
+use super::IndexMap;
 use crate::store::model::signal_source;
 use foldhash::{HashMap, HashMapExt, HashSet};
-use indexmap::IndexMap;
 
 mod connect;
 mod index;
@@ -615,7 +615,11 @@ impl<'a> Sorter<'a> {
             }
         }
 
-        let mut process_map: IndexMap<InstKey, Vec<usize>> = IndexMap::new();
+        // At most one set per span, mostly far fewer: room without regrowing (a set is large).
+        self.t
+            .pss
+            .reserve(app.len() + server_sys.len() + client_sys.len());
+        let mut process_map: IndexMap<InstKey, Vec<usize>> = IndexMap::default();
         self.build_app_pss(&app, &mut process_map);
 
         // §6.4.1 attach sys spans to app PSS. Candidate PSS come from hash indexes over the
