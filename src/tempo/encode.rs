@@ -102,24 +102,34 @@ fn capture_host(r: &FlowRecord, sd: u8) -> std::borrow::Cow<'_, str> {
 
 /// `service.name` of a span.
 pub fn service_name(s: &OutSpan) -> String {
+    service_name_of(s).into_owned()
+}
+
+/// `service_name`, borrowed from the span unless it has to be composed.
+fn service_name_of(s: &OutSpan) -> Cow<'_, str> {
     let r = &s.record;
     let sd = r.observed_side();
+    fn or<'a>(name: &'a str, fallback: &'static str) -> Cow<'a, str> {
+        Cow::Borrowed(if name.is_empty() { fallback } else { name })
+    }
     match Signal::of(r) {
-        Signal::App => first_nonempty(&[
-            &r.app_service,
-            s.auto_service.as_deref().unwrap_or(""),
-            r.auto_service(sd),
-        ])
-        .to_string()
-        .if_empty("unknown app service"),
-        Signal::Ebpf => first_nonempty(&[
-            s.auto_service.as_deref().unwrap_or(""),
-            r.auto_service(sd),
-            pick(sd, &r.gprocess_0, &r.gprocess_1),
-            pick(sd, &r.process_kname_0, &r.process_kname_1),
-        ])
-        .to_string()
-        .if_empty("unknown process"),
+        Signal::App => or(
+            first_nonempty(&[
+                &r.app_service,
+                s.auto_service.as_deref().unwrap_or(""),
+                r.auto_service(sd),
+            ]),
+            "unknown app service",
+        ),
+        Signal::Ebpf => or(
+            first_nonempty(&[
+                s.auto_service.as_deref().unwrap_or(""),
+                r.auto_service(sd),
+                pick(sd, &r.gprocess_0, &r.gprocess_1),
+                pick(sd, &r.process_kname_0, &r.process_kname_1),
+            ]),
+            "unknown process",
+        ),
         Signal::Network => {
             let point =
                 observation_point::name(&r.observation_point).unwrap_or(&r.observation_point);
@@ -129,21 +139,7 @@ pub fn service_name(s: &OutSpan) -> String {
             name.push_str(point);
             name.push_str(" @ ");
             name.push_str(&host);
-            name
-        }
-    }
-}
-
-trait IfEmpty {
-    fn if_empty(self, fallback: &str) -> String;
-}
-
-impl IfEmpty for String {
-    fn if_empty(self, fallback: &str) -> String {
-        if self.is_empty() {
-            fallback.to_string()
-        } else {
-            self
+            Cow::Owned(name)
         }
     }
 }
@@ -154,7 +150,7 @@ impl IfEmpty for String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ResourceKey<'a> {
     signal: Signal,
-    service: String,
+    service: Cow<'a, str>,
     instance: Cow<'a, str>,
     pod: Cow<'a, str>,
     node: Cow<'a, str>,
@@ -178,7 +174,7 @@ impl<'a> ResourceKey<'a> {
         let ebpf = signal == Signal::Ebpf;
         ResourceKey {
             signal,
-            service: service_name(s),
+            service: service_name_of(s),
             instance: instance.into(),
             pod: if net {
                 ""
@@ -214,7 +210,7 @@ impl<'a> ResourceKey<'a> {
     fn into_owned(self) -> ResourceKey<'static> {
         ResourceKey {
             signal: self.signal,
-            service: self.service,
+            service: Cow::Owned(self.service.into_owned()),
             instance: Cow::Owned(self.instance.into_owned()),
             pod: Cow::Owned(self.pod.into_owned()),
             node: Cow::Owned(self.node.into_owned()),
@@ -227,7 +223,7 @@ impl<'a> ResourceKey<'a> {
 
     /// The resource attributes (always including `service.name`).
     fn attributes(&self) -> Vec<KeyValue> {
-        let mut v = vec![kv_str("service.name", self.service.clone())];
+        let mut v = vec![kv_str("service.name", self.service.as_ref())];
         for (k, val) in [
             ("service.instance.id", &self.instance),
             ("k8s.pod.name", &self.pod),
