@@ -223,8 +223,9 @@ pub enum Detail {
     #[default]
     Full,
     /// The tree and the spans' own fields, without the per-span display fields that only
-    /// DeepFlow's API shows: `related_ids` stay empty, `service_uid` and `service_uname` unset.
-    /// Everything else is as with `Full` (what encoders of span trees read).
+    /// DeepFlow's API shows: `related_ids` and `deepflow_parent_span_id` stay empty,
+    /// `service_uid` and `service_uname` unset. Everything else is as with `Full` (what
+    /// encoders of span trees read; `parent_id` is set as with `Full`).
     Tree,
 }
 

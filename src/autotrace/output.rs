@@ -707,6 +707,7 @@ pub fn build_output(
 
     // §7.1 parent ids (a parent's span id stays when some kept span has it) and §7.8 final
     // fixes
+    let full = detail == Detail::Full;
     let parents: Vec<(Option<usize>, String)> = {
         let kept_ids: HashSet<&str> = kept_order
             .iter()
@@ -716,22 +717,20 @@ pub fn build_output(
             .iter()
             .map(|&s| {
                 let parent = tree.nodes[s].parent;
-                let mut parent_id = parent.filter(|&p| has_rec[p]);
-                let mut parent_dsid = match parent {
-                    None => String::new(),
-                    Some(p) => dsid[p].clone().unwrap_or_default(),
-                };
-                if !parent_dsid.is_empty() && !kept_ids.contains(parent_dsid.as_str()) {
-                    parent_dsid.clear();
-                    parent_id = None;
+                let parent_dsid = parent.and_then(|p| dsid[p].as_deref()).unwrap_or("");
+                let parent_id = parent.filter(|&p| has_rec[p]);
+                if !parent_dsid.is_empty() && !kept_ids.contains(parent_dsid) {
+                    (None, String::new())
+                } else if full {
+                    (parent_id, parent_dsid.to_string())
+                } else {
+                    (parent_id, String::new())
                 }
-                (parent_id, parent_dsid)
             })
             .collect()
     };
     // §7.4 related_ids (independent per span: on two threads for large traces)
     let id0: Vec<u64> = flows.iter().map(|f| f.ids[0]).collect();
-    let full = detail == Detail::Full;
     let related = RelatedIds::new(&id0, if full { &kept_order } else { &[] });
     let parallel = full && kept_order.len() >= super::PARALLEL_FLOWS;
     let related_ids = super::in_halves(&kept_order, parallel, |_, part| {
