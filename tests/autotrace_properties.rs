@@ -314,6 +314,7 @@ fn tree_detail_leaves_out_only_the_display_fields() {
         let mut stripped = full;
         for s in &mut stripped.spans {
             s.related_ids.clear();
+            s.deepflow_parent_span_id.clear();
             s.service_uid = None;
             s.service_uname = None;
         }

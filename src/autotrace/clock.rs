@@ -3,7 +3,8 @@
 //!
 //! Owns only the offset bookkeeping; it never changes span times (rendering applies the map).
 
-use indexmap::{IndexMap, IndexSet};
+use super::flow::InstKey;
+use super::{IndexMap, IndexSet};
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone)]
@@ -24,8 +25,9 @@ pub struct LinkEnd<'a> {
     pub end: i64,
     pub signal_source: u16,
     pub tap_side: &'a str,
-    /// The grouping key `auto_instance` rendered as a string.
-    pub auto_instance: String,
+    /// The grouping key `auto_instance` (compared as rendered strings, and only when the
+    /// link joins an app span to another signal, so it is rendered only then).
+    pub auto_instance: &'a InstKey,
 }
 
 impl ClockCorrection {
@@ -42,9 +44,10 @@ impl ClockCorrection {
             if child.tap_side == "app" || parent.tap_side == "app" {
                 return;
             }
-            if !parent.auto_instance.is_empty()
-                && parent.auto_instance != "0"
-                && parent.auto_instance == child.auto_instance
+            let parent_instance = parent.auto_instance.render();
+            if !parent_instance.is_empty()
+                && parent_instance != "0"
+                && parent_instance == child.auto_instance.render()
             {
                 return;
             }
@@ -82,7 +85,7 @@ impl ClockCorrection {
 
     /// Resolve the accumulated ranges; only non-zero corrections are returned.
     pub fn tidy(&self) -> BTreeMap<u16, i64> {
-        let mut result: IndexMap<u16, i64> = IndexMap::new();
+        let mut result: IndexMap<u16, i64> = IndexMap::default();
         fn merge(result: &mut IndexMap<u16, i64>, h: u16, v: i64) {
             match result.get_mut(&h) {
                 None => {

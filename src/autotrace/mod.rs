@@ -184,6 +184,11 @@ impl TraceParams {
     }
 }
 
+/// Insertion-ordered maps and sets of the engine, hashed with foldhash (their order never
+/// depends on the hasher).
+pub(crate) type IndexMap<K, V> = indexmap::IndexMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type IndexSet<T> = indexmap::IndexSet<T, foldhash::fast::RandomState>;
+
 /// From this many flows on, the assembly spreads independent per-flow work over two threads.
 pub(crate) const PARALLEL_FLOWS: usize = 2_000;
 
@@ -218,8 +223,9 @@ pub enum Detail {
     #[default]
     Full,
     /// The tree and the spans' own fields, without the per-span display fields that only
-    /// DeepFlow's API shows: `related_ids` stay empty, `service_uid` and `service_uname` unset.
-    /// Everything else is as with `Full` (what encoders of span trees read).
+    /// DeepFlow's API shows: `related_ids` and `deepflow_parent_span_id` stay empty,
+    /// `service_uid` and `service_uname` unset. Everything else is as with `Full` (what
+    /// encoders of span trees read; `parent_id` is set as with `Full`).
     Tree,
 }
 
@@ -286,7 +292,6 @@ fn assemble_impl(
     }
     let ctx = params.rel_ctx();
     let flows = merge::merge_rows(rows);
-    let rel = relate::relation_map(&flows, &ctx);
     let opts = sort::SortOpts {
         net_c_to_s_via_trace_id: params
             .span_set_connection_strategies
@@ -296,7 +301,20 @@ fn assemble_impl(
             .sys_span_s_to_c_via_trace_id,
         exhaustive,
     };
-    let tree = sort::build_tree(&flows, &rel, &ctx, opts);
+    let (rel, tree) = if flows.len() >= PARALLEL_FLOWS {
+        // The sort's ProcessSpanSet stages do not read the relation map: compute it meanwhile.
+        std::thread::scope(|scope| {
+            let rel = scope.spawn(|| relate::relation_map_with(&flows, &ctx, false));
+            let sorting = sort::begin(&flows, &ctx, opts);
+            let rel = rel.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            let tree = sorting.finish(&rel);
+            (rel, tree)
+        })
+    } else {
+        let rel = relate::relation_map(&flows, &ctx);
+        let tree = sort::build_tree(&flows, &rel, &ctx, opts);
+        (rel, tree)
+    };
     output::build_output(
         flows,
         &rel,

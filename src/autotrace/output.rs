@@ -11,9 +11,9 @@ use super::flow::Flow;
 use super::relate::names;
 use super::sort::Tree;
 use super::Detail;
+use super::IndexMap;
 use crate::store::model::FlowRecord;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -372,7 +372,16 @@ pub(crate) fn push_decimal(out: &mut String, mut v: u64) {
     };
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    while v >= 100 {
+    // Four digits per 64-bit division, then two at a time.
+    while v >= 10_000 {
+        let r = (v % 10_000) as usize;
+        v /= 10_000;
+        let (hi, lo) = (r / 100 * 2, r % 100 * 2);
+        i -= 4;
+        buf[i..i + 2].copy_from_slice(&PAIRS[hi..hi + 2]);
+        buf[i + 2..i + 4].copy_from_slice(&PAIRS[lo..lo + 2]);
+    }
+    if v >= 100 {
         let r = (v % 100) as usize * 2;
         v /= 100;
         i -= 2;
@@ -629,7 +638,7 @@ pub fn build_output(
                 .insert(g);
         }
     }
-    let mut metrics: IndexMap<String, (String, i64)> = IndexMap::new();
+    let mut metrics: IndexMap<String, (String, i64)> = IndexMap::default();
     // Each kept PSS's (service_uid, service_uname), and which of them each span has.
     let mut service_names: Vec<(String, String)> = Vec::with_capacity(kept_pss.len());
     let mut service_of: Vec<Option<usize>> = vec![None; n];
@@ -700,6 +709,7 @@ pub fn build_output(
 
     // §7.1 parent ids (a parent's span id stays when some kept span has it) and §7.8 final
     // fixes
+    let full = detail == Detail::Full;
     let parents: Vec<(Option<usize>, String)> = {
         let kept_ids: HashSet<&str> = kept_order
             .iter()
@@ -709,22 +719,20 @@ pub fn build_output(
             .iter()
             .map(|&s| {
                 let parent = tree.nodes[s].parent;
-                let mut parent_id = parent.filter(|&p| has_rec[p]);
-                let mut parent_dsid = match parent {
-                    None => String::new(),
-                    Some(p) => dsid[p].clone().unwrap_or_default(),
-                };
-                if !parent_dsid.is_empty() && !kept_ids.contains(parent_dsid.as_str()) {
-                    parent_dsid.clear();
-                    parent_id = None;
+                let parent_dsid = parent.and_then(|p| dsid[p].as_deref()).unwrap_or("");
+                let parent_id = parent.filter(|&p| has_rec[p]);
+                if !parent_dsid.is_empty() && !kept_ids.contains(parent_dsid) {
+                    (None, String::new())
+                } else if full {
+                    (parent_id, parent_dsid.to_string())
+                } else {
+                    (parent_id, String::new())
                 }
-                (parent_id, parent_dsid)
             })
             .collect()
     };
     // §7.4 related_ids (independent per span: on two threads for large traces)
     let id0: Vec<u64> = flows.iter().map(|f| f.ids[0]).collect();
-    let full = detail == Detail::Full;
     let related = RelatedIds::new(&id0, if full { &kept_order } else { &[] });
     let parallel = full && kept_order.len() >= super::PARALLEL_FLOWS;
     let related_ids = super::in_halves(&kept_order, parallel, |_, part| {
@@ -821,6 +829,10 @@ mod tests {
             99,
             100,
             255,
+            9_999,
+            10_000,
+            10_001,
+            123_456,
             1000,
             4096,
             123_456_789,

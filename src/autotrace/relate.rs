@@ -324,6 +324,10 @@ impl Index {
     pub fn extend<F: Relatable>(&mut self, flows: &[F], ctx: &RelCtx) {
         let from = self.len.min(flows.len());
         assert!(flows.len() < END as usize, "too many flows for one index");
+        // Room for the new flows' TCP and syscall keys (at most two each) without rehashing.
+        let new = flows.len() - from;
+        self.tcp.reserve(new);
+        self.sys.reserve(new);
         let links = &mut self.links;
         let (mut by_start, mut by_end) = (Vec::new(), Vec::new());
         for (i, f) in flows.iter().enumerate().skip(from) {
@@ -629,7 +633,11 @@ pub fn relation_map(flows: &[Flow], ctx: &RelCtx) -> Vec<Vec<(usize, u8)>> {
     relation_map_with(flows, ctx, flows.len() >= super::PARALLEL_FLOWS)
 }
 
-fn relation_map_with(flows: &[Flow], ctx: &RelCtx, parallel: bool) -> Vec<Vec<(usize, u8)>> {
+pub(crate) fn relation_map_with(
+    flows: &[Flow],
+    ctx: &RelCtx,
+    parallel: bool,
+) -> Vec<Vec<(usize, u8)>> {
     let ix = Index::build(flows, ctx);
     super::in_halves(flows, parallel, |offset, part| {
         part.iter()

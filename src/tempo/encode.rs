@@ -102,24 +102,34 @@ fn capture_host(r: &FlowRecord, sd: u8) -> std::borrow::Cow<'_, str> {
 
 /// `service.name` of a span.
 pub fn service_name(s: &OutSpan) -> String {
+    service_name_of(s).into_owned()
+}
+
+/// `service_name`, borrowed from the span unless it has to be composed.
+fn service_name_of(s: &OutSpan) -> Cow<'_, str> {
     let r = &s.record;
     let sd = r.observed_side();
+    fn or<'a>(name: &'a str, fallback: &'static str) -> Cow<'a, str> {
+        Cow::Borrowed(if name.is_empty() { fallback } else { name })
+    }
     match Signal::of(r) {
-        Signal::App => first_nonempty(&[
-            &r.app_service,
-            s.auto_service.as_deref().unwrap_or(""),
-            r.auto_service(sd),
-        ])
-        .to_string()
-        .if_empty("unknown app service"),
-        Signal::Ebpf => first_nonempty(&[
-            s.auto_service.as_deref().unwrap_or(""),
-            r.auto_service(sd),
-            pick(sd, &r.gprocess_0, &r.gprocess_1),
-            pick(sd, &r.process_kname_0, &r.process_kname_1),
-        ])
-        .to_string()
-        .if_empty("unknown process"),
+        Signal::App => or(
+            first_nonempty(&[
+                &r.app_service,
+                s.auto_service.as_deref().unwrap_or(""),
+                r.auto_service(sd),
+            ]),
+            "unknown app service",
+        ),
+        Signal::Ebpf => or(
+            first_nonempty(&[
+                s.auto_service.as_deref().unwrap_or(""),
+                r.auto_service(sd),
+                pick(sd, &r.gprocess_0, &r.gprocess_1),
+                pick(sd, &r.process_kname_0, &r.process_kname_1),
+            ]),
+            "unknown process",
+        ),
         Signal::Network => {
             let point =
                 observation_point::name(&r.observation_point).unwrap_or(&r.observation_point);
@@ -129,21 +139,7 @@ pub fn service_name(s: &OutSpan) -> String {
             name.push_str(point);
             name.push_str(" @ ");
             name.push_str(&host);
-            name
-        }
-    }
-}
-
-trait IfEmpty {
-    fn if_empty(self, fallback: &str) -> String;
-}
-
-impl IfEmpty for String {
-    fn if_empty(self, fallback: &str) -> String {
-        if self.is_empty() {
-            fallback.to_string()
-        } else {
-            self
+            Cow::Owned(name)
         }
     }
 }
@@ -154,7 +150,7 @@ impl IfEmpty for String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ResourceKey<'a> {
     signal: Signal,
-    service: String,
+    service: Cow<'a, str>,
     instance: Cow<'a, str>,
     pod: Cow<'a, str>,
     node: Cow<'a, str>,
@@ -178,7 +174,7 @@ impl<'a> ResourceKey<'a> {
         let ebpf = signal == Signal::Ebpf;
         ResourceKey {
             signal,
-            service: service_name(s),
+            service: service_name_of(s),
             instance: instance.into(),
             pod: if net {
                 ""
@@ -214,7 +210,7 @@ impl<'a> ResourceKey<'a> {
     fn into_owned(self) -> ResourceKey<'static> {
         ResourceKey {
             signal: self.signal,
-            service: self.service,
+            service: Cow::Owned(self.service.into_owned()),
             instance: Cow::Owned(self.instance.into_owned()),
             pod: Cow::Owned(self.pod.into_owned()),
             node: Cow::Owned(self.node.into_owned()),
@@ -227,7 +223,7 @@ impl<'a> ResourceKey<'a> {
 
     /// The resource attributes (always including `service.name`).
     fn attributes(&self) -> Vec<KeyValue> {
-        let mut v = vec![kv_str("service.name", self.service.clone())];
+        let mut v = vec![kv_str("service.name", self.service.as_ref())];
         for (k, val) in [
             ("service.instance.id", &self.instance),
             ("k8s.pod.name", &self.pod),
@@ -451,11 +447,39 @@ fn span_attributes(
             ..Default::default()
         }));
     }
-    // A new vector of exactly this length; the scratch vector keeps its capacity for the next
-    // span (`mem::take` would hand the capacity away).
-    #[allow(clippy::drain_collect)]
-    let attrs = v.drain(..).collect();
-    attrs
+    // Moved out by append (not mem::take) so the scratch keeps its capacity for the next span.
+    let mut attributes = Vec::with_capacity(v.len());
+    attributes.append(v);
+    attributes
+}
+
+/// The encoded size of a length-delimited field of `len` bytes with a one-byte key (field
+/// numbers below 16).
+fn field_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+/// What an attribute adds to its span (`Span.attributes`, field 9): what
+/// `prost::encoding::message::encoded_len(9, kv)` computes, without walking the generic path
+/// for the two kinds of values the encoder writes.
+fn attribute_len(kv: &KeyValue) -> usize {
+    let key = if kv.key.is_empty() {
+        0
+    } else {
+        field_len(kv.key.len())
+    };
+    // AnyValue (KeyValue.value, field 2) holds a oneof: string (field 1) or int64 (field 3).
+    let value = match &kv.value {
+        None => 0,
+        Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v)),
+        }) => field_len(field_len(v.len())),
+        Some(AnyValue {
+            value: Some(any_value::Value::IntValue(v)),
+        }) => field_len(1 + prost::encoding::encoded_len_varint(*v as u64)),
+        Some(_) => return prost::encoding::message::encoded_len(9, kv),
+    };
+    field_len(key + value)
 }
 
 fn decimal(v: u64) -> String {
@@ -588,7 +612,8 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
         }
         ids.insert(s.id, id);
     }
-    let build = |mut s: OutSpan, scratch: &mut Vec<KeyValue>| -> Span {
+    // A span and the size it adds to its `ScopeSpans`.
+    let build = |mut s: OutSpan, scratch: &mut Vec<KeyValue>| -> (Span, usize) {
         let r = &s.record;
         let parent = s
             .parent_id
@@ -602,7 +627,7 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
         let kind = span_kind(r) as i32;
         let status = span_status(r);
         let events = span_events(r);
-        Span {
+        let mut span = Span {
             trace_id: trace_id.0.to_vec(),
             span_id: ids[&s.id].to_vec(),
             parent_span_id: parent,
@@ -610,11 +635,16 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
             kind,
             start_time_unix_nano: start,
             end_time_unix_nano: end,
-            attributes: span_attributes(&mut s, trace_id, scratch),
             events,
             status: Some(status),
             ..Default::default()
-        }
+        };
+        // The span's size without attributes (an empty repeated field encodes to nothing),
+        // then each attribute's.
+        let mut len = prost::Message::encoded_len(&span);
+        span.attributes = span_attributes(&mut s, trace_id, scratch);
+        len += span.attributes.iter().map(attribute_len).sum::<usize>();
+        (span, field_len(len))
     };
     // Each half groups its spans by resource, then builds them (dropping each assembled span
     // on the thread that encoded it).
@@ -626,14 +656,7 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
             .collect();
         let resources = keys.into_iter().map(ResourceKey::into_owned).collect();
         let mut scratch = Vec::with_capacity(64);
-        let spans = spans
-            .into_iter()
-            .map(|s| {
-                let span = build(s, &mut scratch);
-                let size = prost::encoding::message::encoded_len(2, &span);
-                (span, size)
-            })
-            .collect();
+        let spans = spans.into_iter().map(|s| build(s, &mut scratch)).collect();
         Part {
             resources,
             resource_of,
@@ -763,5 +786,57 @@ mod tests {
         let (two, size) = encode_with(result.clone(), &id, true);
         assert_eq!(size, prost::Message::encoded_len(&two));
         assert_eq!((two, size), encode_with(result, &id, false));
+    }
+
+    #[test]
+    fn summed_size_equals_the_encoded_length() {
+        let trace = crate::synth::zero_code_trace(
+            5,
+            1_700_000_000_000_000,
+            crate::synth::Shape {
+                calls: 40,
+                fanout: 3,
+                services: 5,
+            },
+            &mut crate::synth::Keys::new(0),
+        );
+        let records: Vec<FlowRecord> = trace
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(k, r)| FlowRecord {
+                _id: r._id,
+                signal_source: r.signal_source,
+                observation_point: r.observation_point.clone(),
+                agent_id: r.agent_id,
+                protocol: r.protocol,
+                l7_protocol: [20, 60, 41, 120, 21][k % 5],
+                r#type: r.r#type,
+                req_tcp_seq: r.req_tcp_seq,
+                resp_tcp_seq: r.resp_tcp_seq,
+                start_time_us: r.start_time,
+                end_time_us: r.end_time,
+                response_duration: r.response_duration,
+                syscall_trace_id_request: r.syscall_trace_id_request,
+                syscall_trace_id_response: r.syscall_trace_id_response,
+                request_resource: "/r".repeat(k % 90),
+                response_code: [None, Some(-1), Some(200), Some(i32::MIN)][k % 4],
+                request_id: [None, Some(u64::MAX), Some(0)][k % 3],
+                attribute_names: vec!["".into(), "a".repeat(k % 200), "http.method".into()],
+                attribute_values: vec!["x".into(), "".into(), "PUT".into()],
+                events: r#"[{"name":"e","time_unix_nano":7,"attributes":{"k":"v","n":1}}]"#.into(),
+                ..FlowRecord::default()
+            })
+            .collect();
+        let result = crate::autotrace::assemble(records, vec![], None, &Default::default());
+        for id in [
+            TraceId::zero_code(trace.entry_id),
+            TraceId::from_app_trace_id("0af7651916cd43dd8448eb211c80319c").unwrap(),
+        ] {
+            for parallel in [false, true] {
+                let (enc, size) = encode_with(result.clone(), &id, parallel);
+                assert_eq!(size, prost::Message::encoded_len(&enc));
+            }
+        }
     }
 }

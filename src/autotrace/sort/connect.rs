@@ -7,9 +7,9 @@ use super::index::GrpcRoots;
 use super::{cover, Sorter};
 use crate::autotrace::flow::{sorted_intersect, Flow};
 use crate::autotrace::relate::{SPAN_ID, X_REQUEST_ID};
+use crate::autotrace::IndexMap;
 use crate::store::model::l7_protocol as l7;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use indexmap::IndexMap;
 
 impl<'a> Sorter<'a> {
     pub(super) fn mark_roots_and_leafs(&mut self) -> Marks {
@@ -170,7 +170,7 @@ impl<'a> Sorter<'a> {
             }
         }
         // Scenario 5: NSS leaf → NSS root
-        let mut m: IndexMap<usize, (usize, String)> = IndexMap::new();
+        let mut m: IndexMap<usize, (usize, String)> = IndexMap::default();
         let mut grpc = GrpcRoots::build(self, &mk);
         for &l in &mk.network_leafs {
             let fl = self.f(l);
@@ -314,7 +314,7 @@ impl<'a> Sorter<'a> {
             }
         }
         // Scenarios 7 and 8 (opt-in)
-        let mut w: IndexMap<usize, (usize, &'static str)> = IndexMap::new();
+        let mut w: IndexMap<usize, (usize, &'static str)> = IndexMap::default();
         let mut wc: HashMap<usize, usize> = HashMap::new();
         if self.opts.net_c_to_s_via_trace_id {
             let mut by_trace: HashMap<&str, Vec<usize>> = HashMap::new();

@@ -9,7 +9,8 @@
 //! (P-1), first-success attachment (P-3), no stale-variable check in scenario 2 (C-1),
 //! `has_parent` re-check when applying `M` (C-3), scenario 4 stops at its first match (C-4).
 //!
-//! Layout: this file holds the node/set types, `set_parent` and the pipeline (`run`); `pss`
+//! Layout: this file holds the node/set types, `set_parent` and the pipeline (`begin` runs the
+//! ProcessSpanSet stages, which need no relation map, `finish` the rest); `pss`
 //! builds process span sets and attaches sys spans, `nss` builds and chains network span sets,
 //! `connect` marks roots/leafs and runs the scenarios, `index` holds the candidate indexes.
 //! Beyond the spec, `set_parent` refuses a link that would close a cycle.
@@ -17,9 +18,9 @@
 use super::clock::{ClockCorrection, LinkEnd};
 use super::flow::{Flow, InstKey};
 use super::relate::RelCtx;
+use super::IndexMap;
 use crate::store::model::signal_source;
 use foldhash::{HashMap, HashMapExt, HashSet};
-use indexmap::IndexMap;
 
 mod connect;
 mod index;
@@ -202,6 +203,32 @@ struct Sorter<'a> {
 
 /// Run the sort phase over merged flows and their relation map.
 pub fn build_tree(flows: &[Flow], rel: &[Vec<(usize, u8)>], ctx: &RelCtx, opts: SortOpts) -> Tree {
+    begin(flows, ctx, opts).finish(rel)
+}
+
+/// The sort phase after its ProcessSpanSet stages (§6.1–§6.4), which do not read the relation
+/// map: the caller may compute the map meanwhile and pass it to `finish`.
+pub struct SortInProgress<'a> {
+    sorter: Sorter<'a>,
+    network: Vec<usize>,
+    server_sys: Vec<usize>,
+    client_sys: Vec<usize>,
+}
+
+impl SortInProgress<'_> {
+    /// The rest of the sort phase (§6.5–§6.9) with the flows' relation map.
+    pub fn finish(self, rel: &[Vec<(usize, u8)>]) -> Tree {
+        let mut s = self.sorter;
+        s.rel = rel;
+        s.build_nss(&self.network, &self.server_sys, &self.client_sys);
+        let marks = s.mark_roots_and_leafs();
+        s.connect(marks);
+        s.t
+    }
+}
+
+/// Start the sort phase over merged flows: everything up to the relation map's first use.
+pub fn begin<'a>(flows: &'a [Flow], ctx: &RelCtx, opts: SortOpts) -> SortInProgress<'a> {
     let nodes = flows
         .iter()
         .map(|f| {
@@ -235,12 +262,12 @@ pub fn build_tree(flows: &[Flow], rel: &[Vec<(usize, u8)>], ctx: &RelCtx, opts: 
             }
         })
         .collect();
-    let mut s = Sorter {
+    let mut sorter = Sorter {
         flows,
         trace_sets: HashMap::new(),
         leaf_req_sets: HashMap::new(),
         leaf_resp_sets: HashMap::new(),
-        rel,
+        rel: &[],
         ctx: *ctx,
         opts,
         t: Tree {
@@ -248,8 +275,13 @@ pub fn build_tree(flows: &[Flow], rel: &[Vec<(usize, u8)>], ctx: &RelCtx, opts: 
             ..Tree::default()
         },
     };
-    s.run();
-    s.t
+    let (network, server_sys, client_sys) = sorter.run_pss();
+    SortInProgress {
+        sorter,
+        network,
+        server_sys,
+        client_sys,
+    }
 }
 
 impl<'a> Sorter<'a> {
@@ -289,25 +321,25 @@ impl<'a> Sorter<'a> {
         false
     }
 
-    fn link_end(&self, i: usize) -> LinkEnd<'a> {
-        let f = self.f(i);
-        LinkEnd {
-            agent: f.agent(),
-            start: f.start(),
-            end: f.end(),
-            signal_source: f.rec.signal_source,
-            tap_side: f.tap_side(),
-            auto_instance: self.t.nodes[i].inst.render(),
-        }
-    }
-
     /// `set_parent` of §6.1 (plus a refusal of links that would close a cycle).
     fn set_parent(&mut self, child: usize, parent: usize, reason: impl Into<String>) -> bool {
         if self.would_cycle(child, parent) {
             return false;
         }
         if self.f(child).agent() != self.f(parent).agent() {
-            let (c, p) = (self.link_end(child), self.link_end(parent));
+            let (flows, nodes) = (self.flows, &self.t.nodes);
+            let end = |i: usize| {
+                let f = &flows[i];
+                LinkEnd {
+                    agent: f.agent(),
+                    start: f.start(),
+                    end: f.end(),
+                    signal_source: f.rec.signal_source,
+                    tap_side: f.tap_side(),
+                    auto_instance: &nodes[i].inst,
+                }
+            };
+            let (c, p) = (end(child), end(parent));
             self.t.clock.on_link(&c, &p);
         }
         let n = &mut self.t.nodes;
@@ -555,7 +587,8 @@ impl<'a> Sorter<'a> {
 
     // ----- the pipeline ----------------------------------------------------------------------
 
-    fn run(&mut self) {
+    /// The ProcessSpanSet stages; returns the network, server sys and client sys flows.
+    fn run_pss(&mut self) -> (Vec<usize>, Vec<usize>, Vec<usize>) {
         let n = self.flows.len();
         let mut server_sys = Vec::new();
         let mut client_sys = Vec::new();
@@ -582,7 +615,11 @@ impl<'a> Sorter<'a> {
             }
         }
 
-        let mut process_map: IndexMap<InstKey, Vec<usize>> = IndexMap::new();
+        // At most one set per span, mostly far fewer: room without regrowing (a set is large).
+        self.t
+            .pss
+            .reserve(app.len() + server_sys.len() + client_sys.len());
+        let mut process_map: IndexMap<InstKey, Vec<usize>> = IndexMap::default();
         self.build_app_pss(&app, &mut process_map);
 
         // §6.4.1 attach sys spans to app PSS. Candidate PSS come from hash indexes over the
@@ -800,9 +837,6 @@ impl<'a> Sorter<'a> {
         }
 
         self.t.process_list = process_map.values().flatten().copied().collect();
-
-        self.build_nss(&network, &server_sys, &client_sys);
-        let marks = self.mark_roots_and_leafs();
-        self.connect(marks);
+        (network, server_sys, client_sys)
     }
 }

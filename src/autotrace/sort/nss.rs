@@ -90,6 +90,7 @@ impl<'a> Sorter<'a> {
             .copied()
             .collect();
         united.sort_by_key(|&i| std::cmp::Reverse(self.f(i).rec.r#type));
+        self.t.nss.reserve(united.len());
         let mut aggregated = vec![false; self.flows.len()];
         for &x in &united {
             if aggregated[x] {

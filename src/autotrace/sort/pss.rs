@@ -7,8 +7,8 @@
 use super::index::{Best, CandEntry, CandIndex, SubIndex};
 use super::{cover, cover_lost_resp, full_before_lost_resp, Pss, Sorter, SvcVals};
 use crate::autotrace::flow::{Flow, InstKey};
+use crate::autotrace::IndexMap;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use indexmap::IndexMap;
 
 impl<'a> Sorter<'a> {
     /// Best parent by `attach_via_sys` over the candidate sets of `ci` (largest s-p start,
@@ -320,7 +320,7 @@ impl<'a> Sorter<'a> {
                         self.set_parent(s, par, "app_span mounted due to parent_span_id");
                     }
                 }
-                let mut splits: IndexMap<String, usize> = IndexMap::new();
+                let mut splits: IndexMap<String, usize> = IndexMap::default();
                 let mut seen_roots: HashSet<usize> = HashSet::new();
                 let mut root_memo: HashMap<usize, usize> = HashMap::new();
                 for &s in &spans {
