@@ -65,7 +65,7 @@ pub fn bind(
         App::new()
             .app_data(data.clone())
             .configure(|c| api::guard::configure(c, &limits))
-            .wrap(api::guard::Rejections)
+            .wrap(from_fn(api::guard::rejections))
             .wrap(actix_web::middleware::Compress::default())
             .wrap(from_fn(api::auth::require_credentials))
             .wrap(from_fn(api::observe::http_metrics))

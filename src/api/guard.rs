@@ -1,8 +1,8 @@
 //! Request guards of the HTTP API: the request deadline (`limits.request_timeout` → 504, the
-//! handler and its store queries are dropped: [`Deadline`]), the extractor limits and their
+//! handler and its store queries are dropped: [`deadline`]), the extractor limits and their
 //! errors (`limits.max_body_bytes` → 413, a bad query string, path or JSON body → 400), and
 //! the plain-text answers for what the framework rejects before any handler runs (unknown
-//! route 404, wrong method 405: [`Rejections`]).
+//! route 404, wrong method 405: [`rejections`]).
 //!
 //! Everything it answers is an [`ApiError`], as an ordinary response (never a service error),
 //! so the middlewares outside it (auth, metrics, request ids) see its 504s, 404s and 405s like
@@ -17,12 +17,11 @@
 use crate::config::LimitsConfig;
 use crate::error::ApiError;
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::{JsonPayloadError, PayloadError};
 use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use futures::future::LocalBoxFuture;
-use std::future::{ready, Ready};
 use std::time::Duration;
 
 /// The server's `h1_allow_half_closed`. By default actix-web keeps running a handler whose
@@ -90,111 +89,46 @@ async fn unknown_route(req: HttpRequest) -> Result<HttpResponse, ApiError> {
 #[derive(Debug, Clone, Copy)]
 struct RequestTimeout(Duration);
 
-/// Route middleware: the request deadline. It wraps each route rather than the app because
-/// it must answer with the request, and actix-web's router needs the request to itself until
-/// routing is done; every API route gets it through `api::get` / `api::post`.
-pub struct Deadline;
-
-impl<S, B> Transform<S, ServiceRequest> for Deadline
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<BoxBody>;
-    type Error = actix_web::Error;
-    type Transform = DeadlineService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(DeadlineService { service }))
+/// Route middleware (`from_fn`): the request deadline. It wraps each route rather than the
+/// app because it must answer with the request, and actix-web's router needs the request to
+/// itself until routing is done; every API route gets it through `api::get` / `api::post`.
+pub async fn deadline(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let timeout = req
+        .app_data::<RequestTimeout>()
+        .map(|t| t.0)
+        .unwrap_or_else(|| Duration::from_secs(LimitsConfig::default().request_timeout));
+    // Routing is done: the request may be shared now.
+    let http = req.request().clone();
+    match tokio::time::timeout(timeout, next.call(req)).await {
+        Ok(res) => Ok(res?.map_into_boxed_body()),
+        Err(_) => {
+            // The handler's future is dropped here: the handler and its store reads stop.
+            tracing::info!(
+                method = %http.method(),
+                path = http.path(),
+                timeout_s = timeout.as_secs(),
+                "request timed out; its store queries are cancelled"
+            );
+            let err = ApiError::Timeout(format!(
+                "request took longer than {} s (limits.request_timeout); its store \
+                 queries were cancelled",
+                timeout.as_secs()
+            ));
+            Ok(ServiceResponse::new(http, err.error_response()))
+        }
     }
 }
 
-pub struct DeadlineService<S> {
-    service: S,
-}
-
-impl<S, B> Service<ServiceRequest> for DeadlineService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<BoxBody>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let timeout = req
-            .app_data::<RequestTimeout>()
-            .map(|t| t.0)
-            .unwrap_or_else(|| Duration::from_secs(LimitsConfig::default().request_timeout));
-        // Routing is done: the request may be shared now.
-        let http = req.request().clone();
-        let inner = self.service.call(req);
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, inner).await {
-                Ok(res) => Ok(res?.map_into_boxed_body()),
-                Err(_) => {
-                    // `inner` is dropped here: the handler and its store reads stop.
-                    tracing::info!(
-                        method = %http.method(),
-                        path = http.path(),
-                        timeout_s = timeout.as_secs(),
-                        "request timed out; its store queries are cancelled"
-                    );
-                    let err = ApiError::Timeout(format!(
-                        "request took longer than {} s (limits.request_timeout); its store \
-                         queries were cancelled",
-                        timeout.as_secs()
-                    ));
-                    Ok(ServiceResponse::new(http, err.error_response()))
-                }
-            }
-        })
-    }
-}
-
-/// App middleware: what the framework answers on its own, in [`ApiError`]'s plain text.
-pub struct Rejections;
-
-impl<S, B> Transform<S, ServiceRequest> for Rejections
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<BoxBody>;
-    type Error = actix_web::Error;
-    type Transform = RejectionsService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(RejectionsService { service }))
-    }
-}
-
-pub struct RejectionsService<S> {
-    service: S,
-}
-
-impl<S, B> Service<ServiceRequest> for RejectionsService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<BoxBody>;
-    type Error = actix_web::Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let inner = self.service.call(req);
-        Box::pin(async move { Ok(plain_rejections(inner.await?)) })
-    }
+/// App middleware (`from_fn`): what the framework answers on its own, in [`ApiError`]'s plain
+/// text.
+pub async fn rejections(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    Ok(plain_rejections(next.call(req).await?))
 }
 
 /// Rewrite what the framework answered on its own into [`ApiError`]'s plain text: a bodyless
@@ -277,7 +211,7 @@ mod tests {
         let app = test::init_service(
             App::new()
                 .configure(|c| configure(c, &l))
-                .wrap(Rejections)
+                .wrap(actix_web::middleware::from_fn(rejections))
                 .service(crate::api::post("/bytes", bytes))
                 .service(crate::api::post("/json", json))
                 .service(crate::api::get("/slow", slow)),

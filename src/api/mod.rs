@@ -35,7 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     search::configure(cfg);
 }
 
-/// `GET path`, served by `handler` under the request deadline ([`guard::Deadline`]); other
+/// `GET path`, served by `handler` under the request deadline ([`guard::deadline`]); other
 /// methods get `405` with `Allow`. Every API route is registered through [`get`] or [`post`].
 pub fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
@@ -43,7 +43,11 @@ where
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
-    web::resource(path).route(web::get().to(handler).wrap(guard::Deadline))
+    web::resource(path).route(
+        web::get()
+            .to(handler)
+            .wrap(actix_web::middleware::from_fn(guard::deadline)),
+    )
 }
 
 /// `POST path` (see [`get`]).
@@ -53,7 +57,11 @@ where
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
-    web::resource(path).route(web::post().to(handler).wrap(guard::Deadline))
+    web::resource(path).route(
+        web::post()
+            .to(handler)
+            .wrap(actix_web::middleware::from_fn(guard::deadline)),
+    )
 }
 
 /// Whether the client asked for protobuf (`Accept` contains `application/protobuf`).
