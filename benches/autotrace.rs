@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use deepflow_tempo::autotrace::{assemble, TraceParams};
-use deepflow_tempo::service::TraceService;
+use deepflow_tempo::query::trace::TraceService;
 use deepflow_tempo::store::model::{FlowRecord, OrgId};
 use deepflow_tempo::store::sqlite::SqliteStore;
 use deepflow_tempo::store::{Filter, FlowQuery, FlowStore, Order};

@@ -13,8 +13,8 @@ mod common;
 
 use deepflow_tempo::autotrace::TraceParams;
 use deepflow_tempo::config::{CacheConfig, TempoConfig};
-use deepflow_tempo::search::{self, SearchConfig, SearchRequest};
-use deepflow_tempo::service::{TempoService, TraceService};
+use deepflow_tempo::query::search::{self, SearchConfig, SearchRequest};
+use deepflow_tempo::query::trace::{TempoService, TraceService};
 use deepflow_tempo::store::model::{DeviceName, NameTables};
 use deepflow_tempo::store::{Facet, Filter, FlowQuery, TimeWindow};
 use deepflow_tempo::synth::{self, Shape};
@@ -31,7 +31,7 @@ struct Sample {
     flows: usize,
 }
 
-fn sample(t: Instant, trace: &deepflow_tempo::service::TempoTrace) -> Sample {
+fn sample(t: Instant, trace: &deepflow_tempo::query::trace::TempoTrace) -> Sample {
     Sample {
         total_us: t.elapsed().as_micros() as u64,
         store_us: trace.timing.store_us,

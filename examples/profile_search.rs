@@ -30,6 +30,7 @@ fn meta(r: &L7FlowLogRow) -> FlowMeta {
         x_request_id_0: r.x_request_id_0.clone(),
         x_request_id_1: r.x_request_id_1.clone(),
         observation_point: r.observation_point.clone(),
+        time: r.time,
     }
 }
 

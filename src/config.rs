@@ -27,7 +27,7 @@ pub struct Config {
     pub tempo: TempoConfig,
     pub cache: CacheConfig,
     /// `search.*`: limits of TraceQL search.
-    pub search: crate::search::SearchConfig,
+    pub search: crate::query::search::SearchConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub tenancy: TenancyConfig,
@@ -174,7 +174,7 @@ impl Default for Config {
             tracing: TraceParams::default(),
             tempo: TempoConfig::default(),
             cache: CacheConfig::default(),
-            search: crate::search::SearchConfig::default(),
+            search: crate::query::search::SearchConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig {
                 open_ready: true,

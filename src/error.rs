@@ -59,10 +59,10 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<crate::service::ServiceError> for ApiError {
-    fn from(e: crate::service::ServiceError) -> Self {
+impl From<crate::query::trace::ServiceError> for ApiError {
+    fn from(e: crate::query::trace::ServiceError) -> Self {
         match e {
-            crate::service::ServiceError::Store(s) => s.into(),
+            crate::query::trace::ServiceError::Store(s) => s.into(),
             other => ApiError::Internal(other.to_string()),
         }
     }

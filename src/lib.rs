@@ -1,6 +1,6 @@
 //! deepflow-tempo: Grafana Tempo's query API over DeepFlow's auto-tracing.
 //!
-//! Layering: `api` (HTTP handlers) → service → pure engines (`autotrace`) → `store` (the
+//! Layering: `api` (HTTP handlers) → `query` (services) → pure engines (`autotrace`, `traceql`) → `store` (the
 //! `FlowStore` trait over ClickHouse or the embedded SQLite store). `config` and `server` wire
 //! the process; `load` imports rows; `metrics` owns the metrics registry that the HTTP
 //! middleware, the metered store and the services record into.
@@ -14,9 +14,8 @@ pub mod error;
 pub mod fuzzing;
 pub mod load;
 pub mod metrics;
-pub mod search;
+pub mod query;
 pub mod server;
-pub mod service;
 pub mod store;
 pub mod synth;
 pub mod tempo;

@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use deepflow_tempo::autotrace::TraceResult;
 use deepflow_tempo::config::{Config, FlagOverrides, KEYS};
-use deepflow_tempo::service::TraceService;
+use deepflow_tempo::query::trace::TraceService;
 use deepflow_tempo::store::model::OrgId;
 use deepflow_tempo::store::{SchemaOptions, StoreKind};
 use deepflow_tempo::{demo, load, server};

@@ -40,8 +40,9 @@ pub fn app_state(cfg: &Config, store: SharedStore) -> AppState {
     // Slots outside the meter: the store-latency metric does not include queue wait.
     let store = crate::store::metered::MeteredStore::wrap(store);
     let store = crate::store::guard::QuerySlots::wrap(store, &cfg.limits);
-    let tracer = crate::service::TraceService::new(store.clone(), cfg.tracing.clone());
-    let tempo = crate::service::TempoService::new(tracer, cfg.tempo.clone(), cfg.cache.clone());
+    let tracer = crate::query::trace::TraceService::new(store.clone(), cfg.tracing.clone());
+    let tempo =
+        crate::query::trace::TempoService::new(tracer, cfg.tempo.clone(), cfg.cache.clone());
     AppState {
         store,
         tempo: Arc::new(tempo),

@@ -7,7 +7,7 @@ mod common;
 
 use async_trait::async_trait;
 use deepflow_tempo::autotrace::{ExternalAppSpan, TraceParams, TraceResult};
-use deepflow_tempo::service::TraceService;
+use deepflow_tempo::query::trace::TraceService;
 use deepflow_tempo::store::model::*;
 use deepflow_tempo::store::{
     Facet, FlowQuery, FlowStore, SchemaOptions, SharedStore, StoreKind, StoreResult,

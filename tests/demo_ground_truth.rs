@@ -7,7 +7,7 @@ mod common;
 
 use deepflow_tempo::autotrace::{TraceParams, TraceResult};
 use deepflow_tempo::demo::{self, Dataset, DemoOptions, Request};
-use deepflow_tempo::service::TraceService;
+use deepflow_tempo::query::trace::TraceService;
 use deepflow_tempo::store::model::OrgId;
 use deepflow_tempo::store::SharedStore;
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -104,6 +104,7 @@ async fn meta_roundtrip_by_id(store: SharedStore, org: OrgId) {
             x_request_id_0: "x0".into(),
             x_request_id_1: "x1".into(),
             observation_point: "c-p".into(),
+            time: r.time,
         }]
     );
     assert_eq!(got[0].trace_ids(), vec!["T1", "T2"]);

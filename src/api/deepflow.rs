@@ -13,7 +13,7 @@
 use super::{org_of, with_server_timing, AppState};
 use crate::autotrace::{ExternalAppSpan, TraceParams};
 use crate::error::ApiError;
-use crate::service::{TraceService, TraceTiming};
+use crate::query::trace::{TraceService, TraceTiming};
 use crate::store::model::{FlowMeta, FlowRecord, L7FlowLogRow, NameTables, OrgId};
 use crate::store::{FlowQuery, FlowStore, SchemaOptions, SharedStore, StoreKind, StoreResult};
 use actix_web::http::StatusCode;
@@ -72,8 +72,8 @@ impl From<ApiError> for Failure {
     }
 }
 
-impl From<crate::service::ServiceError> for Failure {
-    fn from(e: crate::service::ServiceError) -> Self {
+impl From<crate::query::trace::ServiceError> for Failure {
+    fn from(e: crate::query::trace::ServiceError) -> Self {
         Failure::Api(e.into())
     }
 }

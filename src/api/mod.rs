@@ -10,7 +10,7 @@ pub mod search;
 pub mod tempo;
 
 use crate::error::ApiError;
-use crate::service::TempoService;
+use crate::query::trace::TempoService;
 use crate::store::model::OrgId;
 use crate::store::SharedStore;
 use actix_web::{web, HttpRequest};
@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub struct AppState {
     pub store: SharedStore,
     pub tempo: Arc<TempoService>,
-    pub search: crate::search::SearchConfig,
+    pub search: crate::query::search::SearchConfig,
     pub limits: crate::config::LimitsConfig,
     pub auth: crate::config::AuthConfig,
     pub tenancy: crate::config::TenancyConfig,
@@ -108,7 +108,7 @@ pub fn org_of(req: &HttpRequest) -> Result<OrgId, ApiError> {
     }
 }
 
-/// `resp` with a `Server-Timing` header (`value` as [`crate::service::TraceTiming::server_timing`]
+/// `resp` with a `Server-Timing` header (`value` as [`crate::query::trace::TraceTiming::server_timing`]
 /// writes it).
 pub fn with_server_timing(
     mut resp: actix_web::HttpResponse,

@@ -5,7 +5,7 @@
 
 use super::{negotiate, org_of, with_server_timing, AppState};
 use crate::error::ApiError;
-use crate::search::{self, SearchRequest};
+use crate::query::search::{self, SearchRequest};
 use crate::store::{Col, Facet, Filter, FlowQuery, TimeWindow};
 use crate::tempo::pb;
 use crate::traceql::{self, Attribute, Intrinsic, Scope};

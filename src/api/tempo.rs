@@ -6,7 +6,7 @@
 
 use super::{negotiate, org_of, with_server_timing, AppState};
 use crate::error::ApiError;
-use crate::service::TempoTrace;
+use crate::query::trace::TempoTrace;
 use crate::tempo::ids::TraceId;
 use crate::tempo::{json, pb};
 use actix_web::{web, HttpRequest, HttpResponse};

@@ -919,6 +919,7 @@ mod tests {
             x_request_id_0: pick(rng, &["", "", "X", "Y"]),
             x_request_id_1: pick(rng, &["", "", "X", "Y"]),
             observation_point: pick(rng, &["c", "s", "c-p", "s-p", "app"]),
+            time: (id >> 32) as u32,
         }
     }
 

@@ -82,7 +82,7 @@ fn read_settings(query: clickhouse::query::Query) -> clickhouse::query::Query {
 const META_SELECT: &str = "SELECT _id, type, signal_source, req_tcp_seq, resp_tcp_seq, \
     toUnixTimestamp64Micro(start_time) AS start_time_us, toUnixTimestamp64Micro(end_time) AS end_time_us, \
     agent_id, protocol, syscall_trace_id_request, syscall_trace_id_response, span_id, parent_span_id, \
-    request_id, l7_protocol, trace_id, _trace_id_2, x_request_id_0, x_request_id_1, observation_point";
+    request_id, l7_protocol, trace_id, _trace_id_2, x_request_id_0, x_request_id_1, observation_point, toUInt32(time) AS time";
 
 impl ClickHouseStore {
     pub fn new(settings: ClickHouseSettings) -> StoreResult<Self> {

@@ -412,6 +412,8 @@ pub struct FlowMeta {
     pub x_request_id_1: String,
     /// `observation_point` (the querier's `tap_side`).
     pub observation_point: String,
+    /// The `time` column (unix seconds) that store windows apply to.
+    pub time: u32,
 }
 
 impl FlowMeta {

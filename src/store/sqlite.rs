@@ -39,7 +39,7 @@ impl From<sqlx::Error> for StoreError {
 
 const META_COLUMNS: &str = "_id, type, signal_source, req_tcp_seq, resp_tcp_seq, start_time, end_time, \
     agent_id, protocol, syscall_trace_id_request, syscall_trace_id_response, span_id, parent_span_id, \
-    request_id, l7_protocol, trace_id, _trace_id_2, x_request_id_0, x_request_id_1, observation_point";
+    request_id, l7_protocol, trace_id, _trace_id_2, x_request_id_0, x_request_id_1, observation_point, time";
 
 impl SqliteStore {
     /// Open (creating if missing) the database at `path` (`:memory:` for a private in-memory
@@ -321,6 +321,7 @@ fn meta_from_row(row: &SqliteRow) -> Result<FlowMeta, sqlx::Error> {
         x_request_id_0: text(row, "x_request_id_0")?,
         x_request_id_1: text(row, "x_request_id_1")?,
         observation_point: text(row, "observation_point")?,
+        time: num(row, "time")?,
     })
 }
 

@@ -187,6 +187,7 @@ pub fn meta_of(r: &FlowRecord) -> FlowMeta {
         x_request_id_0: r.x_request_id_0.clone(),
         x_request_id_1: r.x_request_id_1.clone(),
         observation_point: r.observation_point.clone(),
+        time: r.time,
     }
 }
 

@@ -1,4 +1,4 @@
-//! TraceService: runs DeepFlow's auto-tracing against a `FlowStore`.
+//! Trace by ID and DeepFlow tracing: `TraceService` runs DeepFlow's auto-tracing against a `FlowStore`.
 //!
 //! Owns the translation of the engine's query descriptions (`autotrace::SearchQuery`) into
 //! store reads (`FlowQuery`), and the loop that feeds the answers back. It knows nothing of

@@ -7,7 +7,7 @@
 //! observation points within the tolerances), under the zero-code trace ID of the group's
 //! earliest row. Pipelines (`by`, `select`, `coalesce`, aggregates) run per hit.
 
-use crate::service::{ServiceError, TraceTiming};
+use crate::query::trace::{ServiceError, TraceTiming};
 use crate::store::model::{l7_protocol, pick_side as pick, signal_source, FlowRecord, OrgId};
 use crate::store::{Filter, FlowQuery, Order, SharedStore, TimeWindow};
 use crate::tempo::encode::{db_system, span_kind};
@@ -735,7 +735,7 @@ fn run_pipeline(
 
 /// Search the store (through the tracer, which also assembles traces for structural queries).
 pub async fn search(
-    tracer: &crate::service::TraceService,
+    tracer: &crate::query::trace::TraceService,
     org: OrgId,
     req: &SearchRequest,
     cfg: &SearchConfig,
@@ -749,7 +749,7 @@ pub async fn search(
 /// (`search_us`: grouping, evaluation, building the response). `encode_us` is left to the
 /// caller, which serialises the response.
 pub async fn search_timed(
-    tracer: &crate::service::TraceService,
+    tracer: &crate::query::trace::TraceService,
     org: OrgId,
     req: &SearchRequest,
     cfg: &SearchConfig,
@@ -764,7 +764,7 @@ pub async fn search_timed(
 }
 
 async fn run_search(
-    tracer: &crate::service::TraceService,
+    tracer: &crate::query::trace::TraceService,
     org: OrgId,
     req: &SearchRequest,
     cfg: &SearchConfig,
