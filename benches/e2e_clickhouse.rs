@@ -177,12 +177,12 @@ fn main() {
         // Search and tag values over the last hour (the whole table).
         let now_s = now_us / 1_000_000;
         let query = deepflow_tempo::traceql::parse(r#"{resource.service.name="svc-3" && duration>100ms}"#).unwrap();
-        let req = SearchRequest { query, start_s: now_s - 3700, end_s: now_s, limit: 20, spss: 3 };
+        let req = SearchRequest { query, start_s: now_s - 3700, end_s: now_s, limit: 20, spss: 3, deadline: None };
         let mut searches = Vec::new();
         let mut found = 0;
         for _ in 0..if full { 10 } else { 2 } {
             let t = Instant::now();
-            let r = search::search(&search_tracer, org, &req, &SearchConfig::default(), 60_000).await.unwrap();
+            let r = search::search(&search_tracer, org, &req, &SearchConfig::default(), 60).await.unwrap();
             searches.push(t.elapsed().as_micros() as u64);
             found = r.traces.len();
         }

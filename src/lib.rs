@@ -16,6 +16,7 @@ pub mod load;
 pub mod metrics;
 pub mod query;
 pub mod server;
+pub mod span;
 pub mod store;
 pub mod synth;
 pub mod tempo;

@@ -3,5 +3,6 @@
 //! these call the pure engines (`autotrace`, `traceql`) and the `FlowStore`. Nothing here
 //! parses HTTP or renders SQL.
 
+pub mod pipeline;
 pub mod search;
 pub mod trace;

@@ -267,6 +267,38 @@ impl TraceService {
     }
 }
 
+/// The root of an assembled trace as Grafana draws it: the earliest span without a parent.
+pub fn root_span(result: &TraceResult) -> Option<&autotrace::OutSpan> {
+    result
+        .spans
+        .iter()
+        .filter(|s| s.parent_id.is_none())
+        .min_by_key(|s| (s.render_start_time_us, s.ids.first().copied()))
+}
+
+/// The one trace ID of an assembled trace, the same whichever of its rows it was traced from:
+/// the application trace id of its first span (in depth-first order) that carries one Tempo can
+/// read (OpenTelemetry and other hex ids of up to 32 characters); otherwise the zero-code ID of
+/// its root — `deepflow` + the first row `_id` of the earliest span without a parent. Opening
+/// either runs auto-tracing again and shows the same tree.
+pub fn trace_identity(result: &TraceResult) -> crate::tempo::ids::TraceId {
+    use crate::tempo::ids::TraceId;
+    if let Some(id) = result
+        .spans
+        .iter()
+        .flat_map(|s| s.trace_ids.iter())
+        .find_map(|t| TraceId::from_app_trace_id(t))
+    {
+        return id;
+    }
+    let root = root_span(result).or(result.spans.first());
+    TraceId::zero_code(
+        root.and_then(|s| s.ids.first().copied())
+            .or(result.entry_id)
+            .unwrap_or(0),
+    )
+}
+
 /// A trace ready for Tempo's routes: encoded once, served as v1/v2, protobuf or JSON.
 #[derive(Debug, Clone)]
 pub struct TempoTrace {

@@ -11,291 +11,17 @@ use super::ids::{app_span_id, row_span_id, SpanId, TraceId};
 use super::pb;
 use crate::autotrace::output::push_decimal;
 use crate::autotrace::{OutSpan, TraceResult};
-use crate::store::model::{
-    l7_protocol, observation_point, pick_side as pick, response_status, signal_source, FlowRecord,
+use crate::span::SpanFacts;
+pub use crate::span::{
+    db_system, kv_int, kv_str, service_name, span_kind, span_status, Resource, Signal, SCOPE_APP,
+    SCOPE_EBPF, SCOPE_NETWORK,
 };
+use crate::store::model::{l7_protocol, signal_source, FlowRecord};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use indexmap::IndexSet;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span, Status,
-};
-use std::borrow::Cow;
-
-/// Scope names of the three signals.
-pub const SCOPE_APP: &str = "deepflow.app";
-pub const SCOPE_EBPF: &str = "deepflow.ebpf";
-pub const SCOPE_NETWORK: &str = "deepflow.network";
-
-fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.into())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn kv_int(key: &str, v: i64) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::IntValue(v)),
-        }),
-        ..Default::default()
-    }
-}
-
-/// Which signal a span comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Signal {
-    App,
-    Ebpf,
-    Network,
-}
-
-impl Signal {
-    pub fn of(r: &FlowRecord) -> Signal {
-        match r.signal_source {
-            signal_source::OTEL => Signal::App,
-            signal_source::EBPF => Signal::Ebpf,
-            _ => Signal::Network,
-        }
-    }
-    pub fn scope(self) -> &'static str {
-        match self {
-            Signal::App => SCOPE_APP,
-            Signal::Ebpf => SCOPE_EBPF,
-            Signal::Network => SCOPE_NETWORK,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::App => "otel",
-            Signal::Ebpf => "ebpf",
-            Signal::Network => "packet",
-        }
-    }
-}
-
-fn first_nonempty<'a>(v: &[&'a str]) -> &'a str {
-    v.iter().copied().find(|s| !s.is_empty()).unwrap_or("")
-}
-
-/// The node or host a span was captured on (network spans), or runs on.
-fn capture_host(r: &FlowRecord, sd: u8) -> std::borrow::Cow<'_, str> {
-    let name = first_nonempty(&[
-        pick(sd, &r.pod_node_0, &r.pod_node_1),
-        &r.vtap_pod_node_name,
-        pick(sd, &r.host_0, &r.host_1),
-        &r.vtap_host_name,
-        &r.vtap_device_name,
-    ]);
-    if name.is_empty() {
-        format!("agent {}", r.agent_id).into()
-    } else {
-        name.into()
-    }
-}
-
-/// `service.name` of a span.
-pub fn service_name(s: &OutSpan) -> String {
-    service_name_of(s).into_owned()
-}
-
-/// `service_name`, borrowed from the span unless it has to be composed.
-fn service_name_of(s: &OutSpan) -> Cow<'_, str> {
-    let r = &s.record;
-    let sd = r.observed_side();
-    fn or<'a>(name: &'a str, fallback: &'static str) -> Cow<'a, str> {
-        Cow::Borrowed(if name.is_empty() { fallback } else { name })
-    }
-    match Signal::of(r) {
-        Signal::App => or(
-            first_nonempty(&[
-                &r.app_service,
-                s.auto_service.as_deref().unwrap_or(""),
-                r.auto_service(sd),
-            ]),
-            "unknown app service",
-        ),
-        Signal::Ebpf => or(
-            first_nonempty(&[
-                s.auto_service.as_deref().unwrap_or(""),
-                r.auto_service(sd),
-                pick(sd, &r.gprocess_0, &r.gprocess_1),
-                pick(sd, &r.process_kname_0, &r.process_kname_1),
-            ]),
-            "unknown process",
-        ),
-        Signal::Network => {
-            let point =
-                observation_point::name(&r.observation_point).unwrap_or(&r.observation_point);
-            let point = if point.is_empty() { "network" } else { point };
-            let host = capture_host(r, sd);
-            let mut name = String::with_capacity(point.len() + 3 + host.len());
-            name.push_str(point);
-            name.push_str(" @ ");
-            name.push_str(&host);
-            Cow::Owned(name)
-        }
-    }
-}
-
-/// What identifies a span's resource: spans with equal keys share one `ResourceSpans`.
-/// Borrowed from the span, so grouping allocates only the service name; `into_owned` keeps
-/// one per resource once the spans are gone.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ResourceKey<'a> {
-    signal: Signal,
-    service: Cow<'a, str>,
-    instance: Cow<'a, str>,
-    pod: Cow<'a, str>,
-    node: Cow<'a, str>,
-    host: Cow<'a, str>,
-    pid: i32,
-    exe: Cow<'a, str>,
-    agent: u16,
-}
-
-impl<'a> ResourceKey<'a> {
-    fn of(s: &'a OutSpan) -> ResourceKey<'a> {
-        let r = &s.record;
-        let sd = r.observed_side();
-        let signal = Signal::of(r);
-        let net = signal == Signal::Network;
-        let instance = match signal {
-            Signal::App => first_nonempty(&[&r.app_instance, s.auto_instance()]),
-            Signal::Ebpf => s.auto_instance(),
-            Signal::Network => "",
-        };
-        let ebpf = signal == Signal::Ebpf;
-        ResourceKey {
-            signal,
-            service: service_name_of(s),
-            instance: instance.into(),
-            pod: if net {
-                ""
-            } else {
-                pick(sd, &r.pod_0, &r.pod_1)
-            }
-            .into(),
-            node: first_nonempty(&[
-                pick(sd, &r.pod_node_0, &r.pod_node_1),
-                &r.vtap_pod_node_name,
-            ])
-            .into(),
-            host: first_nonempty(&[pick(sd, &r.host_0, &r.host_1), &r.vtap_host_name]).into(),
-            pid: if ebpf {
-                s.process_id.unwrap_or(if sd == 0 {
-                    r.process_id_0
-                } else {
-                    r.process_id_1
-                })
-            } else {
-                0
-            },
-            exe: if ebpf {
-                pick(sd, &r.process_kname_0, &r.process_kname_1)
-            } else {
-                ""
-            }
-            .into(),
-            agent: r.agent_id,
-        }
-    }
-
-    fn into_owned(self) -> ResourceKey<'static> {
-        ResourceKey {
-            signal: self.signal,
-            service: Cow::Owned(self.service.into_owned()),
-            instance: Cow::Owned(self.instance.into_owned()),
-            pod: Cow::Owned(self.pod.into_owned()),
-            node: Cow::Owned(self.node.into_owned()),
-            host: Cow::Owned(self.host.into_owned()),
-            pid: self.pid,
-            exe: Cow::Owned(self.exe.into_owned()),
-            agent: self.agent,
-        }
-    }
-
-    /// The resource attributes (always including `service.name`).
-    fn attributes(&self) -> Vec<KeyValue> {
-        let mut v = vec![kv_str("service.name", self.service.as_ref())];
-        for (k, val) in [
-            ("service.instance.id", &self.instance),
-            ("k8s.pod.name", &self.pod),
-            ("k8s.node.name", &self.node),
-            ("host.name", &self.host),
-        ] {
-            if !val.is_empty() {
-                v.push(kv_str(k, val.as_ref()));
-            }
-        }
-        if self.pid != 0 {
-            v.push(kv_int("process.pid", self.pid as i64));
-        }
-        if !self.exe.is_empty() {
-            v.push(kv_str("process.executable.name", self.exe.as_ref()));
-        }
-        if self.agent != 0 {
-            v.push(kv_int("deepflow.agent_id", self.agent as i64));
-        }
-        v
-    }
-}
-
-pub fn span_kind(r: &FlowRecord) -> span::SpanKind {
-    use span::SpanKind as K;
-    if r.signal_source == signal_source::OTEL {
-        match r.span_kind {
-            Some(1) => return K::Internal,
-            Some(2) => return K::Server,
-            Some(3) => return K::Client,
-            Some(4) => return K::Producer,
-            Some(5) => return K::Consumer,
-            _ => {}
-        }
-    }
-    match r.observation_point.as_str() {
-        "c-app" => K::Client,
-        "s-app" => K::Server,
-        "app" | "local" | "rest" | "" => K::Internal,
-        t if t.starts_with('c') => K::Client,
-        t if t.starts_with('s') => K::Server,
-        _ => K::Internal,
-    }
-}
-
-pub fn span_status(r: &FlowRecord) -> Status {
-    let code = match r.response_status {
-        response_status::SUCCESS => status::StatusCode::Ok,
-        response_status::TIMEOUT
-        | response_status::SERVER_ERROR
-        | response_status::CLIENT_ERROR => status::StatusCode::Error,
-        _ => status::StatusCode::Unset,
-    };
-    let message = if code == status::StatusCode::Error {
-        let what = match r.response_status {
-            response_status::TIMEOUT => "timeout",
-            response_status::SERVER_ERROR => "server error",
-            _ => "client error",
-        };
-        match (r.response_exception.is_empty(), r.response_code) {
-            (false, _) => r.response_exception.clone(),
-            (true, Some(c)) => format!("{what}: response code {c}"),
-            (true, None) => what.to_string(),
-        }
-    } else {
-        String::new()
-    };
-    Status {
-        message,
-        code: code as i32,
-    }
-}
+use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
+use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span};
 
 /// Semantic-convention and DeepFlow attributes of a span, then the row's own OTel attributes
 /// (which win on a name clash). Column values are moved out of the span where this is their
@@ -488,18 +214,6 @@ fn decimal(v: u64) -> String {
     out
 }
 
-pub fn db_system(proto: u8) -> Option<&'static str> {
-    Some(match proto {
-        60 => "mysql",
-        61 => "postgresql",
-        62 => "oracle",
-        80 => "redis",
-        81 => "mongodb",
-        82 => "memcached",
-        _ => return None,
-    })
-}
-
 /// OTel events of the `events` column: a JSON list of `{name, time_unix_nano|timestamp,
 /// attributes}`; anything else yields no events.
 fn span_events(r: &FlowRecord) -> Vec<span::Event> {
@@ -589,7 +303,7 @@ fn on_halves<T: Send, R: Send>(
 /// Spans of one run of the trace: the resources they use in order of first appearance, each
 /// span's resource (an index into them), and the spans.
 struct Part {
-    resources: Vec<ResourceKey<'static>>,
+    resources: Vec<Resource<'static>>,
     resource_of: Vec<usize>,
     /// The spans and the size each adds to its `ScopeSpans` (field 2, length-delimited).
     spans: Vec<(Span, usize)>,
@@ -649,12 +363,12 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
     // Each half groups its spans by resource, then builds them (dropping each assembled span
     // on the thread that encoded it).
     let parts = on_halves(std::mem::take(&mut result.spans), parallel, |spans| {
-        let mut keys: IndexSet<ResourceKey<'_>, foldhash::fast::RandomState> = IndexSet::default();
+        let mut keys: IndexSet<Resource<'_>, foldhash::fast::RandomState> = IndexSet::default();
         let resource_of = spans
             .iter()
-            .map(|s| keys.insert_full(ResourceKey::of(s)).0)
+            .map(|s| keys.insert_full(Resource::of(&SpanFacts::of_span(s))).0)
             .collect();
-        let resources = keys.into_iter().map(ResourceKey::into_owned).collect();
+        let resources = keys.into_iter().map(Resource::into_owned).collect();
         let mut scratch = Vec::with_capacity(64);
         let spans = spans.into_iter().map(|s| build(s, &mut scratch)).collect();
         Part {
@@ -664,7 +378,7 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
         }
     });
     // The halves' resources in order of first appearance in the whole trace.
-    let mut resources: IndexSet<ResourceKey<'static>, foldhash::fast::RandomState> =
+    let mut resources: IndexSet<Resource<'static>, foldhash::fast::RandomState> =
         IndexSet::default();
     let parts: Vec<(Vec<usize>, Part)> = parts
         .into_iter()
@@ -712,7 +426,7 @@ fn encode_with(mut result: TraceResult, trace_id: &TraceId, parallel: bool) -> (
             let scope_size = prost::Message::encoded_len(&scope) + spans_size;
             scope.spans = spans;
             let mut rs = ResourceSpans {
-                resource: Some(Resource {
+                resource: Some(OtlpResource {
                     attributes: key.attributes(),
                     ..Default::default()
                 }),
