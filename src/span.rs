@@ -140,6 +140,15 @@ impl<'a> SpanFacts<'a> {
     }
 }
 
+/// The observation points that have a display name, and those names (what network spans'
+/// service names start with), for the stores' SQL form of `service.name`. Constants only.
+pub fn observation_point_names() -> (Vec<&'static str>, Vec<&'static str>) {
+    observation_point::ALL
+        .iter()
+        .filter_map(|c| observation_point::name(c).map(|n| (*c, n)))
+        .unzip()
+}
+
 fn non_empty(s: &str) -> Option<Static> {
     (!s.is_empty()).then(|| Static::String(s.to_string()))
 }

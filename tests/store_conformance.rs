@@ -30,6 +30,7 @@ on_both_stores!(
     load_keeps_no_half_batch,
     comparisons_attributes_and_negation,
     service_names_and_facets,
+    service_names_follow_the_span_model,
     most_recent_first,
 );
 
@@ -845,6 +846,7 @@ async fn service_names_and_facets(store: SharedStore, org: OrgId) {
     net.observation_point = "c".into();
     net.auto_service_type_0 = 255;
     net.ip4_0 = Ip4(Ipv4Addr::new(10, 0, 0, 7));
+    net.pod_node_id_0 = 21;
     store
         .insert_rows(org, &[app.clone(), ebpf.clone(), net.clone()])
         .await
@@ -889,11 +891,12 @@ async fn service_names_and_facets(store: SharedStore, org: OrgId) {
         .distinct_values(org, &all, &Facet::Service)
         .await
         .unwrap();
-    assert_eq!(services, vec!["10.0.0.7", "ratings", "reviews"]);
+    // The span model's names: a network span is named after where it was observed.
+    assert_eq!(services, vec!["Client NIC @ node-1", "ratings", "reviews"]);
     for (name, want) in [
         ("reviews", app._id),
         ("ratings", ebpf._id),
-        ("10.0.0.7", net._id),
+        ("Client NIC @ node-1", net._id),
     ] {
         let got = store
             .select_meta(
@@ -927,6 +930,62 @@ async fn service_names_and_facets(store: SharedStore, org: OrgId) {
         .await
         .unwrap();
     assert_eq!(ops, vec!["c", "s-app", "s-p"]);
+}
+
+/// The stores' SQL form of `service.name` is the span model's: over a minute of the demo
+/// (application, eBPF and network spans of every kind, with names), the distinct service names
+/// are those `span::SpanFacts` gives the rows, and selecting by each name finds exactly the rows
+/// the model gives that name.
+async fn service_names_follow_the_span_model(store: SharedStore, org: OrgId) {
+    let end_us = (T0 as i64 + 60) * 1_000_000;
+    let data = deepflow_tempo::demo::generate(&deepflow_tempo::demo::DemoOptions {
+        seed: 7,
+        minutes: 1,
+        rate: 1.0,
+        end_us,
+    });
+    store.insert_rows(org, &data.rows).await.unwrap();
+    store.insert_names(org, &data.names).await.unwrap();
+    let w = TimeWindow::new(T0 - 120, T0 + 120);
+    let records = store
+        .select_records(org, &FlowQuery::new(Filter::True).window(w).limit(100_000))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), data.rows.len());
+    let mut by_name: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for r in &records {
+        let name = deepflow_tempo::span::SpanFacts::of_row(r)
+            .service_name()
+            .into_owned();
+        by_name.entry(name).or_default().push(r._id);
+    }
+    assert!(by_name.keys().any(|k| k.contains(" @ ")), "{by_name:?}");
+    let services = store
+        .distinct_values(
+            org,
+            &FlowQuery::new(Filter::True).window(w).limit(10_000),
+            &Facet::Service,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        services,
+        by_name.keys().cloned().collect::<Vec<_>>(),
+        "distinct service names"
+    );
+    for (name, want) in &mut by_name {
+        want.sort();
+        let got = store
+            .select_meta(
+                org,
+                &FlowQuery::new(Filter::ServiceIn(vec![name.clone()]))
+                    .window(w)
+                    .limit(100_000),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&ids(&got), want, "rows of {name}");
+    }
 }
 
 async fn most_recent_first(store: SharedStore, org: OrgId) {

@@ -337,13 +337,68 @@ fn auto_service_expr(tag_db: &str, side: u8) -> String {
     )
 }
 
-/// The service a span belongs to: `app_service` for application spans, else DeepFlow's
-/// service of the observed side.
+/// `resource.service.name` of a row's span, the span model's (`crate::span`) in SQL: the
+/// application service (else DeepFlow's) for application spans; DeepFlow's service, else the
+/// process, for eBPF spans; `<observation point> @ <node or host>` for network spans.
 pub(crate) fn service_expr(tag_db: &str) -> String {
+    let side = |a: String, b: String| format!("if(startsWith(observation_point, 'c'), {a}, {b})");
+    let dev = |ty: &str, id: &str| {
+        format!("dictGet('{tag_db}.device_map', 'name', (toUInt64({ty}), toUInt64({id})))")
+    };
+    let port = |attr: &str| {
+        format!(
+            "dictGetOrDefault('{tag_db}.vtap_port_map', '{attr}', (toUInt64(agent_id), toUInt64(capture_nic)), '')"
+        )
+    };
+    let first = |parts: &[String], fallback: &str| {
+        let mut e = String::from("multiIf(");
+        for p in parts {
+            e.push_str(&format!("({p}) != '', ({p}), "));
+        }
+        e.push_str(fallback);
+        e.push(')');
+        e
+    };
+    let auto = side(auto_service_expr(tag_db, 0), auto_service_expr(tag_db, 1));
+    let app = first(
+        &["toString(app_service)".to_string(), auto.clone()],
+        "'unknown app service'",
+    );
+    let process = first(
+        &[
+            auto,
+            side(
+                format!("dictGet('{tag_db}.gprocess_map', 'name', toUInt64(gprocess_id_0))"),
+                format!("dictGet('{tag_db}.gprocess_map', 'name', toUInt64(gprocess_id_1))"),
+            ),
+            side("process_kname_0".into(), "process_kname_1".into()),
+        ],
+        "'unknown process'",
+    );
+    let (codes, names) = crate::span::observation_point_names();
+    let quote = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let point = format!(
+        "if(observation_point = '', 'network', transform(toString(observation_point), [{}], [{}], toString(observation_point)))",
+        quote(&codes),
+        quote(&names)
+    );
+    let host = first(
+        &[
+            side(dev("14", "pod_node_id_0"), dev("14", "pod_node_id_1")),
+            port("pod_node_name"),
+            side(dev("6", "host_id_0"), dev("6", "host_id_1")),
+            port("host_name"),
+            port("device_name"),
+        ],
+        "concat('agent ', toString(agent_id))",
+    );
     format!(
-        "if(signal_source = 4, toString(app_service), if(startsWith(observation_point, 'c'), {}, {}))",
-        auto_service_expr(tag_db, 0),
-        auto_service_expr(tag_db, 1)
+        "multiIf(signal_source = 4, {app}, signal_source = 3, {process}, concat({point}, ' @ ', {host}))"
     )
 }
 

@@ -147,12 +147,59 @@ fn auto_service_expr(side: u8) -> String {
     )
 }
 
-/// The service a span belongs to (see `Filter::ServiceIn`).
+/// `resource.service.name` of a row's span, the span model's (`crate::span`) in SQL (see
+/// `Filter::ServiceIn`): the application service (else DeepFlow's) for application spans;
+/// DeepFlow's service, else the process, for eBPF spans; `<observation point> @ <node or host>`
+/// for network spans.
 fn service_expr() -> String {
+    let side = |a: String, b: String| {
+        format!("(CASE WHEN f.observation_point LIKE 'c%' THEN {a} ELSE {b} END)")
+    };
+    let dev = |ty: u32, col: &str| {
+        format!("COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = {ty} AND d.deviceid = f.{col}), '')")
+    };
+    let gprocess = |col: &str| {
+        format!("COALESCE((SELECT name FROM ch_gprocess g WHERE g.org_id = f.org_id AND g.id = f.{col}), '')")
+    };
+    let port = |col: &str| {
+        format!("COALESCE((SELECT {col} FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '')")
+    };
+    let first = |parts: &[String], fallback: &str| {
+        let mut e = String::from("(CASE");
+        for p in parts {
+            e.push_str(&format!(" WHEN ({p}) != '' THEN ({p})"));
+        }
+        e.push_str(&format!(" ELSE {fallback} END)"));
+        e
+    };
+    let auto = side(auto_service_expr(0), auto_service_expr(1));
+    let app = first(&["f.app_service".to_string(), auto.clone()], "'unknown app service'");
+    let process = first(
+        &[
+            auto,
+            side(gprocess("gprocess_id_0"), gprocess("gprocess_id_1")),
+            side("f.process_kname_0".into(), "f.process_kname_1".into()),
+        ],
+        "'unknown process'",
+    );
+    let (codes, names) = crate::span::observation_point_names();
+    let mut point = String::from("(CASE f.observation_point WHEN '' THEN 'network'");
+    for (c, n) in codes.iter().zip(&names) {
+        point.push_str(&format!(" WHEN '{c}' THEN '{n}'"));
+    }
+    point.push_str(" ELSE f.observation_point END)");
+    let host = first(
+        &[
+            side(dev(14, "pod_node_id_0"), dev(14, "pod_node_id_1")),
+            port("pod_node_name"),
+            side(dev(6, "host_id_0"), dev(6, "host_id_1")),
+            port("host_name"),
+            port("device_name"),
+        ],
+        "'agent ' || f.agent_id",
+    );
     format!(
-        "(CASE WHEN f.signal_source = 4 THEN f.app_service WHEN f.observation_point LIKE 'c%' THEN {} ELSE {} END)",
-        auto_service_expr(0),
-        auto_service_expr(1)
+        "(CASE WHEN f.signal_source = 4 THEN {app} WHEN f.signal_source = 3 THEN {process} ELSE {point} || ' @ ' || {host} END)"
     )
 }
 
