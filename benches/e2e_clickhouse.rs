@@ -3,7 +3,9 @@
 //! - Tempo trace-by-ID lookups (cache off) through `TempoService`: p50/p99 per trace size and
 //!   the ratio of total time to the time spent in ClickHouse queries;
 //! - a TraceQL filter search `{resource.service.name="svc-3" && duration>100ms}` over the last
-//!   hour and a tag-values call (`resource.service.name`): p50/p99.
+//!   hour and a tag-values call (`resource.service.name`): p50/p99;
+//! - trace-level searches `{}`, `{ status = error }` (one trace in ten fails) and an `&&` of two
+//!   services, `limit=20`: p50/p99 and the ratio of their p50 to opening one uncached trace.
 //!
 //! `cargo bench --bench e2e_clickhouse` runs the full size; under `cargo test` (no `--bench`
 //! argument) it runs a small smoke version. Uses `CLICKHOUSE_URL` or starts its own front.
@@ -109,7 +111,17 @@ fn main() {
             );
             entries.push(tr.entry_id);
             rows += tr.rows.len();
-            batch.extend(tr.rows);
+            let mut trace_rows = tr.rows;
+            // One trace in ten fails: its last call answers a server error at every point.
+            if i % 10 == 0 {
+                if let Some(seq) = trace_rows.last().map(|r| r.req_tcp_seq) {
+                    for r in trace_rows.iter_mut().filter(|r| r.req_tcp_seq == seq) {
+                        r.response_status = 3;
+                        r.response_code = Some(500);
+                    }
+                }
+            }
+            batch.extend(trace_rows);
             if batch.len() >= 50_000 {
                 store.insert_rows(org, &batch).await.unwrap();
                 batch.clear();
@@ -186,6 +198,26 @@ fn main() {
             searches.push(t.elapsed().as_micros() as u64);
             found = r.traces.len();
         }
+        // Trace-level search: `limit` traces found, each assembled; against opening one trace.
+        let mut trace_searches: Vec<(&str, Vec<u64>, usize)> = Vec::new();
+        for text in [
+            "{}",
+            "{ status = error }",
+            r#"{ resource.service.name = "svc-3" } && { resource.service.name = "svc-5" }"#,
+        ] {
+            let query = deepflow_tempo::traceql::parse(text).unwrap();
+            let req = SearchRequest { query, start_s: now_s - 3700, end_s: now_s, limit: 20, spss: 3, deadline: None };
+            let mut times = Vec::new();
+            let mut n = 0;
+            for _ in 0..if full { 10 } else { 2 } {
+                let t = Instant::now();
+                let r = search::search(&search_tracer, org, &req, &SearchConfig::default(), 60).await.unwrap();
+                times.push(t.elapsed().as_micros() as u64);
+                n = r.traces.len();
+            }
+            times.sort_unstable();
+            trace_searches.push((text, times, n));
+        }
         let mut tag_values = Vec::new();
         let mut services = 0;
         let q = FlowQuery::new(Filter::True).window(TimeWindow::new((now_s - 3700) as u32, now_s as u32)).limit(1000);
@@ -210,6 +242,19 @@ fn main() {
             pct(&searches, 0.5),
             pct(&searches, 0.99)
         );
+        let mut one: Vec<u64> = small.iter().map(|s| s.total_us).collect();
+        one.sort_unstable();
+        let one_p50 = pct(&one, 0.5);
+        for (text, times, n) in &trace_searches {
+            println!(
+                "| search `{}`, limit 20, last hour | {} | {:.1} | {:.1} | {n} traces; p50 = {:.2} × one uncached trace ({one_p50:.1} ms) |",
+                text.replace('|', "\\|"),
+                times.len(),
+                pct(times, 0.5),
+                pct(times, 0.99),
+                pct(times, 0.5) / one_p50
+            );
+        }
         println!(
             "| tag values `resource.service.name`, last hour | {} | {:.1} | {:.1} | {services} values |",
             tag_values.len(),
