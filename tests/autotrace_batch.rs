@@ -505,7 +505,8 @@ fn a_participant_at_its_own_limit_and_a_merged_read_at_the_merged_limit() {
         l7_tracing_limit: 4,
         ..TraceParams::default()
     };
-    check_equivalence(&ev, &[a.clone(), b.clone()], &p, "own limit");
+    let (_, cut, own_limit) = check_equivalence(&ev, &[a.clone(), b.clone()], &p, "own limit");
+    assert_eq!((cut, own_limit), (0, 1));
     let single_b = drive(b.search(&p), &ev).1;
     assert!(!single_b.hit_limit && drive(a.search(&p), &ev).1.hit_limit);
     // limit 3: the merged association (limit 6) reads 6 rows, so B may be missing rows: every
@@ -520,6 +521,7 @@ fn a_participant_at_its_own_limit_and_a_merged_read_at_the_merged_limit() {
         BatchSearch::new(vec![a.search(&p), b.search(&p)], &p).skip_covered(false),
         &ev,
     );
+    assert_eq!(out.seed_cut, vec![true, true]);
     assert!(out.traces[out.seed_trace[1].unwrap()].outcome.hit_limit);
     assert!(out.traces[out.seed_trace[0].unwrap()].outcome.hit_limit);
     // a store cap below the merged limit flags the participants too
@@ -529,6 +531,12 @@ fn a_participant_at_its_own_limit_and_a_merged_read_at_the_merged_limit() {
         &ev,
     );
     assert!(out.traces.iter().all(|t| t.outcome.hit_limit));
+    // a cap above every read changes nothing
+    let out = drive_batch(
+        BatchSearch::new(vec![a.search(&p), b.search(&p)], &p).max_rows(8),
+        &ev,
+    );
+    assert_eq!(out.seed_cut, vec![false, false]);
     let alone = drive_batch(BatchSearch::new(vec![b.search(&p)], &p), &ev);
     assert!(!alone.traces[0].outcome.hit_limit);
 }

@@ -375,7 +375,7 @@ struct InFlight {
     shape: Shape,
     parts: Vec<Part>,
     demux: Demux,
-    /// The merged limit (`usize::MAX` for the fetch).
+    /// The merged limit (for the fetch: `max_rows`).
     limit: usize,
 }
 
@@ -453,8 +453,8 @@ impl BatchSearch {
     }
 
     /// The most rows the store returns for one read (it silently caps larger limits): merged
-    /// limits are capped there, so a capped read still flags its participants. Default: no
-    /// cap.
+    /// limits are capped there, so a capped read (the merged fetch too) still flags its
+    /// participants. Default: no cap.
     pub fn max_rows(mut self, rows: usize) -> Self {
         self.max_rows = rows.max(1);
         self
@@ -516,7 +516,8 @@ impl BatchSearch {
         }
         let mut query = merge(shape, &qs);
         let limit = match &mut query {
-            SearchQuery::Fetch { .. } => usize::MAX,
+            // The fetch has no limit of its own, but the store still caps it.
+            SearchQuery::Fetch { .. } => self.max_rows,
             SearchQuery::EntryByTraceId { limit, .. }
             | SearchQuery::EntryById { limit, .. }
             | SearchQuery::EntryByIds { limit, .. }
@@ -665,6 +666,7 @@ impl BatchSearch {
             self.inflight = Some(fl);
             return Err(SearchError::WrongRowKind("flowmeta"));
         }
+        let truncated = fl.parts.len() > 1 && rows.len() >= fl.limit;
         let per = if fl.parts.len() == 1 {
             vec![rows]
         } else {
@@ -680,11 +682,13 @@ impl BatchSearch {
             )
         };
         for (p, rows) in fl.parts.iter().zip(per) {
-            self.slots[p.slot]
-                .search
-                .as_mut()
-                .ok_or(SearchError::NotAwaiting)?
-                .feed_records(rows)?;
+            let slot = &mut self.slots[p.slot];
+            let search = slot.search.as_mut().ok_or(SearchError::NotAwaiting)?;
+            search.feed_records(rows)?;
+            if truncated {
+                search.flag_hit_limit();
+                slot.cut = true;
+            }
         }
         Ok(())
     }
@@ -806,4 +810,243 @@ fn union(mut outs: Vec<SearchOutcome>) -> SearchOutcome {
     acc.ids.dedup();
     acc.fetched = acc.records.len();
     acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(a: i64, b: i64) -> TimeWindow {
+        TimeWindow::new(a, b)
+    }
+
+    fn assoc(req: &[u32], resp: &[u32], window: TimeWindow, limit: usize) -> SearchQuery {
+        SearchQuery::Associate {
+            req_tcp_seqs: req.to_vec(),
+            resp_tcp_seqs: resp.to_vec(),
+            syscall_ids: vec![],
+            x_request_ids: vec![],
+            dns_request_ids: vec![],
+            window,
+            limit,
+        }
+    }
+
+    fn meta(id: u64, time: u32, req: u32, resp: u32) -> FlowMeta {
+        FlowMeta {
+            _id: id,
+            time,
+            req_tcp_seq: req,
+            resp_tcp_seq: resp,
+            ..FlowMeta::default()
+        }
+    }
+
+    fn inflight(shape: Shape, qs: &[SearchQuery]) -> InFlight {
+        let mut demux = Demux::default();
+        let mut parts = Vec::new();
+        for (i, q) in qs.iter().enumerate() {
+            demux.add(i, q);
+            parts.push(part_of(i, q));
+        }
+        InFlight {
+            shape,
+            parts,
+            demux,
+            limit: usize::MAX,
+        }
+    }
+
+    fn split_ids(fl: &InFlight, rows: Vec<FlowMeta>) -> Vec<Vec<u64>> {
+        BatchSearch::split(
+            fl,
+            rows,
+            |r| (r.time, r.signal_source),
+            |d, r, out| d.meta_hits(fl.shape, r, out),
+        )
+        .into_iter()
+        .map(|v| v.into_iter().map(|r| r._id).collect())
+        .collect()
+    }
+
+    #[test]
+    fn merged_queries_union_keys_hull_windows_and_sum_limits() {
+        let a = assoc(&[5, 1], &[], w(10, 20), 100);
+        let b = assoc(&[1, 3], &[9], w(15, 40), 50);
+        assert_eq!(merge(Shape::Associate, &[&a, &b]), {
+            SearchQuery::Associate {
+                req_tcp_seqs: vec![1, 3, 5],
+                resp_tcp_seqs: vec![9],
+                syscall_ids: vec![],
+                x_request_ids: vec![],
+                dns_request_ids: vec![],
+                window: w(10, 40),
+                limit: 150,
+            }
+        });
+        // one participant: its own query, unchanged
+        assert_eq!(merge(Shape::Associate, &[&a]), a);
+        let e = |id| SearchQuery::EntryById {
+            id,
+            otel_only: true,
+            limit: 7,
+        };
+        assert_eq!(
+            merge(Shape::EntryId { otel_only: true }, &[&e(9), &e(2), &e(9)]),
+            SearchQuery::EntryByIds {
+                ids: vec![2, 9],
+                otel_only: true,
+                limit: 21
+            }
+        );
+        let t = |t: &str, win| SearchQuery::EntryByTraceId {
+            trace_id: t.into(),
+            window: win,
+            otel_only: false,
+            limit: usize::MAX,
+        };
+        assert_eq!(
+            merge(
+                Shape::EntryTrace { otel_only: false },
+                &[&t("b", w(5, 6)), &t("a", w(1, 2))]
+            ),
+            SearchQuery::EntryByTraceIds {
+                trace_ids: vec!["a".into(), "b".into()],
+                window: w(1, 6),
+                otel_only: false,
+                limit: usize::MAX,
+            }
+        );
+        let f = |ids: &[u64], win| SearchQuery::Fetch {
+            ids: ids.to_vec(),
+            window: win,
+        };
+        assert_eq!(
+            merge(Shape::Fetch, &[&f(&[4, 2], w(3, 3)), &f(&[2, 8], w(0, 1))]),
+            f(&[2, 4, 8], w(0, 3))
+        );
+    }
+
+    #[test]
+    fn shapes_are_served_entries_first_and_the_fetch_last() {
+        let mut shapes = vec![
+            Shape::Fetch,
+            Shape::Associate,
+            Shape::TraceIds { otel_only: false },
+            Shape::EntryId { otel_only: true },
+            Shape::EntryTrace { otel_only: false },
+        ];
+        shapes.sort();
+        assert_eq!(shapes[0], Shape::EntryTrace { otel_only: false });
+        assert_eq!(shapes[4], Shape::Fetch);
+    }
+
+    #[test]
+    fn rows_go_to_the_participants_whose_keys_and_window_they_match() {
+        let qs = [
+            assoc(&[1], &[2], w(100, 200), 10),
+            assoc(&[1, 3], &[], w(150, 300), 10),
+            assoc(&[4], &[], w(0, 1000), 2),
+        ];
+        let fl = inflight(Shape::Associate, &qs);
+        let rows = vec![
+            meta(1, 120, 1, 2), // both keys of 0 (once), outside 1's window
+            meta(2, 160, 1, 0), // 0 and 1
+            meta(3, 250, 3, 0), // 1 only
+            meta(4, 160, 9, 9), // nobody
+            meta(5, 10, 4, 0),  // 2
+            meta(6, 20, 4, 0),  // 2
+            meta(7, 30, 4, 0),  // 2, beyond its limit
+            meta(8, 160, 0, 3), // 3 is a request key of 1, not a response key
+        ];
+        assert_eq!(
+            split_ids(&fl, rows),
+            vec![vec![1, 2], vec![2, 3], vec![5, 6]]
+        );
+    }
+
+    #[test]
+    fn trace_id_rows_are_split_by_either_column_and_otel_only() {
+        let q = |t: &[&str], otel_only| SearchQuery::ByTraceIds {
+            trace_ids: t.iter().map(|s| s.to_string()).collect(),
+            window: w(0, 10),
+            otel_only,
+            limit: 10,
+        };
+        let fl = inflight(
+            Shape::TraceIds { otel_only: false },
+            &[q(&["A"], false), q(&["B"], true)],
+        );
+        let mut r1 = meta(1, 5, 0, 0);
+        r1.trace_id = "A".into();
+        r1._trace_id_2 = "B".into();
+        let mut r2 = r1.clone();
+        r2._id = 2;
+        r2.signal_source = crate::store::model::signal_source::OTEL;
+        assert_eq!(split_ids(&fl, vec![r1, r2]), vec![vec![1, 2], vec![2]]);
+    }
+
+    #[test]
+    fn the_protocol_is_that_of_a_search() {
+        let p = TraceParams::default();
+        let s = |id| Search::by_id(id, w(0, 10), &p);
+        let mut b = BatchSearch::new(vec![s(1), s(2)], &p);
+        assert_eq!(b.feed_meta(vec![]), Err(SearchError::NotAwaiting));
+        let q = b.next().unwrap().unwrap();
+        assert_eq!(
+            q,
+            SearchQuery::EntryByIds {
+                ids: vec![1, 2],
+                otel_only: false,
+                limit: 2 * p.l7_tracing_limit
+            }
+        );
+        assert_eq!(b.next(), Err(SearchError::AwaitingRows));
+        assert_eq!(
+            b.feed_records(vec![]),
+            Err(SearchError::WrongRowKind("flowmeta"))
+        );
+        // seed 2 is found alone: only it asks the fetch
+        b.feed_meta(vec![meta(2, 5, 0, 0)]).unwrap();
+        let q = b.next().unwrap().unwrap();
+        assert_eq!(
+            q,
+            SearchQuery::Fetch {
+                ids: vec![2],
+                window: w(0, 0)
+            }
+        );
+        assert_eq!(
+            b.feed_meta(vec![]),
+            Err(SearchError::WrongRowKind("full record"))
+        );
+        b.feed_records(vec![]).unwrap();
+        assert_eq!(b.next(), Ok(None));
+        let out = b.finish();
+        assert_eq!(out.reads, 2);
+        assert_eq!(out.seed_trace, vec![None, Some(0)]);
+        assert_eq!(out.traces[0].seeds, vec![1]);
+    }
+
+    #[test]
+    fn a_fetch_at_the_store_cap_flags_every_participant() {
+        let p = TraceParams::default();
+        let s = |id| Search::by_id(id, w(0, 10), &p);
+        let mut b = BatchSearch::new(vec![s(1), s(2)], &p).max_rows(3);
+        b.next().unwrap();
+        b.feed_meta(vec![meta(1, 0, 0, 0), meta(2, 0, 0, 0)])
+            .unwrap();
+        let q = b.next().unwrap().unwrap();
+        assert!(matches!(q, SearchQuery::Fetch { .. }));
+        let rec = |id| FlowRecord {
+            _id: id,
+            ..FlowRecord::default()
+        };
+        b.feed_records(vec![rec(1), rec(2), rec(2)]).unwrap();
+        assert_eq!(b.next(), Ok(None));
+        let out = b.finish();
+        assert_eq!(out.seed_cut, vec![true, true]);
+        assert!(out.traces.iter().all(|t| t.outcome.hit_limit));
+        assert_eq!(out.traces.len(), 2);
+    }
 }

@@ -615,6 +615,36 @@ mod tests {
     }
 
     #[test]
+    fn batched_entry_queries_become_one_read_each() {
+        let ids = vec![(5u64 << 32) | 1, (9u64 << 32) | 2];
+        let (q, records) = to_flow_query(&SearchQuery::EntryByIds {
+            ids: ids.clone(),
+            otel_only: true,
+            limit: 10,
+        });
+        assert!(!records);
+        assert_eq!(q.window, Some(TimeWindow::new(5, 9)));
+        assert_eq!(q.limit, Some(10));
+        assert_eq!(
+            q.filter,
+            Filter::And(vec![
+                Filter::ids(ids),
+                Filter::IntIn(Col::SignalSource, vec![4])
+            ])
+        );
+        let (q, records) = to_flow_query(&SearchQuery::EntryByTraceIds {
+            trace_ids: vec!["a".into(), "b".into()],
+            window: autotrace::TimeWindow::new(-3, 7),
+            otel_only: false,
+            limit: 4,
+        });
+        assert!(!records);
+        assert_eq!(q.filter, Filter::TraceIdIn(vec!["a".into(), "b".into()]));
+        assert_eq!(q.window, Some(TimeWindow::new(0, 7)));
+        assert_eq!((q.limit, q.order), (Some(4), Order::StartTimeAsc));
+    }
+
+    #[test]
     fn server_timing_names_every_phase_in_ms() {
         let t = TraceTiming {
             queries: 3,
