@@ -4,7 +4,8 @@
 //! and the assembly pipeline `merge → relate → sort → output` (`assemble`). It must not perform
 //! IO, read clocks or use randomness; the store layer runs the queries this module describes.
 //!
-//! Typical use: drive a [`Search`] by answering each [`SearchQuery`], then assemble.
+//! Typical use: drive a [`Search`] by answering each [`SearchQuery`], then assemble. To trace
+//! many seeds at once, drive a [`BatchSearch`] the same way (one read per query shape per step).
 //!
 //! ```
 //! use deepflow_tempo::autotrace::{Search, SearchQuery, TimeWindow, TraceParams};
@@ -27,6 +28,7 @@
 //! assert_eq!(data, serde_json::json!({}));
 //! ```
 
+pub mod batch;
 pub mod clock;
 pub mod flow;
 pub mod merge;
@@ -35,6 +37,7 @@ pub mod relate;
 pub mod search;
 pub mod sort;
 
+pub use batch::{BatchOutcome, BatchSearch, BatchTrace};
 pub use flow::{ExternalAppSpan, Flow, InstKey};
 pub use output::{OutSpan, ServiceStat, TraceResult};
 pub use search::{Search, SearchError, SearchOutcome, SearchQuery, StopReason, TimeWindow};

@@ -72,6 +72,22 @@ pub enum SearchQuery {
     },
     /// Q4: full records of `ids` in `window`, ordered by start time.
     Fetch { ids: Vec<u64>, window: TimeWindow },
+    /// Batched Q1 ([`super::BatchSearch`] only): the rows whose `_id` is one of `ids`
+    /// (`AND signal_source = 4` when `otel_only`), at most `limit` rows.
+    EntryByIds {
+        ids: Vec<u64>,
+        otel_only: bool,
+        limit: usize,
+    },
+    /// Batched Q0 ([`super::BatchSearch`] only): rows whose `trace_id` or `_trace_id_2` is one
+    /// of `trace_ids`, in `window` (`AND signal_source = 4` when `otel_only`), ordered by start
+    /// time as `EntryByTraceId`, at most `limit` rows.
+    EntryByTraceIds {
+        trace_ids: Vec<String>,
+        window: TimeWindow,
+        otel_only: bool,
+        limit: usize,
+    },
 }
 
 /// Why the search loop ended.
@@ -724,6 +740,35 @@ impl Search {
     /// the trace but never used as search keys.
     pub fn add_external_spans(&mut self, spans: impl IntoIterator<Item = ExternalAppSpan>) {
         self.external.extend(spans);
+    }
+
+    /// The `_id` a [`Search::by_id`] search starts from (`None` for trace-id and completion
+    /// searches until they resolve an entry row).
+    pub fn seed_id(&self) -> Option<u64> {
+        (self.mode == Mode::ById).then_some(self.entry_id_req)
+    }
+
+    /// Whether the row `id` has been accepted.
+    pub fn has_collected(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    /// How many rows have been accepted so far.
+    pub fn collected_len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The `_id`s of the rows accepted after the first `from`, in acceptance order.
+    pub fn collected_ids_from(&self, from: usize) -> impl Iterator<Item = u64> + '_ {
+        self.rows[from.min(self.rows.len())..]
+            .iter()
+            .map(|f| f.meta._id)
+    }
+
+    /// Mark the outcome as possibly partial: a batched read that carried this search's query
+    /// returned as many rows as it was allowed to.
+    pub fn flag_hit_limit(&mut self) {
+        self.hit_limit = true;
     }
 
     /// True when `next()` has returned `None`.

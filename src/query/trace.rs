@@ -5,7 +5,8 @@
 //! SQL (the store's) and nothing of the algorithm (the engine's).
 
 use crate::autotrace::{
-    self, ExternalAppSpan, Search, SearchOutcome, SearchQuery, TraceParams, TraceResult,
+    self, BatchOutcome, BatchSearch, ExternalAppSpan, Search, SearchOutcome, SearchQuery,
+    TraceParams, TraceResult,
 };
 use crate::store::model::OrgId;
 use crate::store::{Col, Filter, FlowQuery, Order, SharedStore, StoreError, TimeWindow};
@@ -156,6 +157,31 @@ pub fn to_flow_query(q: &SearchQuery) -> (FlowQuery, bool) {
                 false,
             )
         }
+        SearchQuery::EntryByIds {
+            ids,
+            otel_only,
+            limit,
+        } => {
+            let mut q = FlowQuery::new(otel(Filter::ids(ids.iter().copied()), *otel_only))
+                .limit(*limit as u64);
+            // Explicit even with the OTel filter, so the read never scans the whole table.
+            if let Some(w) = TimeWindow::covering_ids(ids) {
+                q = q.window(w);
+            }
+            (q, false)
+        }
+        SearchQuery::EntryByTraceIds {
+            trace_ids,
+            window: w,
+            otel_only,
+            limit,
+        } => (
+            FlowQuery::new(otel(Filter::TraceIdIn(trace_ids.clone()), *otel_only))
+                .window(window(*w))
+                .limit(*limit as u64)
+                .order(Order::StartTimeAsc),
+            false,
+        ),
         SearchQuery::Fetch { ids, window: w } => (
             FlowQuery::new(Filter::ids(ids.iter().copied()))
                 .window(window(*w))
@@ -199,6 +225,44 @@ impl TraceService {
         }
         timing.search_us = (started.elapsed().as_micros() as u64).saturating_sub(timing.store_us);
         Ok((search.finish(), timing))
+    }
+
+    /// Drive a batch of searches to its end: one store read per merged query.
+    pub async fn run_batch(
+        &self,
+        org: OrgId,
+        mut batch: BatchSearch,
+    ) -> Result<(BatchOutcome, TraceTiming), ServiceError> {
+        let mut timing = TraceTiming::default();
+        let started = Instant::now();
+        while let Some(q) = batch.next()? {
+            let (fq, records) = to_flow_query(&q);
+            let t = Instant::now();
+            let rows = if records {
+                let rows = self.store.select_records(org, &fq).await?;
+                timing.store_us += t.elapsed().as_micros() as u64;
+                let n = rows.len();
+                batch.feed_records(rows)?;
+                n
+            } else {
+                let rows = self.store.select_meta(org, &fq).await?;
+                timing.store_us += t.elapsed().as_micros() as u64;
+                let n = rows.len();
+                batch.feed_meta(rows)?;
+                n
+            };
+            timing.queries += 1;
+            tracing::debug!(rows, read = timing.queries, "batched store query answered");
+        }
+        timing.search_us = (started.elapsed().as_micros() as u64).saturating_sub(timing.store_us);
+        let outcome = batch.finish();
+        tracing::debug!(
+            traces = outcome.traces.len(),
+            reads = outcome.reads,
+            dropped = outcome.dropped,
+            "batch finished"
+        );
+        Ok((outcome, timing))
     }
 
     async fn run(
@@ -580,6 +644,36 @@ mod tests {
             trace_id: TraceId::zero_code(n),
             range: None,
         }
+    }
+
+    #[test]
+    fn batched_entry_queries_become_one_read_each() {
+        let ids = vec![(5u64 << 32) | 1, (9u64 << 32) | 2];
+        let (q, records) = to_flow_query(&SearchQuery::EntryByIds {
+            ids: ids.clone(),
+            otel_only: true,
+            limit: 10,
+        });
+        assert!(!records);
+        assert_eq!(q.window, Some(TimeWindow::new(5, 9)));
+        assert_eq!(q.limit, Some(10));
+        assert_eq!(
+            q.filter,
+            Filter::And(vec![
+                Filter::ids(ids),
+                Filter::IntIn(Col::SignalSource, vec![4])
+            ])
+        );
+        let (q, records) = to_flow_query(&SearchQuery::EntryByTraceIds {
+            trace_ids: vec!["a".into(), "b".into()],
+            window: autotrace::TimeWindow::new(-3, 7),
+            otel_only: false,
+            limit: 4,
+        });
+        assert!(!records);
+        assert_eq!(q.filter, Filter::TraceIdIn(vec!["a".into(), "b".into()]));
+        assert_eq!(q.window, Some(TimeWindow::new(0, 7)));
+        assert_eq!((q.limit, q.order), (Some(4), Order::StartTimeAsc));
     }
 
     #[test]

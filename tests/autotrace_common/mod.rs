@@ -192,7 +192,9 @@ pub fn meta_of(r: &FlowRecord) -> FlowMeta {
 }
 
 /// A tiny in-memory querier: evaluates each `SearchQuery` over `rows` (insertion order),
-/// honouring windows on `time` (= `_id >> 32`), the OR of clauses and the limit.
+/// honouring windows on `time` (`_id >> 32` for the single-search queries, the `time` column
+/// for the batched entry queries; the two agree on DeepFlow's rows), the OR of clauses and the
+/// limit.
 pub struct Evaluator {
     pub rows: Vec<FlowRecord>,
 }
@@ -269,6 +271,33 @@ impl Evaluator {
                                 || x_request_ids.contains(&r.x_request_id_1)
                                 || (r.l7_protocol == 120
                                     && r.request_id.is_some_and(|d| dns_request_ids.contains(&d))))
+                    })
+                    .collect(),
+                *limit,
+            ),
+            SearchQuery::EntryByIds {
+                ids,
+                otel_only,
+                limit,
+            } => (
+                self.rows
+                    .iter()
+                    .filter(|r| ids.contains(&r._id) && (!otel_only || r.signal_source == 4))
+                    .collect(),
+                *limit,
+            ),
+            SearchQuery::EntryByTraceIds {
+                trace_ids,
+                window,
+                otel_only,
+                limit,
+            } => (
+                self.rows
+                    .iter()
+                    .filter(|r| {
+                        window.contains(r.time as i64)
+                            && trace_ids.iter().any(|t| has_trace(r, t))
+                            && (!otel_only || r.signal_source == 4)
                     })
                     .collect(),
                 *limit,
