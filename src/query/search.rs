@@ -278,6 +278,9 @@ pub async fn search_timed(
     Ok((resp, timing))
 }
 
+/// Most seeds one batch assembles.
+const MAX_BATCH: usize = 4096;
+
 /// Candidate rows, most recent first, a page at a time: each page ends where the previous one
 /// stopped (rows of the boundary second already read are excluded), so every candidate of the
 /// range is read once.
@@ -345,57 +348,61 @@ async fn run(
     let mut seen_traces: HashSet<TraceId> = HashSet::new();
     let mut hits: Vec<pb::TraceSearchMetadata> = Vec::new();
     let (mut rows_read, mut inspected_spans, mut pages) = (0u64, 0u64, 0u32);
-    // Rows of candidates per distinct trace found so far: sizes the next batch of seeds.
-    let (mut seeds_used, mut traces_found) = (0usize, 0usize);
+    // Candidate rows used (as seeds, or found inside a trace) per distinct trace so far: sizes
+    // the next batch of seeds.
+    let (mut consumed, mut traces_found) = (0usize, 0usize);
     let out_of_budget = |rows_read: u64, traces: usize| {
         rows_read >= cfg.max_rows
             || traces >= cfg.max_traces
             || req.deadline.is_some_and(|d| Instant::now() >= d)
     };
-    'pages: while !candidates.exhausted && hits.len() < req.limit {
-        if out_of_budget(rows_read, seen_traces.len()) {
+    // Candidates read and not yet used, most recent first.
+    let mut pending: std::collections::VecDeque<FlowMeta> = Default::default();
+    loop {
+        if hits.len() >= req.limit || out_of_budget(rows_read, seen_traces.len()) {
             break;
         }
-        let q = candidates.next_query(page_rows);
-        let t = Instant::now();
-        let page = tracer.store.select_meta(org, &q).await?;
-        timing.store_us += t.elapsed().as_micros() as u64;
-        timing.queries += 1;
-        pages += 1;
-        rows_read += page.len() as u64;
-        candidates.advance(&page, page_rows);
-        let mut pending: Vec<&FlowMeta> = page.iter().collect();
-        while !pending.is_empty() && hits.len() < req.limit {
-            if out_of_budget(rows_read, seen_traces.len()) {
-                break 'pages;
+        let before = pending.len();
+        pending.retain(|m| !covered.contains(&m._id));
+        consumed += before - pending.len();
+        // Seeds for the traces still wanted, from how many candidate rows a trace took so far.
+        let wanted = req.limit - hits.len();
+        let per_trace = if traces_found == 0 {
+            8
+        } else {
+            consumed.div_ceil(traces_found).max(1)
+        };
+        let target = wanted.saturating_mul(per_trace).saturating_mul(2).clamp(16, MAX_BATCH);
+        if pending.len() < target && !candidates.exhausted {
+            let q = candidates.next_query(page_rows);
+            let t = Instant::now();
+            let page = tracer.store.select_meta(org, &q).await?;
+            timing.store_us += t.elapsed().as_micros() as u64;
+            timing.queries += 1;
+            pages += 1;
+            rows_read += page.len() as u64;
+            candidates.advance(&page, page_rows);
+            pending.extend(page);
+            continue;
+        }
+        if pending.is_empty() {
+            break;
+        }
+        let batch: Vec<FlowMeta> = pending.drain(..target.min(pending.len())).collect();
+        consumed += batch.len();
+        let found = assemble_batch(tracer, org, &batch, seed_window_s, timing).await?;
+        for f in found {
+            covered.extend(f.result.spans.iter().flat_map(|s| s.ids.iter().copied()));
+            if !seen_traces.insert(f.id) {
+                continue;
             }
-            pending.retain(|m| !covered.contains(&m._id));
-            if pending.is_empty() {
-                break;
+            traces_found += 1;
+            inspected_spans += f.result.spans.len() as u64;
+            if hits.len() >= req.limit {
+                continue;
             }
-            let wanted = req.limit - hits.len();
-            let per_trace = if traces_found == 0 {
-                8
-            } else {
-                seeds_used.div_ceil(traces_found).max(1)
-            };
-            let n = (wanted * per_trace * 2).clamp(16, pending.len().max(16));
-            let batch: Vec<&FlowMeta> = pending.drain(..n.min(pending.len())).collect();
-            seeds_used += batch.len();
-            let found = assemble_batch(tracer, org, &batch, seed_window_s, timing).await?;
-            for f in found {
-                covered.extend(f.result.spans.iter().flat_map(|s| s.ids.iter().copied()));
-                if !seen_traces.insert(f.id) {
-                    continue;
-                }
-                traces_found += 1;
-                inspected_spans += f.result.spans.len() as u64;
-                if hits.len() >= req.limit {
-                    continue;
-                }
-                if let Some(hit) = evaluate(&f, stages, &ev, &interesting, req.spss)? {
-                    hits.push(hit);
-                }
+            if let Some(hit) = evaluate(&f, stages, &ev, &interesting, req.spss)? {
+                hits.push(hit);
             }
         }
     }
@@ -418,33 +425,29 @@ async fn run(
 async fn assemble_batch(
     tracer: &TraceService,
     org: OrgId,
-    seeds: &[&FlowMeta],
+    seeds: &[FlowMeta],
     seed_window_s: i64,
     timing: &mut TraceTiming,
 ) -> Result<Vec<FoundTrace>, SearchError> {
-    // Interim: one search per seed not reached by an earlier one (the batched engine replaces
-    // this loop).
-    let mut reached: HashSet<u64> = HashSet::new();
-    let mut outcomes = Vec::new();
-    for m in seeds {
-        if reached.contains(&m._id) {
-            continue;
-        }
-        let t = m.time as i64;
-        let search = Search::by_id(
-            m._id,
-            autotrace::TimeWindow::new(t - seed_window_s, t + seed_window_s),
-            &tracer.params,
-        );
-        let (outcome, traced) = tracer.run_search(org, search).await?;
-        timing.store_us += traced.store_us;
-        timing.queries += traced.queries;
-        reached.extend(outcome.ids.iter().copied());
-        outcomes.push(outcome);
-    }
+    let searches: Vec<Search> = seeds
+        .iter()
+        .map(|m| {
+            let t = m.time as i64;
+            Search::by_id(
+                m._id,
+                autotrace::TimeWindow::new(t - seed_window_s, t + seed_window_s),
+                &tracer.params,
+            )
+        })
+        .collect();
+    let batch = autotrace::BatchSearch::new(searches, &tracer.params)
+        .max_rows(tracer.store.max_rows().min(usize::MAX as u64) as usize);
+    let (outcome, traced) = tracer.run_batch(org, batch).await?;
+    timing.store_us += traced.store_us;
+    timing.queries += traced.queries;
     let t = Instant::now();
-    let mut out = Vec::with_capacity(outcomes.len());
-    for o in outcomes {
+    let mut out = Vec::with_capacity(outcome.traces.len());
+    for o in outcome.traces.into_iter().map(|t| t.outcome) {
         let result = autotrace::assemble_with(
             o.records,
             o.external,

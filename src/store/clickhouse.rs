@@ -513,6 +513,10 @@ fn compile_str_in(col: &str, vals: &[String], sql: &mut String, binds: &mut Vec<
 
 #[async_trait]
 impl FlowStore for ClickHouseStore {
+    fn max_rows(&self) -> u64 {
+        self.settings.max_rows
+    }
+
     fn kind(&self) -> StoreKind {
         StoreKind::Clickhouse
     }

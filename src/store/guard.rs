@@ -77,6 +77,10 @@ impl FlowStore for QuerySlots {
         self.inner.kind()
     }
 
+    fn max_rows(&self) -> u64 {
+        self.inner.max_rows()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }

@@ -52,6 +52,10 @@ impl FlowStore for MeteredStore {
         self.inner.kind()
     }
 
+    fn max_rows(&self) -> u64 {
+        self.inner.max_rows()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         metered("ping", self.inner.ping()).await
     }

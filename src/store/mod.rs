@@ -425,6 +425,11 @@ pub trait FlowStore: Send + Sync {
     /// A trivial query: `Ok` when the store answers.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// The most rows one read returns (larger limits are capped there).
+    fn max_rows(&self) -> u64 {
+        u64::MAX
+    }
+
     /// Search-phase metadata (the FLOWMETA columns) of the matching rows.
     async fn select_meta(&self, org: OrgId, query: &FlowQuery) -> StoreResult<Vec<FlowMeta>>;
 

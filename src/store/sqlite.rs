@@ -671,6 +671,10 @@ const ROWS_PER_INSERT: usize = 250;
 
 #[async_trait]
 impl FlowStore for SqliteStore {
+    fn max_rows(&self) -> u64 {
+        self.max_rows
+    }
+
     fn kind(&self) -> StoreKind {
         StoreKind::Embedded
     }

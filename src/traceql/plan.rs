@@ -22,6 +22,18 @@ pub fn plan_filters(filters: &[&SpansetFilter]) -> Filter {
 /// A superset predicate for one field expression (booleans only; anything else is `True`).
 pub fn plan_expr(e: &FieldExpr) -> Filter {
     match e {
+        // A condition on the trace holds for every span of a matching trace: the rows it
+        // selects seed those traces, whatever the other side asks of the span.
+        FieldExpr::Binary {
+            op: BinaryOp::And,
+            lhs,
+            ..
+        } if is_trace_condition(lhs) => plan_expr(lhs),
+        FieldExpr::Binary {
+            op: BinaryOp::And,
+            rhs,
+            ..
+        } if is_trace_condition(rhs) => plan_expr(rhs),
         FieldExpr::Binary {
             op: BinaryOp::And,
             lhs,
@@ -59,6 +71,30 @@ pub fn plan_expr(e: &FieldExpr) -> Filter {
             _ => Filter::True,
         },
         _ => Filter::True,
+    }
+}
+
+/// A condition on the whole trace that `condition` plans to rows of the trace (`trace:id`,
+/// `rootServiceName` equality).
+fn is_trace_condition(e: &FieldExpr) -> bool {
+    let trace_level = |a: &Attribute| {
+        matches!(
+            a,
+            Attribute::Intrinsic(Intrinsic::TraceId | Intrinsic::TraceRootService)
+        )
+    };
+    match e {
+        FieldExpr::Binary {
+            op: BinaryOp::Eq,
+            lhs,
+            rhs,
+            ..
+        } => match (&**lhs, &**rhs) {
+            (FieldExpr::Attribute(a), FieldExpr::Static(Static::String(_)))
+            | (FieldExpr::Static(Static::String(_)), FieldExpr::Attribute(a)) => trace_level(a),
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -169,6 +205,24 @@ fn condition(a: &Attribute, op: BinaryOp, s: &Static) -> Filter {
             }
             _ => Filter::True,
         },
+        // A trace's ID is its application trace id (rows carrying it), else the zero-code ID of
+        // its root row; both find a row of the trace to trace from. Trace IDs are hex: any other
+        // value names no trace.
+        Attribute::Intrinsic(Intrinsic::TraceId) => match (s, op) {
+            (Static::String(v), BinaryOp::Eq) => match crate::tempo::ids::TraceId::parse(v) {
+                Ok(id) => match id.as_zero_code() {
+                    Some(row) => Filter::ids([row]),
+                    None => Filter::TraceIdIn(id.stored_forms()),
+                },
+                Err(_) => Filter::False,
+            },
+            _ => Filter::True,
+        },
+        // The root span's service is the service of one of the trace's rows.
+        Attribute::Intrinsic(Intrinsic::TraceRootService) => match (s, op) {
+            (Static::String(v), BinaryOp::Eq) => Filter::ServiceIn(vec![v.clone()]),
+            _ => Filter::True,
+        },
         Attribute::Intrinsic(_) => Filter::True,
         Attribute::Scoped { parent: true, .. } => Filter::True,
         Attribute::Scoped { scope, name, .. } => {
@@ -258,6 +312,36 @@ mod tests {
     #[test]
     fn plans_are_supersets() {
         assert_eq!(plan("{}"), Filter::True);
+        assert_eq!(
+            plan(r#"{trace:id = "64656570666c6f7700000001000000aa"}"#),
+            Filter::Or(vec![Filter::ids([0x1_0000_00aa])])
+        );
+        assert_eq!(
+            plan(r#"{trace:id = "af7651916cd43dd8448eb211c80319c"}"#),
+            Filter::Or(vec![Filter::TraceIdIn(vec![
+                "0af7651916cd43dd8448eb211c80319c".into()
+            ])])
+        );
+        assert_eq!(
+            plan(r#"{trace:id = "not hex"}"#),
+            Filter::Or(vec![Filter::False])
+        );
+        assert_eq!(
+            plan(r#"{rootServiceName = "x"}"#),
+            Filter::Or(vec![Filter::ServiceIn(vec!["x".into()])])
+        );
+        // No one row need be both the root and the span: the trace condition seeds alone.
+        assert_eq!(
+            plan(r#"{rootServiceName = "x" && resource.service.name = "y"}"#),
+            Filter::Or(vec![Filter::ServiceIn(vec!["x".into()])])
+        );
+        assert_eq!(
+            plan(r#"{status = error && trace:id = "abc"}"#),
+            Filter::Or(vec![Filter::TraceIdIn(vec![
+                "00000000000000000000000000000abc".into(),
+                "0000000000000abc".into()
+            ])])
+        );
         assert_eq!(
             plan(r#"{resource.service.name = "x" && duration > 100ms}"#),
             Filter::Or(vec![Filter::And(vec![
