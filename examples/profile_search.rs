@@ -47,6 +47,17 @@ fn answer(rows: &[FlowMeta], times: &[u32], q: &SearchQuery) -> Vec<FlowMeta> {
     };
     match q {
         SearchQuery::EntryById { id, limit, .. } => pick(&|r| r._id == *id, None, *limit),
+        SearchQuery::EntryByIds { ids, limit, .. } => pick(&|r| ids.contains(&r._id), None, *limit),
+        SearchQuery::EntryByTraceIds {
+            trace_ids,
+            window,
+            limit,
+            ..
+        } => pick(
+            &|r| trace_ids.contains(&r.trace_id) || trace_ids.contains(&r._trace_id_2),
+            Some(window),
+            *limit,
+        ),
         SearchQuery::EntryByTraceId {
             trace_id,
             window,

@@ -929,7 +929,7 @@ mod tests {
 
     #[test]
     fn shapes_are_served_entries_first_and_the_fetch_last() {
-        let mut shapes = vec![
+        let mut shapes = [
             Shape::Fetch,
             Shape::Associate,
             Shape::TraceIds { otel_only: false },
