@@ -84,8 +84,9 @@ impl Fixture {
     }
 
     async fn search_on(&self, base: &str, q: &str, limit: usize) -> Vec<Value> {
-        let q: String = percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
+        let q: String =
+            percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
         let v = self
             .get(
                 base,
@@ -144,12 +145,13 @@ fn shown(trace: &Value) -> (String, String, u64, u64) {
     }
     let start = spans.iter().map(|s| s.2).min().unwrap();
     let end = spans.iter().map(|s| s.3).max().unwrap();
-    let root = spans
-        .iter()
-        .filter(|s| !s.4)
-        .min_by_key(|s| s.2)
-        .unwrap();
-    (root.0.clone(), root.1.clone(), start, (end - start) / 1_000_000)
+    let root = spans.iter().filter(|s| !s.4).min_by_key(|s| s.2).unwrap();
+    (
+        root.0.clone(),
+        root.1.clone(),
+        start,
+        (end - start) / 1_000_000,
+    )
 }
 
 async fn one_hit_per_request_and_hits_describe_the_trace(f: Fixture) {
@@ -176,11 +178,7 @@ async fn one_hit_per_request_and_hits_describe_the_trace(f: Fixture) {
         assert_eq!(hit["rootServiceName"], service.as_str(), "{id}");
         assert_eq!(hit["rootTraceName"], name.as_str(), "{id}");
         assert_eq!(hit["startTimeUnixNano"], start.to_string().as_str(), "{id}");
-        assert_eq!(
-            hit["durationMs"].as_u64().unwrap_or(0),
-            duration_ms,
-            "{id}"
-        );
+        assert_eq!(hit["durationMs"].as_u64().unwrap_or(0), duration_ms, "{id}");
         assert_eq!(hit["rootServiceName"], "fortio-loadgen", "{id}");
     }
     // `limit` counts traces.
@@ -193,7 +191,11 @@ async fn spansets_of_one_request_join(f: Fixture) {
             r#"{ resource.service.name = "fortio-loadgen" } && { resource.service.name = "details-v1" }"#,
         )
         .await;
-    assert_eq!(Fixture::ids(&both), f.all_ids(), "every request calls details");
+    assert_eq!(
+        Fixture::ids(&both),
+        f.all_ids(),
+        "every request calls details"
+    );
     let hit = &both[0];
     let services: BTreeSet<&str> = hit["spanSets"][0]["spans"]
         .as_array()
@@ -239,7 +241,11 @@ async fn trace_intrinsics_select_whole_traces(f: Fixture) {
         }
     }
     let expected_slow = f.data.requests.iter().filter(|r| r.slow).count();
-    assert!(slow.len() >= expected_slow, "{} < {expected_slow}", slow.len());
+    assert!(
+        slow.len() >= expected_slow,
+        "{} < {expected_slow}",
+        slow.len()
+    );
     // Errors anywhere in a request: its trace.
     let errors = Fixture::ids(&f.search("{ status = error }").await);
     let want: BTreeSet<String> = f
@@ -293,21 +299,13 @@ async fn every_service_name_shown_finds_the_trace(f: Fixture) {
             serde_json::to_string(name).unwrap()
         );
         let hits = f.search(&q).await;
-        assert!(
-            Fixture::ids(&hits).contains(&id),
-            "{q} does not find {id}"
-        );
+        assert!(Fixture::ids(&hits).contains(&id), "{q} does not find {id}");
     }
 }
 
 async fn matches_older_than_the_newest_page_are_found(f: Fixture) {
     // The oldest request, found through pages of 50 candidate rows, newest first.
-    let oldest = f
-        .data
-        .requests
-        .iter()
-        .min_by_key(|r| r.start_us)
-        .unwrap();
+    let oldest = f.data.requests.iter().min_by_key(|r| r.start_us).unwrap();
     let id = expected_id(oldest);
     let full = TraceId::parse(&id).unwrap().to_hex();
     let hits = f
@@ -315,7 +313,10 @@ async fn matches_older_than_the_newest_page_are_found(f: Fixture) {
         .await;
     assert_eq!(Fixture::ids(&hits), BTreeSet::from([id]));
     // Small pages give the same answer as large ones.
-    let small = Fixture::ids(&f.search_on(&f.small_pages, "{ status = error }", 1000).await);
+    let small = Fixture::ids(
+        &f.search_on(&f.small_pages, "{ status = error }", 1000)
+            .await,
+    );
     let large = Fixture::ids(&f.search("{ status = error }").await);
     assert_eq!(small, large);
     let per_request: HashMap<String, usize> = f

@@ -453,8 +453,9 @@ impl BatchSearch {
     }
 
     /// The most rows the store returns for one read (it silently caps larger limits): merged
-    /// limits are capped there, so a capped read (the merged fetch too) still flags its
-    /// participants. Default: no cap.
+    /// limits are capped there, so a capped read still flags its participants. The merged
+    /// fetch is not capped: its reader splits it into reads of at most this many ids.
+    /// Default: no cap.
     pub fn max_rows(mut self, rows: usize) -> Self {
         self.max_rows = rows.max(1);
         self
@@ -516,8 +517,9 @@ impl BatchSearch {
         }
         let mut query = merge(shape, &qs);
         let limit = match &mut query {
-            // The fetch has no limit of its own, but the store still caps it.
-            SearchQuery::Fetch { .. } => self.max_rows,
+            // The fetch has no limit of its own: the service reads it in pieces of at most the
+            // store's cap (`TraceService::run_batch`).
+            SearchQuery::Fetch { .. } => usize::MAX,
             SearchQuery::EntryByTraceId { limit, .. }
             | SearchQuery::EntryById { limit, .. }
             | SearchQuery::EntryByIds { limit, .. }
@@ -1029,7 +1031,7 @@ mod tests {
     }
 
     #[test]
-    fn a_fetch_at_the_store_cap_flags_every_participant() {
+    fn a_fetch_is_never_cut_at_the_store_cap() {
         let p = TraceParams::default();
         let s = |id| Search::by_id(id, w(0, 10), &p);
         let mut b = BatchSearch::new(vec![s(1), s(2)], &p).max_rows(3);
@@ -1042,11 +1044,12 @@ mod tests {
             _id: id,
             ..FlowRecord::default()
         };
+        // The service reads the fetch in pieces of at most the cap; all of it comes back.
         b.feed_records(vec![rec(1), rec(2), rec(2)]).unwrap();
         assert_eq!(b.next(), Ok(None));
         let out = b.finish();
-        assert_eq!(out.seed_cut, vec![true, true]);
-        assert!(out.traces.iter().all(|t| t.outcome.hit_limit));
+        assert_eq!(out.seed_cut, vec![false, false]);
+        assert!(out.traces.iter().all(|t| !t.outcome.hit_limit));
         assert_eq!(out.traces.len(), 2);
     }
 }

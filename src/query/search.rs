@@ -372,7 +372,10 @@ async fn run(
         } else {
             consumed.div_ceil(traces_found).max(1)
         };
-        let target = wanted.saturating_mul(per_trace).saturating_mul(2).clamp(16, MAX_BATCH);
+        let target = wanted
+            .saturating_mul(per_trace)
+            .saturating_mul(2)
+            .clamp(16, MAX_BATCH);
         if pending.len() < target && !candidates.exhausted {
             let q = candidates.next_query(page_rows);
             let t = Instant::now();

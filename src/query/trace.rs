@@ -239,7 +239,25 @@ impl TraceService {
             let (fq, records) = to_flow_query(&q);
             let t = Instant::now();
             let rows = if records {
-                let rows = self.store.select_records(org, &fq).await?;
+                let rows = match &q {
+                    // A batch's fetch can hold more ids than the store returns in one read.
+                    SearchQuery::Fetch { ids, window } => {
+                        let piece = self.store.max_rows().clamp(1, 100_000) as usize;
+                        let mut rows = Vec::with_capacity(ids.len());
+                        for chunk in ids.chunks(piece) {
+                            let (fq, _) = to_flow_query(&SearchQuery::Fetch {
+                                ids: chunk.to_vec(),
+                                window: *window,
+                            });
+                            rows.extend(self.store.select_records(org, &fq).await?);
+                            timing.queries += 1;
+                        }
+                        timing.queries -= 1;
+                        rows.sort_by_key(|r| (r.start_time_us, r._id));
+                        rows
+                    }
+                    _ => self.store.select_records(org, &fq).await?,
+                };
                 timing.store_us += t.elapsed().as_micros() as u64;
                 let n = rows.len();
                 batch.feed_records(rows)?;

@@ -173,7 +173,10 @@ fn service_expr() -> String {
         e
     };
     let auto = side(auto_service_expr(0), auto_service_expr(1));
-    let app = first(&["f.app_service".to_string(), auto.clone()], "'unknown app service'");
+    let app = first(
+        &["f.app_service".to_string(), auto.clone()],
+        "'unknown app service'",
+    );
     let process = first(
         &[
             auto,
