@@ -357,6 +357,57 @@ const DOCS_AND_EDGES: &[(&str, Expect)] = &[
     ("{ span.x = nil }", Unsupported),
 ];
 
+/// Metrics second stages (comparisons on results, `topk`/`bottomk` with comparisons after
+/// them) and arithmetic between metrics queries and with numbers.
+const METRICS_GRAMMAR: &[(&str, Expect)] = &[
+    ("{} | rate() > 10", Valid),
+    ("{ } | rate() by (resource.service.name) >= 0.5", Valid),
+    ("{} | count_over_time() < -1", Valid),
+    ("{} | rate() | topk(5) > 10", Valid),
+    ("{} | rate() > 1 | topk(5)", Valid),
+    ("{} | rate() > 1 | bottomk(5) <= 100", Valid),
+    ("{} | quantile_over_time(duration, 0.5, 0.9, 0.99) by (name) != 0", Valid),
+    ("{} | rate() > 10 with(sample=true)", Valid),
+    ("{} | sum_over_time(span.bytes) by (resource.service.name) = 0", Valid),
+    ("{} | histogram_over_time(duration) by (span.http.route) | topk(3)", Valid),
+    ("({} | rate()) / ({} | count_over_time())", Valid),
+    ("({ status = error } | rate()) / ({ } | rate()) * 100", Valid),
+    ("({} | rate()) * 100", Valid),
+    ("100 * ({} | rate())", Valid),
+    ("({} | rate()) * -1.5", Valid),
+    ("({} | rate()) + ({} | rate()) * ({} | rate())", Valid),
+    ("(({} | rate()) - ({} | rate())) / 2", Valid),
+    ("({} | rate()) / ({} | rate()) > 0.1", Valid),
+    ("({ status = error } | rate() by (resource.service.name)) / ({ } | rate() by (resource.service.name)) with(sample=0.1)", Valid),
+    ("({} | min_over_time(duration)) - ({} | max_over_time(duration)) - ({} | avg_over_time(duration))", Valid),
+    ("({} | rate()) / (2 * 3)", Valid),
+    ("{ span:childCount > 2 }", Unsupported),
+    ("({} | rate() by (resource.a, resource.b, resource.c, resource.d, resource.e, resource.f)) / ({} | rate())", Unsupported),
+    ("({} | quantile_over_time(duration, 2)) / ({} | rate())", Invalid),
+    ("({} | rate()) / ({ 1 = \"a\" } | rate())", Invalid),
+    ("{ } | rate() | topk(0) > 1", Invalid),
+    ("{ } | compare({ status = error }) > 1", Invalid),
+    ("{} | rate() > \"a\"", Parse),
+    ("{} | rate() > 1s", Parse),
+    ("{} | rate() > 1 > 2", Parse),
+    ("{} | rate() > .a", Parse),
+    ("{} | rate() * 2", Parse),
+    ("({} | rate()) % 2", Parse),
+    ("({} | rate()) ^ 2", Parse),
+    ("({} | rate()) && ({} | rate())", Parse),
+    ("({} | rate()) > ({} | rate())", Parse),
+    ("({} | rate()) > 1", Parse),
+    ("({} | rate() | topk(5)) / ({} | rate())", Parse),
+    ("({} | rate() > 1) / ({} | rate())", Parse),
+    ("({} | rate()) / ({} | rate()) | topk(5)", Parse),
+    ("({} | rate()) / ({} | count()) ", Parse),
+    ("({} | rate()) / { true }", Parse),
+    ("({} | rate()) / ({} | rate()) > ({} | rate())", Parse),
+    ("({} | rate() with(sample=0.1)) / ({} | rate())", Parse),
+    ("2 * 3", Parse),
+    ("(2) / (3)", Parse),
+];
+
 fn outcome(q: &str, want: Expect) -> Expect {
     if want == Parses {
         return match parse_unvalidated(q) {
@@ -385,6 +436,7 @@ fn all_cases() -> Vec<(String, String, Expect)> {
         .collect();
     out.extend(own("grafana", GRAFANA));
     out.extend(own("docs", DOCS_AND_EDGES));
+    out.extend(own("metrics", METRICS_GRAMMAR));
     out
 }
 
@@ -399,14 +451,20 @@ fn tempo_corpus_every_verdict() {
         if got == want {
             entry.1 += 1;
         } else {
-            failures.push(format!("[{list}] {q:?}: want {want:?}, got {got:?} ({})", detail(&q)));
+            failures.push(format!(
+                "[{list}] {q:?}: want {want:?}, got {got:?} ({})",
+                detail(&q)
+            ));
         }
     }
     for (list, (total, agreed)) in &counts {
         eprintln!("tempo corpus {list}: {agreed}/{total} agree");
     }
     for list in ["valid", "parse_fails", "validate_fails", "unsupported"] {
-        assert!(counts.contains_key(list), "tempo corpus lost its {list} list");
+        assert!(
+            counts.contains_key(list),
+            "tempo corpus lost its {list} list"
+        );
     }
     assert!(
         failures.is_empty(),

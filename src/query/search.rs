@@ -425,7 +425,7 @@ impl From<crate::store::StoreError> for SearchError {
 fn stages(q: &Query) -> Result<&[Stage], NotSupported> {
     match &q.root {
         RootExpr::Pipeline(p) => Ok(&p.stages),
-        RootExpr::Metrics(_) => Err(NotSupported(
+        RootExpr::Metrics(_) | RootExpr::MetricsMath(_) => Err(NotSupported(
             "a metrics query on the search endpoint".into(),
         )),
         RootExpr::PipelineExpr(_) => {

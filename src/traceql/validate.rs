@@ -31,6 +31,11 @@ pub fn validate(q: &Query, src: &str) -> VResult {
         RootExpr::PipelineExpr(e) => v.pipeline_expr(e)?,
         RootExpr::ScalarPipelineFilter(f) => v.scalar_pipeline_filter(f)?,
         RootExpr::Metrics(m) => v.metrics(m)?,
+        RootExpr::MetricsMath(m) => {
+            for q in m.expr.queries() {
+                v.metrics(q)?;
+            }
+        }
     }
     for h in &q.hints {
         v.hint(h)?;
@@ -363,16 +368,16 @@ impl Validator<'_> {
                         self.invalid(Some(first.pos), "compare() start must not be after end")
                     );
                 }
-                if m.second_stage.is_some() {
+                if !m.second_stages.is_empty() {
                     return Err(self.invalid(
                         Some(first.pos),
-                        "compare() cannot be followed by topk() or bottomk()",
+                        "compare() cannot be followed by topk(), bottomk() or a comparison",
                     ));
                 }
             }
             _ => {}
         }
-        if let Some(s) = &m.second_stage {
+        if let Some(s) = m.limit() {
             if s.limit <= 0 {
                 return Err(self.invalid(Some(s.pos), format!("{s}: limit must be greater than 0")));
             }
