@@ -5,6 +5,24 @@
 //!
 //! Positions (`Pos`) are byte offsets into the query; they never take part in equality, so a
 //! tree compares equal to the tree of its own printed form.
+//!
+//! Metrics queries come in two root shapes ([`Query::is_metrics`] covers both):
+//!
+//! * [`RootExpr::Metrics`] holds one [`MetricsQuery`]: the spanset [`Pipeline`], the
+//!   [`MetricsFirstStage`] (a [`MetricsFunction`] — `rate`, `count_over_time`,
+//!   `min/max/avg/sum_over_time`, `quantile_over_time` with one or more quantiles,
+//!   `histogram_over_time`, `compare` with its selection, topN and window — plus its `by`
+//!   attributes) and `second_stages`, a list of [`MetricsStage`]s in source order: a
+//!   [`MetricsFilter`] (`> 10`, applied to every sample) directly after the function and/or a
+//!   [`SecondStage`] limit (`| topk(n)`, `| bottomk(n)`) optionally followed by another
+//!   filter. [`MetricsQuery::limit`] and [`MetricsQuery::filters`] read them.
+//! * [`RootExpr::MetricsMath`] holds a [`MetricsMath`]: a [`MetricsExpr`] tree whose leaves are
+//!   parenthesised metrics queries (no second stages) and numbers, joined by `+ - * /` with
+//!   `*`/`/` binding tighter and every operator left-associative, and an optional
+//!   [`MetricsFilter`] on the result. [`MetricsExpr::queries`] and [`Query::metrics_queries`]
+//!   list the leaves left to right.
+//!
+//! Query hints (`with(sample=0.1)`) belong to the whole query ([`Query::hints`]).
 
 use std::fmt::{self, Display, Formatter, Write};
 

@@ -10,8 +10,13 @@
 //!
 //! Parsing has two steps: a precedence-climbing pass builds a loose tree of everything that
 //! may appear outside braces, then `shape_*` functions check it against the grammar's root
-//! forms (spanset pipeline, pipeline expression, scalar pipeline filter, metrics pipeline),
-//! which resolves the many meanings of `(`. Errors carry the byte offset of the culprit.
+//! forms (spanset pipeline, pipeline expression, scalar pipeline filter, metrics pipeline,
+//! metrics arithmetic), which resolves the many meanings of `(`. Errors carry the byte offset
+//! of the culprit.
+//!
+//! Metrics forms: `pipeline | fn(…) [by (…)] [cmp number] [| topk(n)|bottomk(n) [cmp number]]`
+//! and `(pipeline | fn(…)) op (…) … [cmp number]` with `op` one of `+ - * /` (Tempo's
+//! precedence: `* /` over `+ -`) and numbers allowed as operands; hints end the query.
 
 use super::ast::*;
 use super::error::ParseError;

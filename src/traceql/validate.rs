@@ -1,7 +1,8 @@
 //! Static checks on a parsed query, following the rules Tempo applies after parsing: operand
 //! types must agree, operators must suit their types, filters must be boolean, aggregates and
 //! `by()` must read the span, metrics arguments must be in range, hint values must have the
-//! right type, regular expressions must compile. Constructs Tempo parses but refuses
+//! right type, regular expressions must compile; every operand of metrics arithmetic is checked
+//! like a metrics query of its own. Constructs Tempo parses but refuses
 //! (`parent`, `childCount`, `= nil`, scalar filters other than `aggregate op literal`) are
 //! reported as `Unsupported`. Owns no parsing; never changes the tree.
 
