@@ -553,8 +553,8 @@ fn metrics_arithmetic_errors() {
     for (q, needle) in [
         ("({} | rate()) % 2", "cannot combine metrics queries"),
         (
-            "({} | rate() | topk(5)) / ({} | rate())",
-            "inside metrics arithmetic",
+            "({} | rate() | count() > 1) / ({} | rate())",
+            "after a metrics function",
         ),
         (
             "({} | rate()) / ({} | rate()) > \"a\"",

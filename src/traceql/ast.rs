@@ -17,7 +17,7 @@
 //!   [`SecondStage`] limit (`| topk(n)`, `| bottomk(n)`) optionally followed by another
 //!   filter. [`MetricsQuery::limit`] and [`MetricsQuery::filters`] read them.
 //! * [`RootExpr::MetricsMath`] holds a [`MetricsMath`]: a [`MetricsExpr`] tree whose leaves are
-//!   parenthesised metrics queries (no second stages) and numbers, joined by `+ - * /` with
+//!   parenthesised metrics queries (each with its own second stages, applied first) and numbers, joined by `+ - * /` with
 //!   `*`/`/` binding tighter and every operator left-associative, and an optional
 //!   [`MetricsFilter`] on the result. [`MetricsExpr::queries`] and [`Query::metrics_queries`]
 //!   list the leaves left to right.
@@ -1341,7 +1341,8 @@ impl Display for MetricsQuery {
 
 /// Arithmetic between metrics results and scalars (`+ - * /`, `*`/`/` binding tighter, all
 /// left-associative): `({status=error} | rate()) / ({} | rate()) * 100`. Every metrics
-/// operand is a parenthesised `pipeline | function` with no second stages.
+/// operand is a parenthesised metrics query, which may carry its own second stages
+/// (`({} | rate() by (name) | topk(5)) / ({} | rate())`), applied before the arithmetic.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricsExpr {
     /// `(pipeline | function)`.

@@ -1001,18 +1001,7 @@ fn shape_metrics_expr(n: &PNode) -> Shape<MetricsExpr> {
                 return shape_metrics_expr(x);
             }
             match shape_metrics_query(&elems) {
-                Some(Ok(q)) => match q.second_stages.first() {
-                    None => Ok(MetricsExpr::Query(Box::new(q))),
-                    Some(s) => Err((
-                        match s {
-                            MetricsStage::Limit(l) => l.pos.0,
-                            MetricsStage::Filter(f) => f.pos.0,
-                        },
-                        "topk(), bottomk() and comparisons cannot be used inside metrics \
-                         arithmetic"
-                            .into(),
-                    )),
-                },
+                Some(Ok(q)) => Ok(MetricsExpr::Query(Box::new(q))),
                 Some(Err(e)) => Err(e),
                 None => Err((
                     n.pos,
