@@ -4,7 +4,8 @@
 
 use deepflow_tempo::traceql::{
     parse, parse_identifier, parse_lenient_filters, parse_unvalidated, Attribute, BinaryOp,
-    Condition, Intrinsic, MetricsFunction, Scope, Static, Status, TraceqlError,
+    Condition, Intrinsic, MetricsExpr, MetricsFunction, MetricsStage, RootExpr, Scope,
+    SecondStageKind, Static, Status, TraceqlError,
 };
 
 fn parse_err(q: &str) -> (usize, usize, String) {
@@ -127,6 +128,28 @@ fn canonical_printing() {
         ),
         ("{ } | count() > -1", "{ true } | count() > -1"),
         ("({ .a } | count()) > 2", "({ .a } | count()) > 2"),
+        ("{}|rate()>10", "{ true } | rate() > 10"),
+        (
+            "{} | rate() by (name) >= 1.5 | topk(3) < 100",
+            "{ true } | rate() by (name) >= 1.5 | topk(3) < 100",
+        ),
+        (
+            "({status=error}|rate())/({}|rate())*100",
+            "({ status = error } | rate()) / ({ true } | rate()) * 100",
+        ),
+        (
+            "(({} | rate()) + ({} | rate())) * 2",
+            "(({ true } | rate()) + ({ true } | rate())) * 2",
+        ),
+        (
+            "({} | rate()) - (({} | rate()) - 1)",
+            "({ true } | rate()) - (({ true } | rate()) - 1)",
+        ),
+        (
+            "({} | rate()) / ({} | rate()) > 0.5 with(sample=0.1)",
+            "({ true } | rate()) / ({ true } | rate()) > 0.5 with(sample=0.1)",
+        ),
+        ("{ span:childCount > 2 }", "{ childCount > 2 }"),
     ];
     for (q, want) in cases {
         let got = parse_unvalidated(q)
@@ -454,4 +477,97 @@ fn precedence_follows_tempo() {
         },
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn metrics_second_stages_in_order() {
+    let q = parse("{ } | rate() by (name) > 1 | bottomk(5) <= 100").unwrap();
+    let m = q.metrics().unwrap();
+    assert_eq!(m.second_stages.len(), 3);
+    assert!(
+        matches!(&m.second_stages[0], MetricsStage::Filter(f) if f.op == BinaryOp::Gt && f.value == Static::Int(1))
+    );
+    assert!(
+        matches!(&m.second_stages[1], MetricsStage::Limit(l) if l.kind == SecondStageKind::BottomK && l.limit == 5)
+    );
+    assert!(matches!(&m.second_stages[2], MetricsStage::Filter(f) if f.op == BinaryOp::Lte));
+    assert_eq!(m.limit().map(|l| l.limit), Some(5));
+    let filters: Vec<_> = m.filters().collect();
+    assert_eq!(filters.len(), 2);
+    assert!(filters[0].keeps(1.5) && !filters[0].keeps(1.0));
+    assert!(filters[1].keeps(100.0) && !filters[1].keeps(100.5));
+    assert_eq!(q.metrics_queries().len(), 1);
+
+    let neg = parse("{ } | count_over_time() != -2.5").unwrap();
+    let f = neg.metrics().unwrap().filters().next().unwrap().clone();
+    assert_eq!(f.value, Static::Float(-2.5));
+    assert_eq!(f.threshold(), -2.5);
+}
+
+#[test]
+fn metrics_arithmetic_follows_tempo_precedence() {
+    // `*` and `/` bind tighter than `+` and `-`; all are left-associative.
+    let q = parse("({ .a } | rate()) + ({ .b } | rate()) * 100 - 1").unwrap();
+    assert!(q.is_metrics());
+    assert!(q.metrics().is_none());
+    assert!(q.pipeline().is_none());
+    let math = q.metrics_math().unwrap();
+    assert!(math.filter.is_none());
+    let MetricsExpr::Op { op, lhs, rhs, .. } = &math.expr else {
+        panic!("expected an operation: {:?}", math.expr);
+    };
+    assert_eq!(*op, BinaryOp::Sub);
+    assert_eq!(**rhs, MetricsExpr::Scalar(Static::Int(1)));
+    let MetricsExpr::Op { op, lhs, rhs, .. } = &**lhs else {
+        panic!("expected an operation: {lhs:?}");
+    };
+    assert_eq!(*op, BinaryOp::Add);
+    assert!(matches!(&**lhs, MetricsExpr::Query(_)));
+    let MetricsExpr::Op {
+        op, rhs: hundred, ..
+    } = &**rhs
+    else {
+        panic!("expected an operation: {rhs:?}");
+    };
+    assert_eq!(*op, BinaryOp::Mul);
+    assert_eq!(**hundred, MetricsExpr::Scalar(Static::Int(100)));
+
+    let leaves = q.metrics_queries();
+    assert_eq!(leaves.len(), 2);
+    assert_eq!(leaves[0].first_stage.func, MetricsFunction::Rate);
+    assert_eq!(q.spanset_filters().len(), 2);
+
+    let cmp = parse("({} | rate()) / ({} | count_over_time()) >= 0.25").unwrap();
+    let RootExpr::MetricsMath(m) = &cmp.root else {
+        panic!("expected metrics arithmetic");
+    };
+    let f = m.filter.as_ref().unwrap();
+    assert_eq!(
+        (f.op, f.value.clone()),
+        (BinaryOp::Gte, Static::Float(0.25))
+    );
+}
+
+#[test]
+fn metrics_arithmetic_errors() {
+    for (q, needle) in [
+        ("({} | rate()) % 2", "cannot combine metrics queries"),
+        (
+            "({} | rate() | count() > 1) / ({} | rate())",
+            "after a metrics function",
+        ),
+        (
+            "({} | rate()) / ({} | rate()) > \"a\"",
+            "compared with a number",
+        ),
+        ("{} | rate() > 1s", "compared with a number"),
+    ] {
+        let (_, _, msg) = parse_err(q);
+        assert!(msg.contains(needle), "{q}: {msg}");
+    }
+    // Validation applies to every operand.
+    assert!(matches!(
+        parse("({} | rate()) / ({} | quantile_over_time(duration, 2))"),
+        Err(TraceqlError::Validation(_))
+    ));
 }

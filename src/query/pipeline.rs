@@ -120,7 +120,7 @@ pub struct NotSupported(pub String);
 pub fn stages(q: &Query) -> Result<&[Stage], NotSupported> {
     match &q.root {
         RootExpr::Pipeline(p) => Ok(&p.stages),
-        RootExpr::Metrics(_) => Err(NotSupported(
+        RootExpr::Metrics(_) | RootExpr::MetricsMath(_) => Err(NotSupported(
             "a metrics query on the search endpoint".into(),
         )),
         RootExpr::PipelineExpr(_) => {

@@ -5,6 +5,24 @@
 //!
 //! Positions (`Pos`) are byte offsets into the query; they never take part in equality, so a
 //! tree compares equal to the tree of its own printed form.
+//!
+//! Metrics queries come in two root shapes ([`Query::is_metrics`] covers both):
+//!
+//! * [`RootExpr::Metrics`] holds one [`MetricsQuery`]: the spanset [`Pipeline`], the
+//!   [`MetricsFirstStage`] (a [`MetricsFunction`] — `rate`, `count_over_time`,
+//!   `min/max/avg/sum_over_time`, `quantile_over_time` with one or more quantiles,
+//!   `histogram_over_time`, `compare` with its selection, topN and window — plus its `by`
+//!   attributes) and `second_stages`, a list of [`MetricsStage`]s in source order: a
+//!   [`MetricsFilter`] (`> 10`, applied to every sample) directly after the function and/or a
+//!   [`SecondStage`] limit (`| topk(n)`, `| bottomk(n)`) optionally followed by another
+//!   filter. [`MetricsQuery::limit`] and [`MetricsQuery::filters`] read them.
+//! * [`RootExpr::MetricsMath`] holds a [`MetricsMath`]: a [`MetricsExpr`] tree whose leaves are
+//!   parenthesised metrics queries (each with its own second stages, applied first) and numbers, joined by `+ - * /` with
+//!   `*`/`/` binding tighter and every operator left-associative, and an optional
+//!   [`MetricsFilter`] on the result. [`MetricsExpr::queries`] and [`Query::metrics_queries`]
+//!   list the leaves left to right.
+//!
+//! Query hints (`with(sample=0.1)`) belong to the whole query ([`Query::hints`]).
 
 use std::fmt::{self, Display, Formatter, Write};
 
@@ -108,6 +126,7 @@ impl Intrinsic {
             ("span", "statusMessage") => Intrinsic::StatusMessage,
             ("span", "id") => Intrinsic::SpanId,
             ("span", "parentID") => Intrinsic::ParentId,
+            ("span", "childCount") => Intrinsic::ChildCount,
             ("event", "name") => Intrinsic::EventName,
             ("event", "timeSinceStart") => Intrinsic::EventTimeSinceStart,
             ("link", "traceID") => Intrinsic::LinkTraceId,
@@ -1207,7 +1226,7 @@ pub enum SecondStageKind {
     BottomK,
 }
 
-/// `| topk(n)` / `| bottomk(n)` after a metrics function.
+/// `| topk(n)` / `| bottomk(n)`: keep the `limit` series with the highest (lowest) values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SecondStage {
     pub kind: SecondStageKind,
@@ -1225,25 +1244,177 @@ impl Display for SecondStage {
     }
 }
 
-/// A spanset pipeline feeding a metrics function (and optionally a second stage).
+/// A comparison applied to every sample of a metrics result, written right after the
+/// function or the `topk`/`bottomk` it filters: `{ } | rate() > 10`. Samples for which
+/// `sample op value` is false are dropped. `op` is one of `= != < <= > >=`; `value` is an
+/// `Int` or `Float` literal (possibly negative).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsFilter {
+    pub op: BinaryOp,
+    pub value: Static,
+    pub pos: Pos,
+}
+
+impl MetricsFilter {
+    /// The threshold as a number.
+    pub fn threshold(&self) -> f64 {
+        self.value.as_f64().unwrap_or(f64::NAN)
+    }
+
+    /// Whether a sample passes the filter.
+    pub fn keeps(&self, sample: f64) -> bool {
+        let v = self.threshold();
+        match self.op {
+            BinaryOp::Eq => sample == v,
+            BinaryOp::Neq => sample != v,
+            BinaryOp::Lt => sample < v,
+            BinaryOp::Lte => sample <= v,
+            BinaryOp::Gt => sample > v,
+            BinaryOp::Gte => sample >= v,
+            _ => false,
+        }
+    }
+}
+
+impl Display for MetricsFilter {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.op.as_str(), self.value)
+    }
+}
+
+/// What follows the metrics function, in order. The parser accepts
+/// `function [filter] [| topk(n)|bottomk(n) [filter]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricsStage {
+    /// `| topk(n)` / `| bottomk(n)`.
+    Limit(SecondStage),
+    /// `> 10` and friends.
+    Filter(MetricsFilter),
+}
+
+impl Display for MetricsStage {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsStage::Limit(s) => write!(f, " | {s}"),
+            MetricsStage::Filter(x) => write!(f, " {x}"),
+        }
+    }
+}
+
+/// A spanset pipeline feeding a metrics function, then its second stages:
+/// `{ … } | rate() by (resource.service.name) > 1 | topk(5)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsQuery {
     pub pipeline: Pipeline,
     pub first_stage: MetricsFirstStage,
-    pub second_stage: Option<SecondStage>,
+    /// Limits and filters after the function, in source order (often empty).
+    pub second_stages: Vec<MetricsStage>,
+}
+
+impl MetricsQuery {
+    /// The `topk`/`bottomk` stage, if any.
+    pub fn limit(&self) -> Option<&SecondStage> {
+        self.second_stages.iter().find_map(|s| match s {
+            MetricsStage::Limit(l) => Some(l),
+            MetricsStage::Filter(_) => None,
+        })
+    }
+
+    /// The sample filters, in order.
+    pub fn filters(&self) -> impl Iterator<Item = &MetricsFilter> {
+        self.second_stages.iter().filter_map(|s| match s {
+            MetricsStage::Filter(f) => Some(f),
+            MetricsStage::Limit(_) => None,
+        })
+    }
 }
 
 impl Display for MetricsQuery {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         write!(f, "{} | {}", self.pipeline, self.first_stage)?;
-        if let Some(s) = &self.second_stage {
-            write!(f, " | {s}")?;
+        for s in &self.second_stages {
+            write!(f, "{s}")?;
         }
         Ok(())
     }
 }
 
-/// The four top-level shapes of a query.
+/// Arithmetic between metrics results and scalars (`+ - * /`, `*`/`/` binding tighter, all
+/// left-associative): `({status=error} | rate()) / ({} | rate()) * 100`. Every metrics
+/// operand is a parenthesised metrics query, which may carry its own second stages
+/// (`({} | rate() by (name) | topk(5)) / ({} | rate())`), applied before the arithmetic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricsExpr {
+    /// `(pipeline | function)`.
+    Query(Box<MetricsQuery>),
+    /// A number (`Int` or `Float`, possibly negative), applied to every sample.
+    Scalar(Static),
+    Op {
+        op: BinaryOp,
+        lhs: Box<MetricsExpr>,
+        rhs: Box<MetricsExpr>,
+        pos: Pos,
+    },
+}
+
+impl MetricsExpr {
+    /// Every metrics query operand, left to right.
+    pub fn queries(&self) -> Vec<&MetricsQuery> {
+        let mut out = Vec::new();
+        self.collect_queries(&mut out);
+        out
+    }
+
+    fn collect_queries<'a>(&'a self, out: &mut Vec<&'a MetricsQuery>) {
+        match self {
+            MetricsExpr::Query(q) => out.push(q),
+            MetricsExpr::Scalar(_) => {}
+            MetricsExpr::Op { lhs, rhs, .. } => {
+                lhs.collect_queries(out);
+                rhs.collect_queries(out);
+            }
+        }
+    }
+
+    fn level(&self) -> Option<u8> {
+        match self {
+            MetricsExpr::Op { op, .. } => Some(op.level()),
+            _ => None,
+        }
+    }
+}
+
+impl Display for MetricsExpr {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsExpr::Query(q) => write!(f, "({q})"),
+            MetricsExpr::Scalar(s) => write!(f, "{s}"),
+            MetricsExpr::Op { op, lhs, rhs, .. } => {
+                write_arith(f, *op, &**lhs, lhs.level(), &**rhs, rhs.level())
+            }
+        }
+    }
+}
+
+/// A metrics arithmetic expression with an optional comparison on its result:
+/// `({…} | rate()) / ({…} | rate()) > 0.1`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsMath {
+    pub expr: MetricsExpr,
+    pub filter: Option<MetricsFilter>,
+}
+
+impl Display for MetricsMath {
+    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.expr)?;
+        if let Some(x) = &self.filter {
+            write!(f, " {x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The five top-level shapes of a query.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RootExpr {
     /// `{…} | by(…) | count() > 2 | select(…)`
@@ -1252,8 +1423,10 @@ pub enum RootExpr {
     PipelineExpr(PipelineExpr),
     /// `({…} | count()) > ({…} | count())`
     ScalarPipelineFilter(ScalarPipelineFilter),
-    /// `{…} | rate() by (…) | topk(5)`
+    /// `{…} | rate() by (…) > 1 | topk(5)`
     Metrics(MetricsQuery),
+    /// `({…} | rate()) / ({…} | count_over_time()) * 100`
+    MetricsMath(MetricsMath),
 }
 
 impl Display for RootExpr {
@@ -1263,6 +1436,7 @@ impl Display for RootExpr {
             RootExpr::PipelineExpr(p) => write!(f, "{p}"),
             RootExpr::ScalarPipelineFilter(p) => write!(f, "{p}"),
             RootExpr::Metrics(m) => write!(f, "{m}"),
+            RootExpr::MetricsMath(m) => write!(f, "{m}"),
         }
     }
 }
@@ -1287,14 +1461,33 @@ pub struct Query {
 }
 
 impl Query {
+    /// A metrics query: a single one or arithmetic between several.
     pub fn is_metrics(&self) -> bool {
-        matches!(self.root, RootExpr::Metrics(_))
+        matches!(self.root, RootExpr::Metrics(_) | RootExpr::MetricsMath(_))
     }
 
+    /// The single metrics query (`None` for metrics arithmetic and non-metrics queries).
     pub fn metrics(&self) -> Option<&MetricsQuery> {
         match &self.root {
             RootExpr::Metrics(m) => Some(m),
             _ => None,
+        }
+    }
+
+    /// The metrics arithmetic, if that is the query's shape.
+    pub fn metrics_math(&self) -> Option<&MetricsMath> {
+        match &self.root {
+            RootExpr::MetricsMath(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Every metrics query the query runs, left to right (one for a plain metrics query).
+    pub fn metrics_queries(&self) -> Vec<&MetricsQuery> {
+        match &self.root {
+            RootExpr::Metrics(m) => vec![m],
+            RootExpr::MetricsMath(m) => m.expr.queries(),
+            _ => Vec::new(),
         }
     }
 
@@ -1314,6 +1507,11 @@ impl Query {
         match &self.root {
             RootExpr::Pipeline(p) => out.extend(p.spanset_filters()),
             RootExpr::Metrics(m) => out.extend(m.pipeline.spanset_filters()),
+            RootExpr::MetricsMath(m) => {
+                for q in m.expr.queries() {
+                    out.extend(q.pipeline.spanset_filters());
+                }
+            }
             RootExpr::PipelineExpr(e) => collect_pipeline_expr(e, &mut out),
             RootExpr::ScalarPipelineFilter(s) => {
                 collect_scalar_pipeline(&s.lhs, &mut out);

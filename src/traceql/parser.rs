@@ -10,8 +10,13 @@
 //!
 //! Parsing has two steps: a precedence-climbing pass builds a loose tree of everything that
 //! may appear outside braces, then `shape_*` functions check it against the grammar's root
-//! forms (spanset pipeline, pipeline expression, scalar pipeline filter, metrics pipeline),
-//! which resolves the many meanings of `(`. Errors carry the byte offset of the culprit.
+//! forms (spanset pipeline, pipeline expression, scalar pipeline filter, metrics pipeline,
+//! metrics arithmetic), which resolves the many meanings of `(`. Errors carry the byte offset
+//! of the culprit.
+//!
+//! Metrics forms: `pipeline | fn(…) [by (…)] [cmp number] [| topk(n)|bottomk(n) [cmp number]]`
+//! and `(pipeline | fn(…)) op (…) … [cmp number]` with `op` one of `+ - * /` (Tempo's
+//! precedence: `* /` over `+ -`) and numbers allowed as operands; hints end the query.
 
 use super::ast::*;
 use super::error::ParseError;
@@ -872,71 +877,233 @@ fn pipe_elements(n: &PNode) -> Vec<&PNode> {
     out
 }
 
+/// The metrics function an element starts with: `rate()` or `rate() > 10`.
+fn metrics_head(e: &PNode) -> Option<&MetricsFirstStage> {
+    match &e.node {
+        Node::Metrics(m) => Some(m),
+        Node::Binary { op, lhs, .. } if scalar_cmp(op).is_some() => match &lhs.node {
+            Node::Metrics(m) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The number a metrics result is compared with (`> 10`, `< -0.5`).
+fn metrics_filter(op: &Tok, op_pos: usize, rhs: &PNode) -> Shape<MetricsFilter> {
+    let op = scalar_cmp(op).ok_or_else(|| {
+        (
+            op_pos,
+            format!("`{}` is not a comparison on a metrics result", op.symbol()),
+        )
+    })?;
+    match &rhs.node {
+        Node::Lit { value, .. } if matches!(value, Static::Int(_) | Static::Float(_)) => {
+            Ok(MetricsFilter {
+                op,
+                value: value.clone(),
+                pos: Pos(op_pos),
+            })
+        }
+        _ => Err((
+            rhs.pos,
+            format!(
+                "a metrics result can only be compared with a number, found {}",
+                describe_node(rhs)
+            ),
+        )),
+    }
+}
+
+/// `element [op number]` → the element and its optional filter.
+fn split_filter(e: &PNode) -> Shape<(&PNode, Option<MetricsFilter>)> {
+    match &e.node {
+        Node::Binary {
+            op,
+            op_pos,
+            lhs,
+            rhs,
+            ..
+        } if scalar_cmp(op).is_some() => Ok((lhs, Some(metrics_filter(op, *op_pos, rhs)?))),
+        _ => Ok((e, None)),
+    }
+}
+
+/// A `|` chain holding a metrics function: `pipeline | fn [filter] [| topk(n) [filter]]`.
+/// `None` when no element is a metrics function.
+fn shape_metrics_query(elems: &[&PNode]) -> Option<Shape<MetricsQuery>> {
+    let mi = elems.iter().position(|e| metrics_head(e).is_some())?;
+    Some((|| {
+        let first = metrics_head(elems[mi])
+            .cloned()
+            .ok_or((elems[mi].pos, String::new()))?;
+        if mi == 0 {
+            return Err((
+                elems[0].pos,
+                "a metrics function must follow a spanset pipeline, e.g. `{ } | rate()`".into(),
+            ));
+        }
+        let mut second_stages = Vec::new();
+        if let (_, Some(f)) = split_filter(elems[mi])? {
+            second_stages.push(MetricsStage::Filter(f));
+        }
+        match &elems[mi + 1..] {
+            [] => {}
+            [s] => {
+                let (stage, filter) = split_filter(s)?;
+                match &stage.node {
+                    Node::Second(l) => second_stages.push(MetricsStage::Limit(l.clone())),
+                    _ => {
+                        return Err((
+                            stage.pos,
+                            format!(
+                                "unexpected {} after a metrics function",
+                                describe_node(stage)
+                            ),
+                        ))
+                    }
+                }
+                if let Some(f) = filter {
+                    second_stages.push(MetricsStage::Filter(f));
+                }
+            }
+            [_, extra, ..] => {
+                return Err((
+                    extra.pos,
+                    "only one stage may follow a metrics function".into(),
+                ))
+            }
+        }
+        let pipeline = shape_pipeline(&elems[..mi])?;
+        Ok(MetricsQuery {
+            pipeline,
+            first_stage: first,
+            second_stages,
+        })
+    })())
+}
+
+fn metrics_arith(t: &Tok) -> Option<BinaryOp> {
+    arith(t).filter(|op| {
+        matches!(
+            op,
+            BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div
+        )
+    })
+}
+
+/// An operand or operation of metrics arithmetic.
+fn shape_metrics_expr(n: &PNode) -> Shape<MetricsExpr> {
+    match &n.node {
+        Node::Paren(x) => {
+            let elems = pipe_elements(x);
+            if elems.len() == 1 {
+                return shape_metrics_expr(x);
+            }
+            match shape_metrics_query(&elems) {
+                Some(Ok(q)) => Ok(MetricsExpr::Query(Box::new(q))),
+                Some(Err(e)) => Err(e),
+                None => Err((
+                    n.pos,
+                    "expected a metrics query such as `({ } | rate())` or a number".into(),
+                )),
+            }
+        }
+        Node::Lit { value, .. } if matches!(value, Static::Int(_) | Static::Float(_)) => {
+            Ok(MetricsExpr::Scalar(value.clone()))
+        }
+        Node::Binary {
+            op,
+            op_pos,
+            lhs,
+            rhs,
+            ..
+        } => match metrics_arith(op) {
+            Some(a) => Ok(MetricsExpr::Op {
+                op: a,
+                lhs: Box::new(shape_metrics_expr(lhs)?),
+                rhs: Box::new(shape_metrics_expr(rhs)?),
+                pos: Pos(*op_pos),
+            }),
+            None => Err((
+                *op_pos,
+                format!(
+                    "`{}` cannot combine metrics queries (use + - * /)",
+                    op.symbol()
+                ),
+            )),
+        },
+        _ => Err((
+            n.pos,
+            format!(
+                "expected a metrics query such as `({{ }} | rate())` or a number, found {}",
+                describe_node(n)
+            ),
+        )),
+    }
+}
+
+/// Whether a metrics function appears anywhere in the tree.
+fn contains_metrics(n: &PNode) -> bool {
+    match &n.node {
+        Node::Metrics(_) | Node::Second(_) => true,
+        Node::Binary { lhs, rhs, .. } => contains_metrics(lhs) || contains_metrics(rhs),
+        Node::Paren(x) => contains_metrics(x),
+        _ => false,
+    }
+}
+
+/// `(q) op (q) … [cmp number]` with at least one operator and one metrics query.
+fn shape_metrics_math(n: &PNode) -> Shape<MetricsMath> {
+    let (arith_node, filter) = split_filter(n)?;
+    if !matches!(&arith_node.node, Node::Binary { .. }) {
+        return Err((
+            arith_node.pos,
+            format!("expected metrics arithmetic, found {}", describe_node(n)),
+        ));
+    }
+    let expr = shape_metrics_expr(arith_node)?;
+    if expr.queries().is_empty() {
+        return Err((
+            arith_node.pos,
+            "metrics arithmetic needs at least one metrics query such as `({ } | rate())`".into(),
+        ));
+    }
+    Ok(MetricsMath { expr, filter })
+}
+
 fn shape_root(n: &PNode) -> Shape<RootExpr> {
     let elems = pipe_elements(n);
     if elems.len() > 1 {
-        if let Some(mi) = elems
-            .iter()
-            .position(|e| matches!(e.node, Node::Metrics(_)))
-        {
-            let Node::Metrics(first) = &elems[mi].node else {
-                return Err((n.pos, "internal error".into()));
-            };
-            if mi == 0 {
-                return Err((
-                    elems[0].pos,
-                    "a metrics function must follow a spanset pipeline, e.g. `{ } | rate()`".into(),
-                ));
-            }
-            let second = match &elems[mi + 1..] {
-                [] => None,
-                [s] => match &s.node {
-                    Node::Second(s) => Some(s.clone()),
-                    _ => {
-                        return Err((
-                            s.pos,
-                            format!("unexpected {} after a metrics function", describe_node(s)),
-                        ))
-                    }
-                },
-                [_, extra, ..] => {
-                    return Err((
-                        extra.pos,
-                        "only one stage may follow a metrics function".into(),
-                    ))
-                }
-            };
-            let pipeline = shape_pipeline(&elems[..mi])?;
-            return Ok(RootExpr::Metrics(MetricsQuery {
-                pipeline,
-                first_stage: first.clone(),
-                second_stage: second,
-            }));
+        if let Some(m) = shape_metrics_query(&elems) {
+            return m.map(RootExpr::Metrics);
         }
         return Ok(RootExpr::Pipeline(shape_pipeline(&elems)?));
     }
-    match &n.node {
-        Node::Metrics(_) => {
-            return Err((
-                n.pos,
-                "a metrics function must follow a spanset pipeline, e.g. `{ } | rate()`".into(),
-            ))
-        }
-        Node::Second(_) => {
-            return Err((
-                n.pos,
-                "topk()/bottomk() must follow a metrics function".into(),
-            ))
-        }
-        _ => {}
+    if metrics_head(n).is_some() {
+        return Err((
+            n.pos,
+            "a metrics function must follow a spanset pipeline, e.g. `{ } | rate()`".into(),
+        ));
+    }
+    if let Node::Second(_) = &n.node {
+        return Err((
+            n.pos,
+            "topk()/bottomk() must follow a metrics function".into(),
+        ));
     }
     let as_stage = shape_stage(n, true).map(|s| RootExpr::Pipeline(Pipeline { stages: vec![s] }));
     if as_stage.is_ok() {
         return as_stage;
     }
+    let as_math = shape_metrics_math(n).map(RootExpr::MetricsMath);
+    if as_math.is_ok() || contains_metrics(n) {
+        // No other root form may hold a metrics function: its error is the one to report.
+        return as_math;
+    }
     let as_pexpr = shape_pipeline_expr(n).map(RootExpr::PipelineExpr);
     let as_scalar = shape_scalar_pipeline_filter(n).map(RootExpr::ScalarPipelineFilter);
-    further(further(as_stage, as_pexpr), as_scalar)
+    further(further(further(as_stage, as_pexpr), as_scalar), as_math)
 }
 
 fn shape_pipeline(elems: &[&PNode]) -> Shape<Pipeline> {

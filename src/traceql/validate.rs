@@ -1,7 +1,8 @@
 //! Static checks on a parsed query, following the rules Tempo applies after parsing: operand
 //! types must agree, operators must suit their types, filters must be boolean, aggregates and
 //! `by()` must read the span, metrics arguments must be in range, hint values must have the
-//! right type, regular expressions must compile. Constructs Tempo parses but refuses
+//! right type, regular expressions must compile; every operand of metrics arithmetic is checked
+//! like a metrics query of its own. Constructs Tempo parses but refuses
 //! (`parent`, `childCount`, `= nil`, scalar filters other than `aggregate op literal`) are
 //! reported as `Unsupported`. Owns no parsing; never changes the tree.
 
@@ -31,6 +32,11 @@ pub fn validate(q: &Query, src: &str) -> VResult {
         RootExpr::PipelineExpr(e) => v.pipeline_expr(e)?,
         RootExpr::ScalarPipelineFilter(f) => v.scalar_pipeline_filter(f)?,
         RootExpr::Metrics(m) => v.metrics(m)?,
+        RootExpr::MetricsMath(m) => {
+            for q in m.expr.queries() {
+                v.metrics(q)?;
+            }
+        }
     }
     for h in &q.hints {
         v.hint(h)?;
@@ -363,16 +369,16 @@ impl Validator<'_> {
                         self.invalid(Some(first.pos), "compare() start must not be after end")
                     );
                 }
-                if m.second_stage.is_some() {
+                if !m.second_stages.is_empty() {
                     return Err(self.invalid(
                         Some(first.pos),
-                        "compare() cannot be followed by topk() or bottomk()",
+                        "compare() cannot be followed by topk(), bottomk() or a comparison",
                     ));
                 }
             }
             _ => {}
         }
-        if let Some(s) = &m.second_stage {
+        if let Some(s) = m.limit() {
             if s.limit <= 0 {
                 return Err(self.invalid(Some(s.pos), format!("{s}: limit must be greater than 0")));
             }
