@@ -5,7 +5,8 @@
 //! - a TraceQL filter search `{resource.service.name="svc-3" && duration>100ms}` over the last
 //!   hour and a tag-values call (`resource.service.name`): p50/p99;
 //! - trace-level searches `{}`, `{ status = error }` (one trace in ten fails) and an `&&` of two
-//!   services, `limit=20`: p50/p99 and the ratio of their p50 to opening one uncached trace.
+//!   services, `limit=20`: p50/p99 and the ratio of their p50 to opening one uncached trace,
+//!   on ClickHouse and, over 1,000 traces of the same shape, on the embedded store.
 //!
 //! `cargo bench --bench e2e_clickhouse` runs the full size; under `cargo test` (no `--bench`
 //! argument) it runs a small smoke version. Uses `CLICKHOUSE_URL` or starts its own front.
@@ -70,6 +71,145 @@ fn report(name: &str, samples: &[Sample]) {
         mean(|s| s.assemble_us),
         mean(|s| s.encode_us),
     );
+}
+
+const TRACE_QUERIES: [&str; 3] = [
+    "{}",
+    "{ status = error }",
+    r#"{ resource.service.name = "svc-3" } && { resource.service.name = "svc-5" }"#,
+];
+
+/// p50/p99 of each trace-level search (`limit=20`, the last hour), with its hit count.
+async fn trace_level_searches(
+    tracer: &TraceService,
+    org: deepflow_tempo::store::model::OrgId,
+    now_s: i64,
+    runs: usize,
+) -> Vec<(&'static str, Vec<u64>, usize)> {
+    let mut out = Vec::new();
+    for text in TRACE_QUERIES {
+        let query = deepflow_tempo::traceql::parse(text).unwrap();
+        let req = SearchRequest {
+            query,
+            start_s: now_s - 3700,
+            end_s: now_s,
+            limit: 20,
+            spss: 3,
+            deadline: None,
+        };
+        let mut times = Vec::new();
+        let mut n = 0;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let r = search::search(tracer, org, &req, &SearchConfig::default(), 60)
+                .await
+                .unwrap();
+            times.push(t.elapsed().as_micros() as u64);
+            n = r.traces.len();
+        }
+        times.sort_unstable();
+        out.push((text, times, n));
+    }
+    out
+}
+
+fn print_trace_searches(store: &str, searches: &[(&str, Vec<u64>, usize)], one_p50: f64) {
+    for (text, times, n) in searches {
+        println!(
+            "| {store}: search `{}`, limit 20, last hour | {} | {:.1} | {:.1} | {n} traces; p50 = {:.2} × one uncached trace ({one_p50:.1} ms) |",
+            text.replace('|', "\\|"),
+            times.len(),
+            pct(times, 0.5),
+            pct(times, 0.99),
+            pct(times, 0.5) / one_p50
+        );
+    }
+}
+
+/// The same comparison on the embedded store (SQLite in memory), over `traces` generated
+/// traces of the same shape in the last hour: uncached trace by ID p50, and the searches.
+async fn embedded(
+    traces: usize,
+    runs: usize,
+) -> (Vec<(&'static str, Vec<u64>, usize)>, f64, usize) {
+    let (store, org) = common::sqlite_store().await;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let t0 = now_us - 3_000_000_000;
+    let mut keys = synth::Keys::new(1 << 40);
+    let mut entries = Vec::new();
+    let mut rows = Vec::new();
+    for i in 0..traces {
+        let tr = synth::zero_code_trace(
+            i as u64,
+            t0 + i as i64 * (2_900_000_000 / traces as i64),
+            Shape {
+                calls: 25,
+                fanout: 3,
+                services: 30,
+            },
+            &mut keys,
+        );
+        entries.push(tr.entry_id);
+        let mut trace_rows = tr.rows;
+        if i % 10 == 0 {
+            if let Some(seq) = trace_rows.last().map(|r| r.req_tcp_seq) {
+                for r in trace_rows.iter_mut().filter(|r| r.req_tcp_seq == seq) {
+                    r.response_status = 3;
+                    r.response_code = Some(500);
+                }
+            }
+        }
+        rows.extend(trace_rows);
+    }
+    let n_rows = rows.len();
+    for chunk in rows.chunks(20_000) {
+        store.insert_rows(org, chunk).await.unwrap();
+    }
+    let devices = (0..40)
+        .map(|i| DeviceName {
+            devicetype: 130,
+            deviceid: 200 + i,
+            name: format!("svc-{i}"),
+            ..Default::default()
+        })
+        .collect();
+    store
+        .insert_names(
+            org,
+            &NameTables {
+                devices,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let tracer = TraceService::new(store.clone(), TraceParams::default());
+    let tempo = TempoService::new(
+        TraceService::new(store, TraceParams::default()),
+        TempoConfig::default(),
+        CacheConfig {
+            max_entries: 0,
+            ..CacheConfig::default()
+        },
+    );
+    let mut one = Vec::new();
+    let step = (entries.len() / runs.max(1)).max(1);
+    for k in 0..runs.max(3) {
+        let id = TraceId::zero_code(entries[(k * step) % entries.len()]);
+        let t = Instant::now();
+        tempo
+            .trace(org, id, None)
+            .await
+            .unwrap()
+            .expect("trace found");
+        one.push(t.elapsed().as_micros() as u64);
+    }
+    one.sort_unstable();
+    let searches = trace_level_searches(&tracer, org, now_us / 1_000_000, runs).await;
+    (searches, pct(&one, 0.5), n_rows)
 }
 
 fn main() {
@@ -199,25 +339,7 @@ fn main() {
             found = r.traces.len();
         }
         // Trace-level search: `limit` traces found, each assembled; against opening one trace.
-        let mut trace_searches: Vec<(&str, Vec<u64>, usize)> = Vec::new();
-        for text in [
-            "{}",
-            "{ status = error }",
-            r#"{ resource.service.name = "svc-3" } && { resource.service.name = "svc-5" }"#,
-        ] {
-            let query = deepflow_tempo::traceql::parse(text).unwrap();
-            let req = SearchRequest { query, start_s: now_s - 3700, end_s: now_s, limit: 20, spss: 3, deadline: None };
-            let mut times = Vec::new();
-            let mut n = 0;
-            for _ in 0..if full { 10 } else { 2 } {
-                let t = Instant::now();
-                let r = search::search(&search_tracer, org, &req, &SearchConfig::default(), 60).await.unwrap();
-                times.push(t.elapsed().as_micros() as u64);
-                n = r.traces.len();
-            }
-            times.sort_unstable();
-            trace_searches.push((text, times, n));
-        }
+        let trace_searches = trace_level_searches(&search_tracer, org, now_s, if full { 10 } else { 2 }).await;
         let mut tag_values = Vec::new();
         let mut services = 0;
         let q = FlowQuery::new(Filter::True).window(TimeWindow::new((now_s - 3700) as u32, now_s as u32)).limit(1000);
@@ -244,22 +366,15 @@ fn main() {
         );
         let mut one: Vec<u64> = small.iter().map(|s| s.total_us).collect();
         one.sort_unstable();
-        let one_p50 = pct(&one, 0.5);
-        for (text, times, n) in &trace_searches {
-            println!(
-                "| search `{}`, limit 20, last hour | {} | {:.1} | {:.1} | {n} traces; p50 = {:.2} × one uncached trace ({one_p50:.1} ms) |",
-                text.replace('|', "\\|"),
-                times.len(),
-                pct(times, 0.5),
-                pct(times, 0.99),
-                pct(times, 0.5) / one_p50
-            );
-        }
+        print_trace_searches("ClickHouse", &trace_searches, pct(&one, 0.5));
         println!(
             "| tag values `resource.service.name`, last hour | {} | {:.1} | {:.1} | {services} values |",
             tag_values.len(),
             pct(&tag_values, 0.5),
             pct(&tag_values, 0.99)
         );
+        let (searches, one_p50, n_rows) =
+            embedded(if full { 1_000 } else { 20 }, if full { 10 } else { 2 }).await;
+        print_trace_searches(&format!("embedded ({n_rows} rows)"), &searches, one_p50);
     });
 }

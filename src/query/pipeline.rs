@@ -135,23 +135,6 @@ pub fn stages(q: &Query) -> Result<&[Stage], NotSupported> {
 /// Parent links of a trace's spans (position → parent position).
 type Parents<'a> = &'a [Option<usize>];
 
-/// Whether the query uses a structural operator (and so needs assembled traces).
-pub fn has_structural(q: &Query) -> bool {
-    fn walk(e: &SpansetExpr) -> bool {
-        match e {
-            SpansetExpr::Filter(_) => false,
-            SpansetExpr::Op { op, lhs, rhs } => op.is_structural() || walk(lhs) || walk(rhs),
-        }
-    }
-    match &q.root {
-        RootExpr::Pipeline(p) => p
-            .stages
-            .iter()
-            .any(|s| matches!(s, Stage::Spanset(e) if walk(e))),
-        _ => false,
-    }
-}
-
 fn ancestors(i: usize, parents: &[Option<usize>]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut cur = parents[i];

@@ -448,6 +448,7 @@ async fn assemble_batch(
     let (outcome, traced) = tracer.run_batch(org, batch).await?;
     timing.store_us += traced.store_us;
     timing.queries += traced.queries;
+    let reads_per_trace = traced.queries / (outcome.traces.len().max(1) as u32);
     let t = Instant::now();
     let mut out = Vec::with_capacity(outcome.traces.len());
     for o in outcome.traces.into_iter().map(|t| t.outcome) {
@@ -461,6 +462,11 @@ async fn assemble_batch(
         if result.spans.is_empty() {
             continue;
         }
+        crate::metrics::metrics().assembled_trace(
+            result.spans.len(),
+            o.iterations,
+            reads_per_trace,
+        );
         let id = trace_identity(&result);
         let ctx = trace_ctx(&id, &result);
         out.push(FoundTrace { id, ctx, result });
