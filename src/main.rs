@@ -5,6 +5,7 @@ use deepflow_tempo::autotrace::TraceResult;
 use deepflow_tempo::config::{Config, FlagOverrides, KEYS};
 use deepflow_tempo::query::trace::TraceService;
 use deepflow_tempo::store::model::OrgId;
+use deepflow_tempo::store::sqlite::Access;
 use deepflow_tempo::store::{SchemaOptions, StoreKind};
 use deepflow_tempo::{demo, load, server};
 use std::io::IsTerminal;
@@ -315,7 +316,10 @@ async fn trace(
     json: bool,
     org: OrgId,
 ) -> Result<(), String> {
-    let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
+    // Read-only: any number of `trace` processes run beside `serve` and a `load`.
+    let store = server::open_store_for(&cfg, Access::ReadOnly)
+        .await
+        .map_err(|e| e.to_string())?;
     let service = TraceService::new(store, cfg.tracing.clone());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

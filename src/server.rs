@@ -3,7 +3,7 @@
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::store::clickhouse::{ClickHouseSettings, ClickHouseStore};
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{Access, SqliteStore};
 use crate::store::{SharedStore, StoreKind, StoreResult};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -14,10 +14,16 @@ use std::time::Duration;
 /// Open the store the configuration names. The embedded store creates its file and schema;
 /// ClickHouse is only connected (nothing is created there).
 pub async fn open_store(cfg: &Config) -> StoreResult<SharedStore> {
+    open_store_for(cfg, Access::ReadWrite).await
+}
+
+/// [`open_store`] for a command that only reads (`trace`) when `access` is
+/// [`Access::ReadOnly`]: the embedded file must exist and is never locked for writing.
+pub async fn open_store_for(cfg: &Config, access: Access) -> StoreResult<SharedStore> {
     Ok(match cfg.store {
-        StoreKind::Embedded => {
-            Arc::new(SqliteStore::open(&cfg.embedded.path, cfg.embedded.max_rows).await?)
-        }
+        StoreKind::Embedded => Arc::new(
+            SqliteStore::open_with(&cfg.embedded.path, cfg.embedded.max_rows, access).await?,
+        ),
         StoreKind::Clickhouse => Arc::new(ClickHouseStore::new(clickhouse_settings(cfg))?),
     })
 }
