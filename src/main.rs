@@ -415,10 +415,17 @@ fn render_tree(result: &TraceResult) -> String {
 
 async fn serve(cfg: Config) -> Result<(), String> {
     let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
-    let (srv, addrs) = server::bind(server::app_state(&cfg, store.clone()), &cfg.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let draining = server::Draining::default();
+    let (srv, addrs) = server::bind_with(
+        server::app_state(&cfg, store.clone()),
+        &cfg.listen,
+        draining.clone(),
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     tracing::info!(store = %store.kind(), addrs = ?addrs, "deepflow-tempo serving");
-    srv.await.map_err(|e| e.to_string())
+    server::serve_until_signal(srv, draining)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// `demo`: generate, load, then serve (unless `--load-only`).
@@ -464,8 +471,13 @@ async fn demo_command(
     if load_only {
         return Ok(());
     }
-    let (srv, addrs) = server::bind(server::app_state(&cfg, store.clone()), &cfg.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let draining = server::Draining::default();
+    let (srv, addrs) = server::bind_with(
+        server::app_state(&cfg, store.clone()),
+        &cfg.listen,
+        draining.clone(),
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let url = addrs
         .first()
         .map(|a| {
@@ -487,5 +499,7 @@ async fn demo_command(
         println!("  {what:<44} {id}");
     }
     let _ = std::io::Write::flush(&mut std::io::stdout());
-    srv.await.map_err(|e| e.to_string())
+    server::serve_until_signal(srv, draining)
+        .await
+        .map_err(|e| e.to_string())
 }
