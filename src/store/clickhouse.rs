@@ -51,12 +51,35 @@ impl From<clickhouse::error::Error> for StoreError {
         match e {
             E::Network(_) => StoreError::Unavailable(e.to_string()),
             E::TimedOut => StoreError::Unavailable("timeout expired".into()),
+            // What came back is not a ClickHouse answer (a proxy's page, a cut-off body):
+            // a fault of the store's side, transient as far as this service can tell.
+            E::Decompression(_)
+            | E::DataFormat(_)
+            | E::NotEnoughData
+            | E::InvalidUtf8Encoding(_)
+            | E::InvalidTagEncoding(_)
+            | E::VariantDiscriminatorIsOutOfBound(_)
+            | E::InvalidColumnsHeader(_)
+            | E::Custom(_) => {
+                StoreError::Unavailable(format!("clickhouse answered an unreadable body: {e}"))
+            }
+            E::SchemaMismatch(_) => StoreError::Unavailable(format!(
+                "clickhouse's schema does not match DeepFlow's: {e}"
+            )),
+            E::BadResponse(ref msg) if exception_code(msg).is_none() => {
+                StoreError::Unavailable(format!("clickhouse answered an error: {msg}"))
+            }
             other => StoreError::Query(other.to_string()),
         }
     }
 }
 
 /// ClickHouse exception codes given their own meaning (see `ErrorCodes.cpp`).
+const THERE_IS_NO_COLUMN: u32 = 8;
+const NOT_FOUND_COLUMN_IN_BLOCK: u32 = 10;
+const NO_SUCH_COLUMN_IN_TABLE: u32 = 16;
+const BAD_ARGUMENTS: u32 = 36;
+const UNKNOWN_IDENTIFIER: u32 = 47;
 const UNKNOWN_TABLE: u32 = 60;
 const UNKNOWN_DATABASE: u32 = 81;
 const TIMEOUT_EXCEEDED: u32 = 159;
@@ -70,6 +93,11 @@ fn exception_code(msg: &str) -> Option<u32> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(rest.len());
     rest[..digits].parse().ok()
+}
+
+/// The first line of an error answer, without ClickHouse's stack trace.
+fn first_line(msg: &str) -> &str {
+    msg.lines().next().unwrap_or(msg).trim()
 }
 
 /// The settings every read carries (see [`ClickHouseStore::build`]).
@@ -151,7 +179,32 @@ impl ClickHouseStore {
             clickhouse::error::Error::BadResponse(msg) => exception_code(msg),
             _ => None,
         };
+        let msg = match &e {
+            clickhouse::error::Error::BadResponse(msg) => msg.as_str(),
+            _ => "",
+        };
+        let about_dictionary = msg.contains("Dictionary (") || msg.contains("dictionary");
         match (code, org) {
+            // DeepFlow's name dictionaries are missing: names cannot be resolved, so no span
+            // can be answered right. The deployment's fault, not the request's: 503.
+            (Some(BAD_ARGUMENTS | UNKNOWN_TABLE | UNKNOWN_DATABASE), _) if about_dictionary => {
+                StoreError::Unavailable(format!(
+                    "clickhouse lacks DeepFlow's flow_tag dictionaries (create them with `schema --apply`): {}",
+                    first_line(msg)
+                ))
+            }
+            (
+                Some(
+                    UNKNOWN_IDENTIFIER
+                    | NO_SUCH_COLUMN_IN_TABLE
+                    | THERE_IS_NO_COLUMN
+                    | NOT_FOUND_COLUMN_IN_BLOCK,
+                ),
+                _,
+            ) => StoreError::Unavailable(format!(
+                "clickhouse's l7_flow_log does not have DeepFlow's columns: {}",
+                first_line(msg)
+            )),
             (Some(UNKNOWN_DATABASE), Some(org)) => StoreError::NotFound(format!(
                 "organisation {} has no flow data: clickhouse has no database `{}`",
                 org.0,
