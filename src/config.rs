@@ -49,6 +49,10 @@ pub struct LimitsConfig {
     /// `limits.shutdown_grace`: seconds in-flight requests may run after SIGTERM/SIGINT;
     /// past it their store queries are cancelled and the process exits.
     pub shutdown_grace: u64,
+    /// `limits.shutdown_delay_ms`: after SIGTERM/SIGINT, ms the server keeps accepting with
+    /// `/ready` answering 503 (so a load balancer stops routing to it) before it stops
+    /// accepting and drains.
+    pub shutdown_delay_ms: u64,
     /// `limits.client_request_timeout_ms`: a client must send a request's headers within
     /// this many ms of connecting (or of its previous answer), else 408 and the connection
     /// is closed.
@@ -71,6 +75,7 @@ impl Default for LimitsConfig {
             max_concurrent_queries: 32,
             queue_timeout_ms: 2_000,
             shutdown_grace: 30,
+            shutdown_delay_ms: 0,
             client_request_timeout_ms: 5_000,
             client_disconnect_timeout_ms: 1_000,
             keep_alive: 5,
@@ -471,6 +476,12 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
         "DFT_LIMITS__SHUTDOWN_GRACE",
         "30",
         "seconds in-flight requests may finish after SIGTERM/SIGINT (then cancelled, exit 0)",
+    ),
+    (
+        "limits.shutdown_delay_ms",
+        "DFT_LIMITS__SHUTDOWN_DELAY_MS",
+        "0",
+        "ms after SIGTERM/SIGINT the server still accepts, /ready answering 503, before draining",
     ),
     (
         "limits.client_request_timeout_ms",

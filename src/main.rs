@@ -423,9 +423,13 @@ async fn serve(cfg: Config) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     tracing::info!(store = %store.kind(), addrs = ?addrs, "deepflow-tempo serving");
-    server::serve_until_signal(srv, draining)
-        .await
-        .map_err(|e| e.to_string())
+    server::serve_until_signal(
+        srv,
+        draining,
+        std::time::Duration::from_millis(cfg.limits.shutdown_delay_ms),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// `demo`: generate, load, then serve (unless `--load-only`).
@@ -499,7 +503,11 @@ async fn demo_command(
         println!("  {what:<44} {id}");
     }
     let _ = std::io::Write::flush(&mut std::io::stdout());
-    server::serve_until_signal(srv, draining)
-        .await
-        .map_err(|e| e.to_string())
+    server::serve_until_signal(
+        srv,
+        draining,
+        std::time::Duration::from_millis(cfg.limits.shutdown_delay_ms),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }

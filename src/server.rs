@@ -114,18 +114,25 @@ pub fn bind_with(
 }
 
 /// Run `server` until SIGTERM or SIGINT, then shut down gracefully: `/ready` answers 503,
-/// listeners close, in-flight requests get `limits.shutdown_grace` seconds to finish (set on
+/// after `delay` (`limits.shutdown_delay_ms`) the listeners close, in-flight requests get `limits.shutdown_grace` seconds to finish (set on
 /// the server by [`bind_with`]); past it their futures, store queries included, are dropped.
 /// Returns when every worker has stopped, so the process can exit 0.
 pub async fn serve_until_signal(
     server: actix_web::dev::Server,
     draining: Draining,
+    delay: Duration,
 ) -> std::io::Result<()> {
     let handle = server.handle();
     let stopper = tokio::spawn(async move {
         let signal = wait_for_signal().await;
         draining.start();
-        tracing::info!(signal, "shutting down: draining in-flight requests");
+        tracing::info!(
+            signal,
+            delay_ms = delay.as_millis() as u64,
+            "shutting down: /ready answers 503"
+        );
+        tokio::time::sleep(delay).await;
+        tracing::info!("no longer accepting: draining in-flight requests");
         handle.stop(true).await;
     });
     let result = server.await;

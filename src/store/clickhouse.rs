@@ -34,6 +34,22 @@ pub struct ClickHouseSettings {
 pub struct ClickHouseStore {
     client: clickhouse::Client,
     settings: ClickHouseSettings,
+    /// The runtime the store was created on. Reads run there, not on the caller's: the HTTP
+    /// client's pooled connections are driven by tasks of the runtime that opened them, and
+    /// an actix worker's runtime ends at shutdown while other workers' requests still use
+    /// those connections.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// Aborts the spawned read when the request that awaits it is dropped (deadline, client
+/// gone, shutdown past its grace), so the ClickHouse connection closes and the server-side
+/// query is cancelled.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A value bound to one `?` of a query.
@@ -139,7 +155,11 @@ impl ClickHouseStore {
         if !settings.password.is_empty() {
             client = client.with_password(settings.password.clone());
         }
-        Ok(ClickHouseStore { client, settings })
+        Ok(ClickHouseStore {
+            client,
+            settings,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        })
     }
 
     fn flow_db(&self, org: OrgId) -> String {
@@ -160,13 +180,30 @@ impl ClickHouseStore {
         }
     }
 
+    /// Run a read on the store's runtime (see [`ClickHouseStore::runtime`]); dropping the
+    /// returned future aborts it.
+    async fn on_store_runtime<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>> + Send + 'static,
+    ) -> clickhouse::error::Result<T> {
+        let Some(rt) = &self.runtime else {
+            return fut.await;
+        };
+        let mut task = AbortOnDrop(rt.spawn(fut));
+        match (&mut task.0).await {
+            Ok(r) => r,
+            Err(e) => Err(clickhouse::error::Error::Network(Box::new(e))),
+        }
+    }
+
     /// [`Self::timed`] for a read of one organisation's tables: a missing database or table
     /// means the organisation has no data here (404), not a fault.
-    async fn read<T>(
+    async fn read<T: Send + 'static>(
         &self,
         org: OrgId,
-        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>> + Send + 'static,
     ) -> StoreResult<T> {
+        let fut = self.on_store_runtime(fut);
         match tokio::time::timeout(self.settings.timeout, fut).await {
             Ok(r) => r.map_err(|e| self.classify(e, Some(org))),
             Err(_) => Err(StoreError::Timeout(self.settings.timeout.as_secs())),
@@ -516,9 +553,8 @@ impl FlowStore for ClickHouseStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        let one: u8 = self
-            .timed(read_settings(self.client.query("SELECT toUInt8(1)")).fetch_one::<u8>())
-            .await?;
+        let ping = read_settings(self.client.query("SELECT toUInt8(1)")).fetch_one::<u8>();
+        let one: u8 = self.timed(self.on_store_runtime(ping)).await?;
         if one == 1 {
             Ok(())
         } else {
