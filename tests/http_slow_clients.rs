@@ -1,0 +1,169 @@
+//! Hostile clients against the `serve` binary: headers trickling in byte by byte, thousands
+//! of idle connections, more connections than `limits.max_connections`. The server must close
+//! what it cannot use within its configured timeouts and keep answering other clients within
+//! the request deadline. The peak RSS the server reaches (VmHWM) is printed for BENCHMARKS.md;
+//! only statuses and the configured deadlines are asserted.
+
+mod common;
+
+use common::ServeProcess;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `limits.client_request_timeout_ms` of the server under test.
+const HEADER_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// `limits.request_timeout`: the deadline of every answer to a well-behaved client.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Allowance for the server to act on a timeout it has reached.
+const ALLOWANCE: Duration = Duration::from_secs(10);
+
+fn rss_kb(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn start(dir: &std::path::Path, extra: &[(&str, &str)]) -> ServeProcess {
+    let db = dir.join("slow.db");
+    let mut env = vec![
+        ("DFT_LIMITS__CLIENT_REQUEST_TIMEOUT_MS", "1000"),
+        ("DFT_LIMITS__KEEP_ALIVE", "2"),
+        ("DFT_LIMITS__REQUEST_TIMEOUT", "10"),
+    ];
+    env.extend_from_slice(extra);
+    ServeProcess::start(&["--embedded-path".as_ref(), db.as_os_str()], &env)
+}
+
+/// A well-behaved request; its status and how long it took.
+async fn probe(base: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{base}/api/search?q=%7B%7D&start=1700000000&end=1700000600"
+        ))
+        .timeout(DEADLINE + ALLOWANCE)
+        .send()
+        .await
+        .expect("a well-behaved client is answered");
+    (r.status().as_u16(), t.elapsed())
+}
+
+/// Read until the server closes the connection (or `bound` passes); what it sent.
+async fn until_closed(s: &mut TcpStream, bound: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let t = Instant::now();
+    loop {
+        let left = bound.checked_sub(t.elapsed())?;
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).to_string()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_headers_are_cut_off_and_others_are_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = start(dir.path(), &[]);
+    let addr = p.base.trim_start_matches("http://").to_string();
+    let rss_before = rss_kb(p.pid(), "VmRSS:");
+    const SLOW: usize = 200;
+    let mut tasks = Vec::new();
+    for _ in 0..SLOW {
+        let addr = addr.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            let t = Instant::now();
+            let head = b"GET /api/echo HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            // One byte every 100 ms: the headers would take far longer than the timeout.
+            for b in head.iter().chain(b"a".repeat(1000).iter()) {
+                if s.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if t.elapsed() > HEADER_TIMEOUT + ALLOWANCE {
+                    break;
+                }
+            }
+            let got = until_closed(&mut s, HEADER_TIMEOUT + ALLOWANCE).await;
+            (got, t.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, took) = probe(&p.base).await;
+    assert_eq!(status, 200);
+    assert!(took < DEADLINE, "a good client waited {took:?}");
+    let mut slowest_cut = Duration::ZERO;
+    for t in tasks {
+        let (got, elapsed) = t.await.unwrap();
+        let got = got.expect("the server closed the trickling connection");
+        assert!(
+            got.is_empty() || got.starts_with("HTTP/1.1 408"),
+            "unexpected answer: {got:?}"
+        );
+        slowest_cut = slowest_cut.max(elapsed);
+    }
+    println!(
+        "{SLOW} trickling clients: all cut off, the last after {:.0} ms (header timeout {} ms); \
+         a good client answered in {:.0} ms; server RSS {} kB before, peak {} kB",
+        slowest_cut.as_secs_f64() * 1000.0,
+        HEADER_TIMEOUT.as_millis(),
+        took.as_secs_f64() * 1000.0,
+        rss_before,
+        rss_kb(p.pid(), "VmHWM:")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_idle_connections_and_a_connection_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 workers × 500: past 1,000 open connections new ones wait in the accept queue.
+    let p = start(dir.path(), &[("DFT_LIMITS__MAX_CONNECTIONS", "500")]);
+    let addr = p.base.trim_start_matches("http://").to_string();
+    let rss_before = rss_kb(p.pid(), "VmRSS:");
+    const IDLE: usize = 3_000;
+    let t = Instant::now();
+    let mut idle = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    let opened = t.elapsed();
+    let rss_open = rss_kb(p.pid(), "VmRSS:");
+    // Served all the same, within the deadline: idle connections are closed after the
+    // header timeout, freeing slots for waiting ones and for this client.
+    let (status, took) = probe(&p.base).await;
+    assert_eq!(status, 200);
+    assert!(took < DEADLINE, "a good client waited {took:?}");
+    let t = Instant::now();
+    let mut closed = 0;
+    for s in idle.iter_mut() {
+        if until_closed(s, HEADER_TIMEOUT + DEADLINE + ALLOWANCE)
+            .await
+            .is_some()
+        {
+            closed += 1;
+        }
+    }
+    println!(
+        "{IDLE} idle connections opened in {:.0} ms; a good client answered in {:.0} ms; \
+         {closed} closed by the server within {:.0} ms; server RSS {rss_before} kB before, \
+         {rss_open} kB with them open, peak {} kB",
+        opened.as_secs_f64() * 1000.0,
+        took.as_secs_f64() * 1000.0,
+        t.elapsed().as_secs_f64() * 1000.0,
+        rss_kb(p.pid(), "VmHWM:")
+    );
+    assert_eq!(
+        closed, IDLE,
+        "every idle connection is closed by the server"
+    );
+    let (status, _) = probe(&p.base).await;
+    assert_eq!(status, 200);
+}
