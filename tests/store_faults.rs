@@ -25,8 +25,10 @@ const CH_TIMEOUT_S: u64 = 2;
 const RECOVERY_BOUND: Duration = Duration::from_secs(30);
 
 fn config(url: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.store = StoreKind::Clickhouse;
+    let mut cfg = Config {
+        store: StoreKind::Clickhouse,
+        ..Config::default()
+    };
     cfg.clickhouse.url = url.to_string();
     cfg.clickhouse.timeout = CH_TIMEOUT_S;
     cfg.limits.request_timeout = DEADLINE.as_secs();

@@ -71,7 +71,7 @@ async fn hammer(
         let id = entries[i % entries.len()];
         let t = (id >> 32) as i64;
         let t0 = Instant::now();
-        let (what, resp) = if i % 2 == 0 {
+        let (what, resp) = if i.is_multiple_of(2) {
             let body = json!({"time_start": t - 60, "time_end": t + 60, "database": "flow_log",
                               "table": "l7_flow_log", "_id": id.to_string()});
             (
