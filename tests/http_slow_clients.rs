@@ -1,5 +1,6 @@
 //! Hostile clients against the `serve` binary: headers trickling in byte by byte, thousands
-//! of idle connections, more connections than `limits.max_connections`. The server must close
+//! of idle connections, more connections than `limits.max_connections`, eight searches at the
+//! largest `limit` and `spss` accepted. The server must close
 //! what it cannot use within its configured timeouts and keep answering other clients within
 //! the request deadline. The peak RSS the server reaches (VmHWM) is printed for BENCHMARKS.md;
 //! only statuses and the configured deadlines are asserted.
@@ -166,4 +167,99 @@ async fn thousands_of_idle_connections_and_a_connection_limit() {
     );
     let (status, _) = probe(&p.base).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_search_limits_answer_within_the_deadline() {
+    use deepflow_tempo::synth::{self, Keys, Shape};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("slow.db");
+    // 1,000 traces of 20 rows, one second apart.
+    let t0_s: i64 = 1_700_000_000;
+    let mut keys = Keys::new(0);
+    let mut jsonl = String::new();
+    for i in 0..1_000u64 {
+        let shape = Shape {
+            calls: 5,
+            fanout: 2,
+            services: 3,
+        };
+        let t = synth::zero_code_trace(i, (t0_s + i as i64) * 1_000_000, shape, &mut keys);
+        for r in &t.rows {
+            jsonl.push_str(&serde_json::to_string(r).unwrap());
+            jsonl.push('\n');
+        }
+    }
+    let file = dir.path().join("rows.jsonl");
+    std::fs::write(&file, jsonl).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_deepflow-tempo"))
+        .args(["--log", "warn", "--embedded-path"])
+        .arg(&db)
+        .arg("load")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = start(dir.path(), &[("DFT_CACHE__MAX_ENTRIES", "0")]);
+    let rss_before = rss_kb(p.pid(), "VmRSS:");
+    let (start_s, end_s) = (t0_s - 60, t0_s + 1_100);
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let url = format!("{}{path}", p.base);
+        async move {
+            let t = Instant::now();
+            let r = client
+                .get(url)
+                .timeout(DEADLINE + ALLOWANCE)
+                .send()
+                .await
+                .expect("answered");
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap();
+            (status, body, t.elapsed())
+        }
+    };
+    // The largest limit and spss accepted, eight at once.
+    let searches: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(get(format!(
+                "/api/search?q=%7B%7D&limit=262144&spss=100&start={start_s}&end={end_s}"
+            )))
+        })
+        .collect();
+    let mut traces = 0;
+    let mut slowest = Duration::ZERO;
+    for s in searches {
+        let (status, body, took) = s.await.unwrap();
+        // Documented outcomes only: an answer, a busy store, or the deadline.
+        assert!([200, 429, 504].contains(&status), "{status}: {body}");
+        assert!(took < DEADLINE + ALLOWANCE, "{took:?}");
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            traces = v["traces"].as_array().map(Vec::len).unwrap_or(0);
+        }
+        slowest = slowest.max(took);
+    }
+    let (status, body, took_tags) = get(format!(
+        "/api/v2/search/tag/name/values?start={start_s}&end={end_s}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let values: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let n_values = values["tagValues"].as_array().map(Vec::len).unwrap_or(0);
+    let (status, _) = probe(&p.base).await;
+    assert_eq!(status, 200);
+    println!(
+        "8 concurrent searches with limit 262144 / spss 100 over 20,000 rows: {traces} traces each, \
+         slowest {:.0} ms; {n_values} values of `name` in {:.0} ms; server RSS {rss_before} kB \
+         before, peak {} kB",
+        slowest.as_secs_f64() * 1000.0,
+        took_tags.as_secs_f64() * 1000.0,
+        rss_kb(p.pid(), "VmHWM:")
+    );
 }
