@@ -263,3 +263,64 @@ async fn the_largest_search_limits_answer_within_the_deadline() {
         rss_kb(p.pid(), "VmHWM:")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_body_is_answered_at_the_request_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let deadline = Duration::from_secs(3);
+    let p = start(dir.path(), &[("DFT_LIMITS__REQUEST_TIMEOUT", "3")]);
+    let addr = p.base.trim_start_matches("http://").to_string();
+    let s = TcpStream::connect(&addr).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let t = Instant::now();
+    w.write_all(
+        b"POST /v1/stats/querier/L7FlowTracing HTTP/1.1\r\nHost: x\r\n\
+          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    // One byte every 100 ms: the body would take 100 s.
+    let writer = tokio::spawn(async move {
+        for _ in 0..999 {
+            if w.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Others are served meanwhile.
+    let (status, took) = probe(&p.base).await;
+    assert_eq!(status, 200);
+    assert!(took < DEADLINE, "a good client waited {took:?}");
+    // The slow request is answered (or its connection closed) by the request deadline.
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let answered = loop {
+        match tokio::time::timeout(deadline + ALLOWANCE, r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break String::from_utf8_lossy(&out).to_string(),
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break String::from_utf8_lossy(&out).to_string();
+                }
+            }
+            Err(_) => panic!("no answer within the deadline + {ALLOWANCE:?}"),
+        }
+    };
+    let after = t.elapsed();
+    writer.abort();
+    let _ = writer.await;
+    println!(
+        "trickling body: {:?} after {:.0} ms (request deadline {} s); a good client answered in {:.0} ms",
+        answered.lines().next().unwrap_or("connection closed"),
+        after.as_secs_f64() * 1000.0,
+        deadline.as_secs(),
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(
+        answered.is_empty()
+            || answered.starts_with("HTTP/1.1 504")
+            || answered.starts_with("HTTP/1.1 408"),
+        "{answered}"
+    );
+}
