@@ -693,6 +693,56 @@ impl FlowStore for ClickHouseStore {
 mod tests {
     use super::*;
 
+    fn store() -> ClickHouseStore {
+        ClickHouseStore::new(ClickHouseSettings {
+            url: "http://127.0.0.1:1".into(),
+            user: String::new(),
+            password: String::new(),
+            database: "flow_log".into(),
+            dictionary_database: "flow_tag".into(),
+            timeout: Duration::from_secs(3),
+            max_rows: 10,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn faults_of_the_store_are_never_query_errors() {
+        use clickhouse::error::Error as E;
+        let s = store();
+        let org = Some(OrgId(2));
+        let bad = |m: &str| E::BadResponse(m.to_string());
+        let unavailable = |e: StoreError| matches!(e, StoreError::Unavailable(_));
+        assert!(unavailable(s.classify(E::NotEnoughData, org)));
+        assert!(unavailable(s.classify(E::SchemaMismatch("x".into()), org)));
+        assert!(unavailable(s.classify(bad("<h1>oops</h1>"), org)));
+        assert!(unavailable(s.classify(
+            bad("Code: 47. DB::Exception: Unknown expression identifier `x`. (UNKNOWN_IDENTIFIER)"),
+            org
+        )));
+        let dict = s.classify(
+            bad("Code: 36. DB::Exception: Dictionary (`0002_flow_tag.device_map`) not found. (BAD_ARGUMENTS)"),
+            org,
+        );
+        assert!(dict.to_string().contains("flow_tag dictionaries"), "{dict}");
+        assert!(matches!(
+            s.classify(bad("Code: 81. DB::Exception: Database 0002_flow_log does not exist. (UNKNOWN_DATABASE)"), org),
+            StoreError::NotFound(_)
+        ));
+        assert!(matches!(
+            s.classify(bad("Code: 159. DB::Exception: Timeout exceeded"), org),
+            StoreError::Timeout(3)
+        ));
+        // A query this service got wrong stays a query error (500).
+        assert!(matches!(
+            s.classify(
+                bad("Code: 62. DB::Exception: Syntax error. (SYNTAX_ERROR)"),
+                org
+            ),
+            StoreError::Query(_)
+        ));
+    }
+
     #[test]
     fn exception_codes_are_read_from_either_form_of_an_error_answer() {
         assert_eq!(
