@@ -46,6 +46,25 @@ pub struct LimitsConfig {
     /// `limits.queue_timeout_ms`: how long a query waits for a free slot before the request
     /// is answered 429.
     pub queue_timeout_ms: u64,
+    /// `limits.shutdown_grace`: seconds in-flight requests may run after SIGTERM/SIGINT;
+    /// past it their store queries are cancelled and the process exits.
+    pub shutdown_grace: u64,
+    /// `limits.shutdown_delay_ms`: after SIGTERM/SIGINT, ms the server keeps accepting with
+    /// `/ready` answering 503 (so a load balancer stops routing to it) before it stops
+    /// accepting and drains.
+    pub shutdown_delay_ms: u64,
+    /// `limits.client_request_timeout_ms`: a client must send a request's headers within
+    /// this many ms of connecting (or of its previous answer), else 408 and the connection
+    /// is closed.
+    pub client_request_timeout_ms: u64,
+    /// `limits.client_disconnect_timeout_ms`: ms a closing connection may take to shut down.
+    pub client_disconnect_timeout_ms: u64,
+    /// `limits.keep_alive`: seconds an idle keep-alive connection is kept open (0: closed
+    /// after each answer).
+    pub keep_alive: u64,
+    /// `limits.max_connections`: open connections per worker thread; past it, new ones wait
+    /// in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -55,6 +74,12 @@ impl Default for LimitsConfig {
             max_body_bytes: 8 << 20,
             max_concurrent_queries: 32,
             queue_timeout_ms: 2_000,
+            shutdown_grace: 30,
+            shutdown_delay_ms: 0,
+            client_request_timeout_ms: 5_000,
+            client_disconnect_timeout_ms: 1_000,
+            keep_alive: 5,
+            max_connections: 25_000,
         }
     }
 }
@@ -453,6 +478,42 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
         "ms a query waits for a free slot before the request is answered 429",
     ),
     (
+        "limits.shutdown_grace",
+        "DFT_LIMITS__SHUTDOWN_GRACE",
+        "30",
+        "seconds in-flight requests may finish after SIGTERM/SIGINT (then cancelled, exit 0)",
+    ),
+    (
+        "limits.shutdown_delay_ms",
+        "DFT_LIMITS__SHUTDOWN_DELAY_MS",
+        "0",
+        "ms after SIGTERM/SIGINT the server still accepts, /ready answering 503, before draining",
+    ),
+    (
+        "limits.client_request_timeout_ms",
+        "DFT_LIMITS__CLIENT_REQUEST_TIMEOUT_MS",
+        "5000",
+        "ms a client has to send a request's headers (then 408, connection closed)",
+    ),
+    (
+        "limits.client_disconnect_timeout_ms",
+        "DFT_LIMITS__CLIENT_DISCONNECT_TIMEOUT_MS",
+        "1000",
+        "ms a closing connection may take to shut down",
+    ),
+    (
+        "limits.keep_alive",
+        "DFT_LIMITS__KEEP_ALIVE",
+        "5",
+        "seconds an idle keep-alive connection stays open (0: close after each answer)",
+    ),
+    (
+        "limits.max_connections",
+        "DFT_LIMITS__MAX_CONNECTIONS",
+        "25000",
+        "open connections per worker thread (more wait in the accept queue)",
+    ),
+    (
         "auth.token",
         "DFT_AUTH__TOKEN",
         "(empty)",
@@ -615,6 +676,18 @@ impl Config {
             return Err(ConfigError::new(
                 "limits.request_timeout",
                 "must be at least 1 second",
+            ));
+        }
+        if self.limits.client_request_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "limits.client_request_timeout_ms",
+                "must be at least 1 ms",
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::new(
+                "limits.max_connections",
+                "must be at least 1",
             ));
         }
         if self.limits.max_concurrent_queries == 0 {

@@ -5,6 +5,7 @@ use deepflow_tempo::autotrace::TraceResult;
 use deepflow_tempo::config::{Config, FlagOverrides, KEYS};
 use deepflow_tempo::query::trace::TraceService;
 use deepflow_tempo::store::model::OrgId;
+use deepflow_tempo::store::sqlite::Access;
 use deepflow_tempo::store::{SchemaOptions, StoreKind};
 use deepflow_tempo::{demo, load, server};
 use std::io::IsTerminal;
@@ -315,7 +316,10 @@ async fn trace(
     json: bool,
     org: OrgId,
 ) -> Result<(), String> {
-    let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
+    // Read-only: any number of `trace` processes run beside `serve` and a `load`.
+    let store = server::open_store_for(&cfg, Access::ReadOnly)
+        .await
+        .map_err(|e| e.to_string())?;
     let service = TraceService::new(store, cfg.tracing.clone());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -411,10 +415,21 @@ fn render_tree(result: &TraceResult) -> String {
 
 async fn serve(cfg: Config) -> Result<(), String> {
     let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
-    let (srv, addrs) = server::bind(server::app_state(&cfg, store.clone()), &cfg.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let draining = server::Draining::default();
+    let (srv, addrs) = server::bind_with(
+        server::app_state(&cfg, store.clone()),
+        &cfg.listen,
+        draining.clone(),
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     tracing::info!(store = %store.kind(), addrs = ?addrs, "deepflow-tempo serving");
-    srv.await.map_err(|e| e.to_string())
+    server::serve_until_signal(
+        srv,
+        draining,
+        std::time::Duration::from_millis(cfg.limits.shutdown_delay_ms),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// `demo`: generate, load, then serve (unless `--load-only`).
@@ -460,8 +475,13 @@ async fn demo_command(
     if load_only {
         return Ok(());
     }
-    let (srv, addrs) = server::bind(server::app_state(&cfg, store.clone()), &cfg.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let draining = server::Draining::default();
+    let (srv, addrs) = server::bind_with(
+        server::app_state(&cfg, store.clone()),
+        &cfg.listen,
+        draining.clone(),
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let url = addrs
         .first()
         .map(|a| {
@@ -483,5 +503,11 @@ async fn demo_command(
         println!("  {what:<44} {id}");
     }
     let _ = std::io::Write::flush(&mut std::io::stdout());
-    srv.await.map_err(|e| e.to_string())
+    server::serve_until_signal(
+        srv,
+        draining,
+        std::time::Duration::from_millis(cfg.limits.shutdown_delay_ms),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }

@@ -4,6 +4,23 @@
 use super::AppState;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Set once the process is shutting down: `/ready` then answers 503 so a load balancer
+/// sends no new work while in-flight requests finish.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// The Tempo version we answer as. Grafana enables features (streaming, v2 traces) by semver;
 /// 2.9.0 opens every gate it checks.
@@ -28,7 +45,12 @@ async fn echo() -> HttpResponse {
         .body("echo\n")
 }
 
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+async fn ready(state: web::Data<AppState>, draining: Option<web::Data<Draining>>) -> HttpResponse {
+    if draining.is_some_and(|d| d.is_draining()) {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain; charset=utf-8")
+            .body("shutting down: draining in-flight requests\n");
+    }
     match state.store.ping().await {
         Ok(()) => HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")

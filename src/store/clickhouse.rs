@@ -34,6 +34,22 @@ pub struct ClickHouseSettings {
 pub struct ClickHouseStore {
     client: clickhouse::Client,
     settings: ClickHouseSettings,
+    /// The runtime the store was created on. Reads run there, not on the caller's: the HTTP
+    /// client's pooled connections are driven by tasks of the runtime that opened them, and
+    /// an actix worker's runtime ends at shutdown while other workers' requests still use
+    /// those connections.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// Aborts the spawned read when the request that awaits it is dropped (deadline, client
+/// gone, shutdown past its grace), so the ClickHouse connection closes and the server-side
+/// query is cancelled.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A value bound to one `?` of a query.
@@ -51,12 +67,35 @@ impl From<clickhouse::error::Error> for StoreError {
         match e {
             E::Network(_) => StoreError::Unavailable(e.to_string()),
             E::TimedOut => StoreError::Unavailable("timeout expired".into()),
+            // What came back is not a ClickHouse answer (a proxy's page, a cut-off body):
+            // a fault of the store's side, transient as far as this service can tell.
+            E::Decompression(_)
+            | E::DataFormat(_)
+            | E::NotEnoughData
+            | E::InvalidUtf8Encoding(_)
+            | E::InvalidTagEncoding(_)
+            | E::VariantDiscriminatorIsOutOfBound(_)
+            | E::InvalidColumnsHeader(_)
+            | E::Custom(_) => {
+                StoreError::Unavailable(format!("clickhouse answered an unreadable body: {e}"))
+            }
+            E::SchemaMismatch(_) => StoreError::Unavailable(format!(
+                "clickhouse's schema does not match DeepFlow's: {e}"
+            )),
+            E::BadResponse(ref msg) if exception_code(msg).is_none() => {
+                StoreError::Unavailable(format!("clickhouse answered an error: {msg}"))
+            }
             other => StoreError::Query(other.to_string()),
         }
     }
 }
 
 /// ClickHouse exception codes given their own meaning (see `ErrorCodes.cpp`).
+const THERE_IS_NO_COLUMN: u32 = 8;
+const NOT_FOUND_COLUMN_IN_BLOCK: u32 = 10;
+const NO_SUCH_COLUMN_IN_TABLE: u32 = 16;
+const BAD_ARGUMENTS: u32 = 36;
+const UNKNOWN_IDENTIFIER: u32 = 47;
 const UNKNOWN_TABLE: u32 = 60;
 const UNKNOWN_DATABASE: u32 = 81;
 const TIMEOUT_EXCEEDED: u32 = 159;
@@ -70,6 +109,11 @@ fn exception_code(msg: &str) -> Option<u32> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(rest.len());
     rest[..digits].parse().ok()
+}
+
+/// The first line of an error answer, without ClickHouse's stack trace.
+fn first_line(msg: &str) -> &str {
+    msg.lines().next().unwrap_or(msg).trim()
 }
 
 /// The settings every read carries (see [`ClickHouseStore::build`]).
@@ -111,7 +155,11 @@ impl ClickHouseStore {
         if !settings.password.is_empty() {
             client = client.with_password(settings.password.clone());
         }
-        Ok(ClickHouseStore { client, settings })
+        Ok(ClickHouseStore {
+            client,
+            settings,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        })
     }
 
     fn flow_db(&self, org: OrgId) -> String {
@@ -132,13 +180,30 @@ impl ClickHouseStore {
         }
     }
 
+    /// Run a read on the store's runtime (see [`ClickHouseStore::runtime`]); dropping the
+    /// returned future aborts it.
+    async fn on_store_runtime<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>> + Send + 'static,
+    ) -> clickhouse::error::Result<T> {
+        let Some(rt) = &self.runtime else {
+            return fut.await;
+        };
+        let mut task = AbortOnDrop(rt.spawn(fut));
+        match (&mut task.0).await {
+            Ok(r) => r,
+            Err(e) => Err(clickhouse::error::Error::Network(Box::new(e))),
+        }
+    }
+
     /// [`Self::timed`] for a read of one organisation's tables: a missing database or table
     /// means the organisation has no data here (404), not a fault.
-    async fn read<T>(
+    async fn read<T: Send + 'static>(
         &self,
         org: OrgId,
-        fut: impl std::future::Future<Output = clickhouse::error::Result<T>>,
+        fut: impl std::future::Future<Output = clickhouse::error::Result<T>> + Send + 'static,
     ) -> StoreResult<T> {
+        let fut = self.on_store_runtime(fut);
         match tokio::time::timeout(self.settings.timeout, fut).await {
             Ok(r) => r.map_err(|e| self.classify(e, Some(org))),
             Err(_) => Err(StoreError::Timeout(self.settings.timeout.as_secs())),
@@ -151,7 +216,32 @@ impl ClickHouseStore {
             clickhouse::error::Error::BadResponse(msg) => exception_code(msg),
             _ => None,
         };
+        let msg = match &e {
+            clickhouse::error::Error::BadResponse(msg) => msg.as_str(),
+            _ => "",
+        };
+        let about_dictionary = msg.contains("Dictionary (") || msg.contains("dictionary");
         match (code, org) {
+            // DeepFlow's name dictionaries are missing: names cannot be resolved, so no span
+            // can be answered right. The deployment's fault, not the request's: 503.
+            (Some(BAD_ARGUMENTS | UNKNOWN_TABLE | UNKNOWN_DATABASE), _) if about_dictionary => {
+                StoreError::Unavailable(format!(
+                    "clickhouse lacks DeepFlow's flow_tag dictionaries (create them with `schema --apply`): {}",
+                    first_line(msg)
+                ))
+            }
+            (
+                Some(
+                    UNKNOWN_IDENTIFIER
+                    | NO_SUCH_COLUMN_IN_TABLE
+                    | THERE_IS_NO_COLUMN
+                    | NOT_FOUND_COLUMN_IN_BLOCK,
+                ),
+                _,
+            ) => StoreError::Unavailable(format!(
+                "clickhouse's l7_flow_log does not have DeepFlow's columns: {}",
+                first_line(msg)
+            )),
             (Some(UNKNOWN_DATABASE), Some(org)) => StoreError::NotFound(format!(
                 "organisation {} has no flow data: clickhouse has no database `{}`",
                 org.0,
@@ -522,9 +612,8 @@ impl FlowStore for ClickHouseStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        let one: u8 = self
-            .timed(read_settings(self.client.query("SELECT toUInt8(1)")).fetch_one::<u8>())
-            .await?;
+        let ping = read_settings(self.client.query("SELECT toUInt8(1)")).fetch_one::<u8>();
+        let one: u8 = self.timed(self.on_store_runtime(ping)).await?;
         if one == 1 {
             Ok(())
         } else {
@@ -662,6 +751,56 @@ impl FlowStore for ClickHouseStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store() -> ClickHouseStore {
+        ClickHouseStore::new(ClickHouseSettings {
+            url: "http://127.0.0.1:1".into(),
+            user: String::new(),
+            password: String::new(),
+            database: "flow_log".into(),
+            dictionary_database: "flow_tag".into(),
+            timeout: Duration::from_secs(3),
+            max_rows: 10,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn faults_of_the_store_are_never_query_errors() {
+        use clickhouse::error::Error as E;
+        let s = store();
+        let org = Some(OrgId(2));
+        let bad = |m: &str| E::BadResponse(m.to_string());
+        let unavailable = |e: StoreError| matches!(e, StoreError::Unavailable(_));
+        assert!(unavailable(s.classify(E::NotEnoughData, org)));
+        assert!(unavailable(s.classify(E::SchemaMismatch("x".into()), org)));
+        assert!(unavailable(s.classify(bad("<h1>oops</h1>"), org)));
+        assert!(unavailable(s.classify(
+            bad("Code: 47. DB::Exception: Unknown expression identifier `x`. (UNKNOWN_IDENTIFIER)"),
+            org
+        )));
+        let dict = s.classify(
+            bad("Code: 36. DB::Exception: Dictionary (`0002_flow_tag.device_map`) not found. (BAD_ARGUMENTS)"),
+            org,
+        );
+        assert!(dict.to_string().contains("flow_tag dictionaries"), "{dict}");
+        assert!(matches!(
+            s.classify(bad("Code: 81. DB::Exception: Database 0002_flow_log does not exist. (UNKNOWN_DATABASE)"), org),
+            StoreError::NotFound(_)
+        ));
+        assert!(matches!(
+            s.classify(bad("Code: 159. DB::Exception: Timeout exceeded"), org),
+            StoreError::Timeout(3)
+        ));
+        // A query this service got wrong stays a query error (500).
+        assert!(matches!(
+            s.classify(
+                bad("Code: 62. DB::Exception: Syntax error. (SYNTAX_ERROR)"),
+                org
+            ),
+            StoreError::Query(_)
+        ));
+    }
 
     #[test]
     fn exception_codes_are_read_from_either_form_of_an_error_answer() {

@@ -12,9 +12,7 @@ use super::{
     StoreResult,
 };
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -32,6 +30,16 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 StoreError::Unavailable(e.to_string())
             }
+            // SQLITE_BUSY / SQLITE_LOCKED past the busy timeout: another process held the lock
+            // too long. Transient, so 503, not a fault of this service.
+            sqlx::Error::Database(ref d)
+                if d.code().is_some_and(|c| {
+                    let primary = c.parse::<i32>().unwrap_or(0) & 0xff;
+                    primary == 5 || primary == 6
+                }) =>
+            {
+                StoreError::Unavailable(format!("embedded store busy: {e}"))
+            }
             other => StoreError::Query(other.to_string()),
         }
     }
@@ -41,16 +49,49 @@ const META_COLUMNS: &str = "_id, type, signal_source, req_tcp_seq, resp_tcp_seq,
     agent_id, protocol, syscall_trace_id_request, syscall_trace_id_response, span_id, parent_span_id, \
     request_id, l7_protocol, trace_id, _trace_id_2, x_request_id_0, x_request_id_1, observation_point, time";
 
+/// How a process opens the embedded file.
+///
+/// Any number of processes may hold it at once (WAL journal: readers never wait for the
+/// writer); writes from several processes are serialised by SQLite's write lock, waited for
+/// up to [`BUSY_TIMEOUT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create the file and the schema when missing; may write (`serve`, `load`, `demo`).
+    ReadWrite,
+    /// Only read an existing file (`trace`): no schema work, no write lock ever taken.
+    ReadOnly,
+}
+
+/// How long a statement waits for another process's lock (the writer's batch, a checkpoint)
+/// before it fails with "database is locked".
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bumped when the embedded schema changes; stored as SQLite's `user_version`, so a process
+/// that finds it current opens without taking the write lock.
+const SCHEMA_VERSION: i64 = 1;
+
 impl SqliteStore {
     /// Open (creating if missing) the database at `path` (`:memory:` for a private in-memory
     /// database) and create the schema.
     pub async fn open(path: &str, max_rows: u64) -> StoreResult<SqliteStore> {
+        Self::open_with(path, max_rows, Access::ReadWrite).await
+    }
+
+    /// Open the database at `path` for `access`. Safe when several processes open the same
+    /// file at the same moment: the switch to WAL is retried while another process holds the
+    /// lock, and the schema is created under `BEGIN IMMEDIATE` only when its version is stale.
+    pub async fn open_with(path: &str, max_rows: u64, access: Access) -> StoreResult<SqliteStore> {
         let memory = path == ":memory:";
         let opts = if memory {
             SqliteConnectOptions::from_str("sqlite::memory:")?
         } else {
+            if access == Access::ReadOnly && !std::path::Path::new(path).exists() {
+                return Err(StoreError::Unavailable(format!(
+                    "embedded store {path} does not exist (create it with `load` or `demo`)"
+                )));
+            }
             if let Some(parent) = std::path::Path::new(path).parent() {
-                if !parent.as_os_str().is_empty() {
+                if !parent.as_os_str().is_empty() && access == Access::ReadWrite {
                     std::fs::create_dir_all(parent).map_err(|e| {
                         StoreError::Invalid(format!(
                             "cannot create directory {}: {e}",
@@ -59,13 +100,15 @@ impl SqliteStore {
                     })?;
                 }
             }
+            // No journal_mode here: switching to WAL needs an exclusive lock the busy timeout
+            // does not wait for, so `ensure_wal` does it once, with retries.
             SqliteConnectOptions::new()
                 .filename(path)
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
+                .create_if_missing(access == Access::ReadWrite)
+                .read_only(access == Access::ReadOnly)
                 .synchronous(SqliteSynchronous::Normal)
         }
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(BUSY_TIMEOUT);
         // An in-memory database lives as long as its one connection.
         let pool = SqlitePoolOptions::new()
             .max_connections(if memory { 1 } else { 4 })
@@ -86,10 +129,70 @@ impl SqliteStore {
                 StoreError::Unavailable(format!("cannot open embedded store {path}: {e}"))
             })?;
         let store = SqliteStore { pool, max_rows };
-        store
-            .apply_schema(OrgId::DEFAULT, SchemaOptions::default())
-            .await?;
+        if access == Access::ReadWrite {
+            if !memory {
+                store.ensure_wal(path).await?;
+            }
+            store.ensure_schema().await?;
+        }
         Ok(store)
+    }
+
+    /// Put the file in WAL mode (a persistent property of the file) unless it already is.
+    async fn ensure_wal(&self, path: &str) -> StoreResult<()> {
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&self.pool)
+                .await?;
+            if mode.eq_ignore_ascii_case("wal") {
+                return Ok(());
+            }
+            match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
+                .fetch_one(&self.pool)
+                .await
+            {
+                Ok(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(_) | Err(_) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(path, "embedded store busy; retrying the switch to WAL");
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Ok(m) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "embedded store {path} stays in journal mode {m}, not wal"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Create the schema unless `user_version` says it is current. The check is a plain read;
+    /// only a stale file takes the write lock, and `BEGIN IMMEDIATE` takes it up front, so two
+    /// processes creating the schema together wait for each other instead of failing.
+    async fn ensure_schema(&self) -> StoreResult<()> {
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&self.pool)
+            .await?;
+        if version >= SCHEMA_VERSION {
+            return Ok(());
+        }
+        self.create_schema().await
+    }
+
+    async fn create_schema(&self) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(&schema::sqlite_l7_table())
+            .execute(&mut *tx)
+            .await?;
+        for st in schema::sqlite_statements() {
+            sqlx::query(&st.sql).execute(&mut *tx).await?;
+        }
+        sqlx::query(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     fn effective_limit(&self, q: &FlowQuery) -> u64 {
@@ -706,7 +809,7 @@ impl FlowStore for SqliteStore {
     }
 
     async fn insert_rows(&self, org: OrgId, rows: &[L7FlowLogRow]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cols: Vec<String> = std::iter::once("org_id".to_string())
             .chain(SQLITE_L7_COLUMNS.iter().map(|(n, _)| format!("\"{n}\"")))
             .collect();
@@ -724,7 +827,7 @@ impl FlowStore for SqliteStore {
 
     async fn insert_names(&self, org: OrgId, n: &NameTables) -> StoreResult<()> {
         let o = org.0 as i64;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for d in &n.devices {
             sqlx::query("INSERT OR REPLACE INTO ch_device (org_id, devicetype, deviceid, name, icon_id, uid, hostname, ip, team_id, domain_id, sub_domain_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
                 .bind(o).bind(d.devicetype as i64).bind(d.deviceid as i64).bind(&d.name).bind(d.icon_id)
@@ -763,15 +866,7 @@ impl FlowStore for SqliteStore {
 
     async fn apply_schema(&self, _org: OrgId, _options: SchemaOptions) -> StoreResult<()> {
         // One schema serves every organisation; the embedded store keeps no TTL.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(&schema::sqlite_l7_table())
-            .execute(&mut *tx)
-            .await?;
-        for st in schema::sqlite_statements() {
-            sqlx::query(&st.sql).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.create_schema().await
     }
 
     async fn distinct_values(

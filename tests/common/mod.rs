@@ -802,3 +802,82 @@ pub fn s15b_rows() -> Vec<L7FlowLogRow> {
     r6.auto_instance_id_1 = 8;
     vec![r1, r2, r3, r4, r5, r6]
 }
+
+/// The `deepflow-tempo serve` binary running as its own process on a free loopback port.
+pub struct ServeProcess {
+    pub base: String,
+    pub child: Child,
+}
+
+impl ServeProcess {
+    /// Start `serve` with `args` (global flags such as `--embedded-path`, `--config`) and
+    /// `env`, and wait (at most 30 s) until it answers `/api/echo`.
+    pub fn start(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> ServeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deepflow-tempo"));
+        cmd.args(["--log", "warn", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .arg("serve")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start deepflow-tempo serve");
+        let mut p = ServeProcess {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let t = std::time::Instant::now();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("serve exited during startup: {status}");
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "serve did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Send `signal` ("TERM", "INT", "STOP", "CONT", "KILL") with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        send_signal(self.pid(), signal);
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill -<signal> <pid>`.
+pub fn send_signal(pid: i32, signal: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{signal} {pid} failed");
+}
+
+impl Front {
+    /// The front's process id (to stop, continue or kill it in fault tests).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
