@@ -80,12 +80,14 @@ const TRACE_QUERIES: [&str; 3] = [
 ];
 
 /// p50/p99 of each trace-level search (`limit=20`, the last hour), with its hit count.
+type TraceSearches = Vec<(&'static str, Vec<u64>, usize, String)>;
+
 async fn trace_level_searches(
     tracer: &TraceService,
     org: deepflow_tempo::store::model::OrgId,
     now_s: i64,
     runs: usize,
-) -> Vec<(&'static str, Vec<u64>, usize)> {
+) -> TraceSearches {
     let mut out = Vec::new();
     for text in TRACE_QUERIES {
         let query = deepflow_tempo::traceql::parse(text).unwrap();
@@ -99,24 +101,37 @@ async fn trace_level_searches(
         };
         let mut times = Vec::new();
         let mut n = 0;
+        let mut phases = (0u64, 0u64, 0u64, 0u32);
         for _ in 0..runs {
             let t = Instant::now();
-            let r = search::search(tracer, org, &req, &SearchConfig::default(), 60)
+            let (r, timing) = search::search_timed(tracer, org, &req, &SearchConfig::default(), 60)
                 .await
                 .unwrap();
             times.push(t.elapsed().as_micros() as u64);
             n = r.traces.len();
+            phases.0 += timing.store_us;
+            phases.1 += timing.search_us;
+            phases.2 += timing.assemble_us;
+            phases.3 += timing.queries;
         }
         times.sort_unstable();
-        out.push((text, times, n));
+        let k = runs.max(1) as f64;
+        let phases = format!(
+            "store {:.0} ms, search {:.0} ms, assembly {:.0} ms, {:.0} reads",
+            phases.0 as f64 / k / 1000.0,
+            phases.1 as f64 / k / 1000.0,
+            phases.2 as f64 / k / 1000.0,
+            phases.3 as f64 / k
+        );
+        out.push((text, times, n, phases));
     }
     out
 }
 
-fn print_trace_searches(store: &str, searches: &[(&str, Vec<u64>, usize)], one_p50: f64) {
-    for (text, times, n) in searches {
+fn print_trace_searches(store: &str, searches: &TraceSearches, one_p50: f64) {
+    for (text, times, n, phases) in searches {
         println!(
-            "| {store}: search `{}`, limit 20, last hour | {} | {:.1} | {:.1} | {n} traces; p50 = {:.2} × one uncached trace ({one_p50:.1} ms) |",
+            "| {store}: search `{}`, limit 20, last hour | {} | {:.1} | {:.1} | {n} traces; p50 = {:.2} × one uncached trace ({one_p50:.1} ms); mean {phases} |",
             text.replace('|', "\\|"),
             times.len(),
             pct(times, 0.5),
@@ -128,17 +143,14 @@ fn print_trace_searches(store: &str, searches: &[(&str, Vec<u64>, usize)], one_p
 
 /// The same comparison on the embedded store (SQLite in memory), over `traces` generated
 /// traces of the same shape in the last hour: uncached trace by ID p50, and the searches.
-async fn embedded(
-    traces: usize,
-    runs: usize,
-) -> (Vec<(&'static str, Vec<u64>, usize)>, f64, usize) {
+async fn embedded(traces: usize, runs: usize) -> (TraceSearches, f64, usize) {
     let (store, org) = common::sqlite_store().await;
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as i64;
     let t0 = now_us - 3_000_000_000;
-    let mut keys = synth::Keys::new(1 << 40);
+    let mut keys = synth::Keys::new(0);
     let mut entries = Vec::new();
     let mut rows = Vec::new();
     for i in 0..traces {

@@ -281,19 +281,42 @@ pub async fn search_timed(
 /// Most seeds one batch assembles.
 const MAX_BATCH: usize = 4096;
 
-/// Candidate rows, most recent first, a page at a time: each page ends where the previous one
-/// stopped (rows of the boundary second already read are excluded), so every candidate of the
-/// range is read once.
+/// Candidate rows, most recent first, a page at a time, in time slices from the end of the range
+/// back to its start (each slice twice as long as the one before, so a search that finds its
+/// traces in the last minutes never scans the whole range). Within a slice each page ends where
+/// the previous one stopped (rows of the boundary second already read are excluded), so every
+/// candidate of the range is read once.
 struct Candidates {
     filter: Filter,
     start_s: u32,
+    /// Upper bound (inclusive) of the next read.
     end_s: u32,
+    /// Length of the current slice, seconds.
+    slice_s: u32,
     /// `_id`s read so far in the second `end_s`.
     boundary: Vec<u64>,
     exhausted: bool,
 }
 
 impl Candidates {
+    fn new(filter: Filter, start_s: u32, end_s: u32) -> Self {
+        let range = end_s.saturating_sub(start_s).saturating_add(1);
+        Candidates {
+            filter,
+            start_s,
+            end_s,
+            slice_s: (range / 16).clamp(60, 3600),
+            boundary: Vec::new(),
+            exhausted: end_s < start_s,
+        }
+    }
+
+    fn slice_start(&self) -> u32 {
+        self.end_s
+            .saturating_sub(self.slice_s.saturating_sub(1))
+            .max(self.start_s)
+    }
+
     fn next_query(&self, page_rows: u64) -> FlowQuery {
         let filter = if self.boundary.is_empty() {
             self.filter.clone()
@@ -303,14 +326,22 @@ impl Candidates {
                 .and(Filter::Not(Box::new(Filter::ids(self.boundary.clone()))))
         };
         FlowQuery::new(filter)
-            .window(TimeWindow::new(self.start_s, self.end_s))
+            .window(TimeWindow::new(self.slice_start(), self.end_s))
             .order(Order::TimeDesc)
             .limit(page_rows)
     }
 
     fn advance(&mut self, page: &[FlowMeta], page_rows: u64) {
         if (page.len() as u64) < page_rows {
-            self.exhausted = true;
+            // The slice is read: the next one ends just before it.
+            let lo = self.slice_start();
+            if lo <= self.start_s {
+                self.exhausted = true;
+                return;
+            }
+            self.end_s = lo - 1;
+            self.boundary.clear();
+            self.slice_s = self.slice_s.saturating_mul(2);
             return;
         }
         let last = page.last().map(|m| m.time).unwrap_or(self.start_s);
@@ -336,20 +367,17 @@ async fn run(
     let ev = Evaluator::new(&filters).map_err(SearchError::BadQuery)?;
     let interesting = interesting_attributes(&filters);
     let clamp = |v: i64| v.clamp(0, u32::MAX as i64) as u32;
-    let mut candidates = Candidates {
-        filter: crate::traceql::plan::plan_filters(&filters),
-        start_s: clamp(req.start_s),
-        end_s: clamp(req.end_s),
-        boundary: Vec::new(),
-        exhausted: false,
-    };
+    let mut candidates = Candidates::new(
+        crate::traceql::plan::plan_filters(&filters),
+        clamp(req.start_s),
+        clamp(req.end_s),
+    );
     let page_rows = cfg.page_rows.max(1);
     let mut covered: HashSet<u64> = HashSet::new();
     let mut seen_traces: HashSet<TraceId> = HashSet::new();
     let mut hits: Vec<pb::TraceSearchMetadata> = Vec::new();
     let (mut rows_read, mut inspected_spans, mut pages) = (0u64, 0u64, 0u32);
-    // Candidate rows used (as seeds, or found inside a trace) per distinct trace so far: sizes
-    // the next batch of seeds.
+    // Seeds used per distinct trace so far: sizes the next batch of seeds.
     let (mut consumed, mut traces_found) = (0usize, 0usize);
     let out_of_budget = |rows_read: u64, traces: usize| {
         rows_read >= cfg.max_rows
@@ -362,13 +390,11 @@ async fn run(
         if hits.len() >= req.limit || out_of_budget(rows_read, seen_traces.len()) {
             break;
         }
-        let before = pending.len();
         pending.retain(|m| !covered.contains(&m._id));
-        consumed += before - pending.len();
-        // Seeds for the traces still wanted, from how many candidate rows a trace took so far.
+        // Seeds for the traces still wanted, from how many seeds a trace took so far.
         let wanted = req.limit - hits.len();
         let per_trace = if traces_found == 0 {
-            8
+            2
         } else {
             consumed.div_ceil(traces_found).max(1)
         };
@@ -391,7 +417,7 @@ async fn run(
         if pending.is_empty() {
             break;
         }
-        let batch: Vec<FlowMeta> = pending.drain(..target.min(pending.len())).collect();
+        let batch = take_seeds(&mut pending, target);
         consumed += batch.len();
         let found = assemble_batch(tracer, org, &batch, seed_window_s, timing).await?;
         for f in found {
@@ -421,6 +447,81 @@ async fn run(
         }),
         traces: hits,
     })
+}
+
+/// Take up to `n` seeds from the candidates, newest first, one per group of candidates that
+/// surely belong to one trace: rows sharing a TCP request (both sequences), a syscall trace id,
+/// an X-Request-ID or an application trace id. The other rows of a group stay candidates: the
+/// trace assembled from the group's seed covers them, or they seed a later batch.
+fn take_seeds(pending: &mut std::collections::VecDeque<FlowMeta>, n: usize) -> Vec<FlowMeta> {
+    #[derive(Hash, PartialEq, Eq)]
+    enum Key<'a> {
+        Tcp(u32, u32),
+        Syscall(u64),
+        XRequest(&'a str),
+        Trace(&'a str),
+    }
+    fn find(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut parent: Vec<usize> = (0..pending.len()).collect();
+    let mut chosen = Vec::new();
+    {
+        let mut first: std::collections::HashMap<Key<'_>, usize> = Default::default();
+        let mut seeded_roots = HashSet::new();
+        for (i, m) in pending.iter().enumerate() {
+            let mut keys = Vec::with_capacity(6);
+            if m.req_tcp_seq != 0 && m.resp_tcp_seq != 0 {
+                keys.push(Key::Tcp(m.req_tcp_seq, m.resp_tcp_seq));
+            }
+            for s in [m.syscall_trace_id_request, m.syscall_trace_id_response] {
+                if s != 0 {
+                    keys.push(Key::Syscall(s));
+                }
+            }
+            for x in [&m.x_request_id_0, &m.x_request_id_1] {
+                if !x.is_empty() {
+                    keys.push(Key::XRequest(x));
+                }
+            }
+            for t in [&m.trace_id, &m._trace_id_2] {
+                if !t.is_empty() {
+                    keys.push(Key::Trace(t));
+                }
+            }
+            for k in keys {
+                let j = *first.entry(k).or_insert(i);
+                let (a, b) = (find(&mut parent, i), find(&mut parent, j));
+                if a != b {
+                    // The older row joins the newer one's group.
+                    parent[a.max(b)] = a.min(b);
+                }
+            }
+        }
+        for i in 0..pending.len() {
+            if chosen.len() >= n {
+                break;
+            }
+            if seeded_roots.insert(find(&mut parent, i)) {
+                chosen.push(i);
+            }
+        }
+    }
+    let chosen: HashSet<usize> = chosen.into_iter().collect();
+    let mut out = Vec::with_capacity(chosen.len());
+    let rest = std::mem::take(pending);
+    for (i, m) in rest.into_iter().enumerate() {
+        if chosen.contains(&i) {
+            out.push(m);
+        } else {
+            pending.push_back(m);
+        }
+    }
+    out
 }
 
 /// Assemble the traces of a batch of seed rows: one search from each, run together; each trace
@@ -473,4 +574,48 @@ async fn assemble_batch(
     }
     timing.assemble_us += t.elapsed().as_micros() as u64;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: u64, time: u32) -> FlowMeta {
+        FlowMeta {
+            _id: id,
+            time,
+            ..FlowMeta::default()
+        }
+    }
+
+    /// Pages over a store of rows (time-ordered reads as the stores do them): every row of the
+    /// range is read once, newest first, whatever the page size.
+    #[test]
+    fn candidates_read_every_row_once_newest_first() {
+        let rows: Vec<FlowMeta> = (0..500u64)
+            .map(|i| meta(i, 1_000 + (i as u32 * 7) % 4_000))
+            .collect();
+        for page_rows in [1u64, 3, 17, 1_000] {
+            let mut c = Candidates::new(Filter::True, 1_000, 4_999);
+            let mut seen = Vec::new();
+            while !c.exhausted {
+                let q = c.next_query(page_rows);
+                let w = q.window.unwrap();
+                let excluded: Vec<u64> = c.boundary.clone();
+                let mut page: Vec<FlowMeta> = rows
+                    .iter()
+                    .filter(|m| w.start_s <= m.time && m.time <= w.end_s)
+                    .filter(|m| !excluded.contains(&m._id))
+                    .cloned()
+                    .collect();
+                page.sort_by_key(|m| std::cmp::Reverse((m.time, m._id)));
+                page.truncate(page_rows as usize);
+                seen.extend(page.iter().map(|m| (m.time, m._id)));
+                c.advance(&page, page_rows);
+            }
+            let mut want: Vec<(u32, u64)> = rows.iter().map(|m| (m.time, m._id)).collect();
+            want.sort_by_key(|k| std::cmp::Reverse(*k));
+            assert_eq!(seen, want, "page_rows {page_rows}");
+        }
+    }
 }
