@@ -391,17 +391,17 @@ async fn run(
             break;
         }
         pending.retain(|m| !covered.contains(&m._id));
-        // Seeds for the traces still wanted, from how many seeds a trace took so far.
+        // Seeds for the traces still wanted: from how many seeds a matching trace took so far
+        // (one batch costs about one trace's store reads, so a batch rather too large beats a
+        // second one).
         let wanted = req.limit - hits.len();
-        let per_trace = if traces_found == 0 {
-            2
+        let target = if traces_found == 0 {
+            wanted.saturating_mul(8)
         } else {
-            consumed.div_ceil(traces_found).max(1)
-        };
-        let target = wanted
-            .saturating_mul(per_trace)
-            .saturating_mul(2)
-            .clamp(16, MAX_BATCH);
+            let seeds_per_hit = consumed as f64 / hits.len().max(1) as f64;
+            (wanted as f64 * seeds_per_hit * 1.5).ceil() as usize
+        }
+        .clamp(16, MAX_BATCH);
         if pending.len() < target && !candidates.exhausted {
             let q = candidates.next_query(page_rows);
             let t = Instant::now();
