@@ -279,7 +279,7 @@ pub async fn search_timed(
 }
 
 /// Most seeds one batch assembles.
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 2048;
 
 /// Candidate rows, most recent first, a page at a time, in time slices from the end of the range
 /// back to its start (each slice twice as long as the one before, so a search that finds its
@@ -396,7 +396,7 @@ async fn run(
         // second one).
         let wanted = req.limit - hits.len();
         let target = if traces_found == 0 {
-            wanted.saturating_mul(8)
+            wanted.saturating_mul(4)
         } else {
             let seeds_per_hit = consumed as f64 / hits.len().max(1) as f64;
             (wanted as f64 * seeds_per_hit * 1.5).ceil() as usize

@@ -121,6 +121,8 @@ fn read_settings(query: clickhouse::query::Query) -> clickhouse::query::Query {
     query
         .with_setting("readonly", "2")
         .with_setting("cancel_http_readonly_queries_on_client_close", "1")
+        // Batched auto-tracing sends long key lists (bound values are inlined in the text).
+        .with_setting("max_query_size", "67108864")
 }
 
 const META_SELECT: &str = "SELECT _id, type, signal_source, req_tcp_seq, resp_tcp_seq, \
