@@ -409,6 +409,61 @@ impl FlowQuery {
     }
 }
 
+/// What an [`Aggregation`] groups by, besides its time bucket. Each key is read as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupKey {
+    /// The span's service (see [`Filter::ServiceIn`]).
+    Service,
+    /// A column's value as text (integers in decimal).
+    Column(Col),
+}
+
+/// One aggregation over `l7_flow_log`: the rows matching `filter` whose `start_time` lies in
+/// `[start_us, end_us)`, grouped by `by` and by the bucket `(start_time - start_us) / step_us`.
+/// The `time` window scanned is `[start_us, end_us + TIME_SLACK_S]` in seconds, since `time`
+/// is a row's end and never precedes its start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregation {
+    pub filter: Filter,
+    pub start_us: i64,
+    pub end_us: i64,
+    /// Bucket width in µs (at least 1).
+    pub step_us: i64,
+    pub by: Vec<GroupKey>,
+    /// The integer column measured (min, max, sum); `None` measures nothing (zeros).
+    pub value: Option<Col>,
+    /// At most this many (group, bucket) rows are returned.
+    pub max_rows: u64,
+}
+
+impl Aggregation {
+    /// Seconds after the window's end a row's `time` (its end) may lie and still have started
+    /// within the window: calls lasting longer are not counted.
+    pub const TIME_SLACK_S: i64 = 3600;
+
+    /// The window on `time` (unix seconds) the aggregation scans.
+    pub fn time_window(&self) -> TimeWindow {
+        let clamp = |s: i64| s.clamp(0, i64::from(u32::MAX)) as u32;
+        TimeWindow::new(
+            clamp(self.start_us.div_euclid(1_000_000)),
+            clamp(self.end_us.div_euclid(1_000_000) + Self::TIME_SLACK_S),
+        )
+    }
+}
+
+/// One (group, bucket) of an [`Aggregation`]'s answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateRow {
+    /// The group keys' values, in the order of [`Aggregation::by`].
+    pub group: Vec<String>,
+    /// The bucket's index from the window's start.
+    pub bucket: i64,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+}
+
 /// Options of `schema --apply`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SchemaOptions {
@@ -456,6 +511,13 @@ pub trait FlowStore: Send + Sync {
         query: &FlowQuery,
         facet: &Facet,
     ) -> StoreResult<Vec<String>>;
+
+    /// Count, min, max and sum per group and time bucket, computed in the store.
+    async fn aggregate(&self, _org: OrgId, _agg: &Aggregation) -> StoreResult<Vec<AggregateRow>> {
+        Err(StoreError::Invalid(
+            "this store does not compute aggregations".to_string(),
+        ))
+    }
 }
 
 pub type SharedStore = Arc<dyn FlowStore>;

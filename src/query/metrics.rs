@@ -1,0 +1,415 @@
+//! TraceQL metrics (`/api/metrics/query_range`, `/api/metrics/query`): compiles a metrics
+//! query into ONE store [`Aggregation`] (count, min, max, sum per group and step bucket) and
+//! turns its rows into series, then applies `topk`/`bottomk` and sample comparisons in the
+//! process. Never reads spans row by row. Owns no HTTP and no SQL.
+//!
+//! Exactness: only span filters whose every condition maps exactly onto a store predicate are
+//! run (`{}`, `&&` of: `resource.service.name = "…"`, `duration` compared with a whole number
+//! of microseconds, mapped text columns `=`/`!=`, mapped integer columns compared with an
+//! integer). Anything else answers [`MetricsError::NotSupported`] naming the construct.
+//!
+//! Span model for counting: one row is one span, but DeepFlow splits a call it could not pair
+//! into a request row (`type` 0) and a response row (`type` 1); a paired call is one session
+//! row (`type` 2). Metrics count sessions and requests, never responses, so each call counts
+//! once. A request-only row has no response, so its duration is 0.
+
+use crate::store::model::OrgId;
+use crate::store::{AggregateRow, Aggregation, Col, Filter, FlowStore, GroupKey, StoreError};
+use crate::traceql::plan::{int_column, text_column};
+use crate::traceql::{
+    Attribute, BinaryOp, FieldExpr, Intrinsic, MetricsFunction, MetricsQuery, MetricsStage, Query,
+    RootExpr, Scope, SecondStageKind, SpansetExpr, Stage, Static,
+};
+use std::collections::BTreeMap;
+
+/// Most series one query may produce unless the request asks for fewer.
+pub const DEFAULT_MAX_SERIES: usize = 1000;
+/// Most samples per series (buckets in the window).
+pub const MAX_BUCKETS: i64 = 11_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// A construct this service cannot answer exactly (501).
+    #[error("not supported in metrics queries: {0}")]
+    NotSupported(String),
+    /// The query or its parameters are wrong (400).
+    #[error("{0}")]
+    BadQuery(String),
+    /// More series than allowed (422).
+    #[error("response exceeds maximum series limit of {0}; narrow the query or group by fewer attributes")]
+    TooManySeries(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A metrics request: a parsed query over `[start_ns, end_ns)` in steps of `step_ns`.
+#[derive(Debug, Clone)]
+pub struct MetricsRequest {
+    pub query: Query,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub step_ns: i64,
+    pub max_series: usize,
+}
+
+/// A label value: text, or an integer for integer columns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LabelValue {
+    Str(String),
+    Int(i64),
+}
+
+/// One result series: labels and samples (`timestamp_ms`, value) on the step grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Vec<(String, LabelValue)>,
+    pub samples: Vec<(i64, f64)>,
+}
+
+/// Tempo's default step for a range: about 240 samples, rounded down to 5 s, or for short
+/// ranges to 50 ms, and never below 50 ms.
+pub fn default_step_ns(start_ns: i64, end_ns: i64) -> i64 {
+    const FIVE_S: i64 = 5_000_000_000;
+    const FIFTY_MS: i64 = 50_000_000;
+    let baseline = (end_ns - start_ns).max(0) / 240;
+    let interval = baseline / FIVE_S * FIVE_S;
+    if interval >= FIVE_S {
+        return interval;
+    }
+    (baseline / FIFTY_MS * FIFTY_MS).max(FIFTY_MS)
+}
+
+struct Plan<'a> {
+    metrics: &'a MetricsQuery,
+    filter: Filter,
+    by: Vec<(String, GroupKey, bool)>,
+    value: Option<(Col, f64)>,
+}
+
+fn not_supported(what: impl std::fmt::Display) -> MetricsError {
+    MetricsError::NotSupported(what.to_string())
+}
+
+fn plan(query: &Query) -> Result<Plan<'_>, MetricsError> {
+    let m = match &query.root {
+        RootExpr::Metrics(m) => m,
+        RootExpr::MetricsMath(_) => {
+            return Err(not_supported("arithmetic between metrics queries"))
+        }
+        _ => {
+            return Err(MetricsError::BadQuery(
+                "invalid TraceQL query: not a metrics query (expected `{…} | rate()` or another metrics function)"
+                    .into(),
+            ))
+        }
+    };
+    let mut filter = Filter::True;
+    match m.pipeline.stages.as_slice() {
+        [] => {}
+        [Stage::Spanset(SpansetExpr::Filter(f))] => filter = exact(&f.expr)?,
+        [Stage::Spanset(e @ SpansetExpr::Op { .. })] => return Err(not_supported(e)),
+        stages => {
+            let names: Vec<String> = stages.iter().map(|s| s.to_string()).collect();
+            return Err(not_supported(format!("pipeline {}", names.join(" | "))));
+        }
+    }
+    let filter = Filter::IntIn(Col::Type, vec![0, 2]).and(filter);
+    let mut by = Vec::new();
+    for a in &m.first_stage.by {
+        let (key, int) = group_key(a).ok_or_else(|| not_supported(format!("by({a})")))?;
+        by.push((a.to_string(), key, int));
+    }
+    let value = match &m.first_stage.func {
+        MetricsFunction::Rate | MetricsFunction::CountOverTime => None,
+        MetricsFunction::MinOverTime(a)
+        | MetricsFunction::MaxOverTime(a)
+        | MetricsFunction::AvgOverTime(a)
+        | MetricsFunction::SumOverTime(a) => Some(value_column(a)?),
+        other => return Err(not_supported(format!("{}()", other.name()))),
+    };
+    Ok(Plan {
+        metrics: m,
+        filter,
+        by,
+        value,
+    })
+}
+
+/// The measured column and the factor to the reported unit (durations in seconds).
+fn value_column(a: &Attribute) -> Result<(Col, f64), MetricsError> {
+    match a {
+        Attribute::Intrinsic(Intrinsic::Duration) => Ok((Col::ResponseDuration, 1e-6)),
+        Attribute::Scoped {
+            scope: Scope::Span | Scope::None,
+            parent: false,
+            name,
+        } => int_column(name)
+            .map(|c| (c, 1.0))
+            .ok_or_else(|| not_supported(format!("measuring {a}"))),
+        _ => Err(not_supported(format!("measuring {a}"))),
+    }
+}
+
+/// The store key of a `by()` attribute, and whether its values are integers.
+fn group_key(a: &Attribute) -> Option<(GroupKey, bool)> {
+    match a {
+        Attribute::Scoped {
+            scope,
+            parent: false,
+            name,
+        } => {
+            if name == "service.name" && matches!(scope, Scope::Resource | Scope::None) {
+                return Some((GroupKey::Service, false));
+            }
+            if !matches!(scope, Scope::Span | Scope::None) {
+                return None;
+            }
+            text_column(name)
+                .map(|c| (GroupKey::Column(c), false))
+                .or_else(|| int_column(name).map(|c| (GroupKey::Column(c), true)))
+        }
+        _ => None,
+    }
+}
+
+fn cmp(op: BinaryOp) -> Option<crate::store::CmpOp> {
+    use crate::store::CmpOp as C;
+    Some(match op {
+        BinaryOp::Eq => C::Eq,
+        BinaryOp::Neq => C::Neq,
+        BinaryOp::Lt => C::Lt,
+        BinaryOp::Lte => C::Lte,
+        BinaryOp::Gt => C::Gt,
+        BinaryOp::Gte => C::Gte,
+        _ => return None,
+    })
+}
+
+/// The exact store predicate of a span filter expression, or the construct that has none.
+fn exact(e: &FieldExpr) -> Result<Filter, MetricsError> {
+    match e {
+        FieldExpr::Static(Static::Bool(true)) => Ok(Filter::True),
+        FieldExpr::Binary {
+            op: BinaryOp::And,
+            lhs,
+            rhs,
+            ..
+        } => Ok(exact(lhs)?.and(exact(rhs)?)),
+        FieldExpr::Binary { op, lhs, rhs, .. } => {
+            let (FieldExpr::Attribute(a), FieldExpr::Static(s), Some(c)) =
+                (&**lhs, &**rhs, cmp(*op))
+            else {
+                return Err(not_supported(e));
+            };
+            condition(a, c, s).ok_or_else(|| not_supported(e))
+        }
+        _ => Err(not_supported(e)),
+    }
+}
+
+fn condition(a: &Attribute, c: crate::store::CmpOp, s: &Static) -> Option<Filter> {
+    use crate::store::CmpOp;
+    match (a, s) {
+        (Attribute::Intrinsic(Intrinsic::Duration), Static::Duration(ns)) if ns % 1000 == 0 => {
+            Some(Filter::IntCmp(Col::ResponseDuration, c, ns / 1000))
+        }
+        (
+            Attribute::Scoped {
+                scope,
+                parent: false,
+                name,
+            },
+            Static::String(v),
+        ) => {
+            if name == "service.name" && matches!(scope, Scope::Resource | Scope::None) {
+                return (c == CmpOp::Eq).then(|| Filter::ServiceIn(vec![v.clone()]));
+            }
+            if !matches!(scope, Scope::Span | Scope::None) {
+                return None;
+            }
+            let col = text_column(name)?;
+            matches!(c, CmpOp::Eq | CmpOp::Neq).then(|| Filter::StrCmp(col, c, v.clone()))
+        }
+        (
+            Attribute::Scoped {
+                scope: Scope::Span | Scope::None,
+                parent: false,
+                name,
+            },
+            Static::Int(v),
+        ) => {
+            int_column(name).map(|col| Filter::IntCmp(col, c, *v))
+        }
+        _ => None,
+    }
+}
+
+/// Checks the query can be answered, without running it.
+pub fn check(query: &Query) -> Result<(), MetricsError> {
+    plan(query).map(|_| ())
+}
+
+/// Runs a range query: one sample per step from the window's start aligned down to the step.
+pub async fn query_range(
+    store: &dyn FlowStore,
+    org: OrgId,
+    req: &MetricsRequest,
+) -> Result<Vec<Series>, MetricsError> {
+    let plan = plan(&req.query)?;
+    if req.step_ns <= 0 || req.end_ns <= req.start_ns {
+        return Err(MetricsError::BadQuery(
+            "invalid range: end must be after start and step positive".into(),
+        ));
+    }
+    let step_us = (req.step_ns / 1000).max(1);
+    let start_us = req.start_ns.div_euclid(1000);
+    let start_us = start_us - start_us.rem_euclid(step_us);
+    let end_us = req.end_ns.div_euclid(1000);
+    let buckets = (end_us - start_us + step_us - 1) / step_us;
+    if buckets > MAX_BUCKETS {
+        return Err(MetricsError::BadQuery(format!(
+            "step too small: the range holds {buckets} steps, at most {MAX_BUCKETS} are allowed"
+        )));
+    }
+    run(
+        store,
+        org,
+        &plan,
+        start_us,
+        step_us,
+        buckets,
+        req.max_series,
+    )
+    .await
+}
+
+/// An instant query: the range `[start, end)` as one step; one value per series.
+pub async fn query_instant(
+    store: &dyn FlowStore,
+    org: OrgId,
+    req: &MetricsRequest,
+) -> Result<Vec<(Vec<(String, LabelValue)>, f64)>, MetricsError> {
+    let plan = plan(&req.query)?;
+    let start_us = req.start_ns.div_euclid(1000);
+    let span_us = req.end_ns.div_euclid(1000) - start_us;
+    if span_us <= 0 {
+        return Err(MetricsError::BadQuery(
+            "invalid range: end must be after start".into(),
+        ));
+    }
+    let series = run(store, org, &plan, start_us, span_us, 1, req.max_series).await?;
+    Ok(series
+        .into_iter()
+        .filter_map(|s| s.samples.first().map(|&(_, v)| (s.labels, v)))
+        .collect())
+}
+
+/// One aggregation over `buckets` steps of `step_us` from `start_us`, then the second stages.
+async fn run(
+    store: &dyn FlowStore,
+    org: OrgId,
+    plan: &Plan<'_>,
+    start_us: i64,
+    step_us: i64,
+    buckets: i64,
+    max_series: usize,
+) -> Result<Vec<Series>, MetricsError> {
+    let agg = Aggregation {
+        filter: plan.filter.clone(),
+        start_us,
+        end_us: start_us + buckets * step_us,
+        step_us,
+        by: plan.by.iter().map(|(_, k, _)| *k).collect(),
+        value: plan.value.map(|(c, _)| c),
+        max_rows: (max_series as u64 + 1).saturating_mul(buckets as u64),
+    };
+    tracing::debug!(filter = %agg.filter, buckets, step_us, "metrics aggregation");
+    let rows = store.aggregate(org, &agg).await?;
+    let mut groups: BTreeMap<Vec<String>, Vec<AggregateRow>> = BTreeMap::new();
+    for r in rows {
+        groups.entry(r.group.clone()).or_default().push(r);
+    }
+    if groups.len() > max_series {
+        return Err(MetricsError::TooManySeries(max_series));
+    }
+    let step_s = step_us as f64 / 1e6;
+    let func = &plan.metrics.first_stage.func;
+    let scale = plan.value.map_or(1.0, |(_, f)| f);
+    let zero_filled = matches!(func, MetricsFunction::Rate | MetricsFunction::CountOverTime);
+    let mut series: Vec<Series> = groups
+        .into_iter()
+        .map(|(group, rows)| {
+            let labels = plan
+                .by
+                .iter()
+                .zip(group)
+                .map(|((name, _, int), v)| {
+                    let v = match int.then(|| v.parse::<i64>().ok()).flatten() {
+                        Some(i) => LabelValue::Int(i),
+                        None => LabelValue::Str(v),
+                    };
+                    (name.clone(), v)
+                })
+                .collect();
+            let by_bucket: BTreeMap<i64, &AggregateRow> =
+                rows.iter().map(|r| (r.bucket, r)).collect();
+            let samples = (0..buckets)
+                .filter_map(|b| {
+                    let ts_ms = (start_us + b * step_us).div_euclid(1000);
+                    let Some(r) = by_bucket.get(&b) else {
+                        return zero_filled.then_some((ts_ms, 0.0));
+                    };
+                    let v = match func {
+                        MetricsFunction::Rate => r.count as f64 / step_s,
+                        MetricsFunction::CountOverTime => r.count as f64,
+                        MetricsFunction::MinOverTime(_) => r.min * scale,
+                        MetricsFunction::MaxOverTime(_) => r.max * scale,
+                        MetricsFunction::SumOverTime(_) => r.sum * scale,
+                        MetricsFunction::AvgOverTime(_) => r.sum * scale / r.count as f64,
+                        _ => f64::NAN,
+                    };
+                    Some((ts_ms, v))
+                })
+                .collect();
+            Series { labels, samples }
+        })
+        .collect();
+    for stage in &plan.metrics.second_stages {
+        match stage {
+            MetricsStage::Filter(f) => {
+                for s in &mut series {
+                    s.samples.retain(|(_, v)| f.keeps(*v));
+                }
+            }
+            MetricsStage::Limit(l) => limit(&mut series, l.kind, l.limit.max(0) as usize),
+        }
+    }
+    series.retain(|s| !s.samples.is_empty());
+    Ok(series)
+}
+
+/// `topk`/`bottomk`: at each timestamp, keep the samples of the `k` series with the highest
+/// (lowest) values there; ties go to the series listed first.
+fn limit(series: &mut [Series], kind: SecondStageKind, k: usize) {
+    let mut stamps: BTreeMap<i64, Vec<(usize, f64)>> = BTreeMap::new();
+    for (i, s) in series.iter().enumerate() {
+        for &(t, v) in &s.samples {
+            stamps.entry(t).or_default().push((i, v));
+        }
+    }
+    let mut keep: std::collections::HashSet<(usize, i64)> = Default::default();
+    for (t, mut vals) in stamps {
+        vals.sort_by(|a, b| {
+            let o = a.1.total_cmp(&b.1);
+            match kind {
+                SecondStageKind::TopK => o.reverse(),
+                SecondStageKind::BottomK => o,
+            }
+            .then(a.0.cmp(&b.0))
+        });
+        keep.extend(vals.into_iter().take(k).map(|(i, _)| (i, t)));
+    }
+    for (i, s) in series.iter_mut().enumerate() {
+        s.samples.retain(|(t, _)| keep.contains(&(i, *t)));
+    }
+}
