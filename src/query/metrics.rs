@@ -237,9 +237,7 @@ fn condition(a: &Attribute, c: crate::store::CmpOp, s: &Static) -> Option<Filter
                 name,
             },
             Static::Int(v),
-        ) => {
-            int_column(name).map(|col| Filter::IntCmp(col, c, *v))
-        }
+        ) => int_column(name).map(|col| Filter::IntCmp(col, c, *v)),
         _ => None,
     }
 }
