@@ -22,6 +22,7 @@ on_both_stores!(
     duration_aggregates_with_a_filter,
     topk_bottomk_and_comparisons,
     instant_matches_the_range,
+    quantiles_and_histograms,
     protobuf_matches_json,
     bad_parameters_and_unsupported_constructs,
 );
@@ -177,6 +178,7 @@ fn label_text(labels: &Value) -> String {
                 .as_str()
                 .map(str::to_string)
                 .or_else(|| v["intValue"].as_str().map(str::to_string))
+                .or_else(|| v["doubleValue"].as_f64().map(|d| d.to_string()))
                 .unwrap();
             format!("{}={v}", l["key"].as_str().unwrap())
         })
@@ -391,7 +393,8 @@ async fn bad_parameters_and_unsupported_constructs(f: Fixture) {
         "{ span.foo = \"x\" } | rate()",
         "{ status = error } | rate()",
         "{ } | rate() by (span.foo)",
-        "{ } | quantile_over_time(duration, .9)",
+        "{ } | quantile_over_time(span.foo, .9)",
+        "{ } | compare({ status = error })",
         "({ } | rate()) / ({ } | rate())",
     ] {
         let (s, body) = f.status("/api/metrics/query_range", q, "").await;
@@ -406,4 +409,68 @@ async fn bad_parameters_and_unsupported_constructs(f: Fixture) {
         .await;
     assert_eq!(s, 422, "{body}");
     assert!(body.contains("maximum series"), "{body}");
+}
+
+/// The log2 bucket of a µs duration: the smallest power of two in ns holding it.
+fn log2_ns(us: u64) -> i32 {
+    (0..63).find(|k| us <= (1u64 << k) / 1000).unwrap_or(63)
+}
+
+async fn quantiles_and_histograms(f: Fixture) {
+    let exp = f.expected(|_| true);
+    let got = f
+        .range("{} | quantile_over_time(duration, .5, .9) by (resource.service.name)")
+        .await;
+    assert_eq!(got.len(), exp.len() * 2);
+    for (k, m) in &exp {
+        for q in [0.5, 0.9] {
+            let series = &got[&format!("{k},p={q}")];
+            assert_eq!(series.len(), m.len(), "{k} p={q}");
+            for (t, vals) in m {
+                let mut v = vals.clone();
+                v.sort_by(f64::total_cmp);
+                let exact = v[((q * v.len() as f64).ceil() as usize).max(1) - 1];
+                let g = series[t];
+                // Within the log2 bucket's error: at most a factor of two either way.
+                assert!(
+                    g >= exact / 2.0 && g <= exact * 2.0,
+                    "{k} p={q} {t}: {g} vs {exact}"
+                );
+                assert!(
+                    g >= v[0] && g <= v[v.len() - 1],
+                    "{k} p={q} {t}: {g} outside the values"
+                );
+            }
+        }
+    }
+    let hist = f
+        .range("{} | histogram_over_time(duration) by (resource.service.name)")
+        .await;
+    let mut want: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
+    for (k, m) in &exp {
+        for (t, vals) in m {
+            for d in vals {
+                let us = (d * 1e6).round() as u64;
+                let upper = 2f64.powi(log2_ns(us)) / 1e9;
+                *want
+                    .entry(format!("{k},__bucket={upper}"))
+                    .or_default()
+                    .entry(*t)
+                    .or_default() += 1.0;
+            }
+        }
+    }
+    assert_eq!(hist.len(), want.len());
+    for (key, m) in &want {
+        let series = &hist[key];
+        assert_eq!(series.len(), BUCKETS as usize, "{key}: zeros fill the grid");
+        for (t, c) in m {
+            assert_eq!(series[t], *c, "{key} {t}");
+        }
+        assert_eq!(
+            series.values().sum::<f64>(),
+            m.values().sum::<f64>(),
+            "{key}"
+        );
+    }
 }

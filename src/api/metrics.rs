@@ -140,6 +140,7 @@ fn labels(ls: &[(String, LabelValue)]) -> Vec<KeyValue> {
                 value: Some(match v {
                     LabelValue::Str(s) => any_value::Value::StringValue(s.clone()),
                     LabelValue::Int(i) => any_value::Value::IntValue(*i),
+                    LabelValue::Float(f) => any_value::Value::DoubleValue(*f),
                 }),
             }),
             ..Default::default()

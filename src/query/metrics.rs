@@ -52,11 +52,13 @@ pub struct MetricsRequest {
     pub max_series: usize,
 }
 
-/// A label value: text, or an integer for integer columns.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// A label value: text, an integer for integer columns, or a number.
+#[derive(Debug, Clone, PartialEq)]
 pub enum LabelValue {
     Str(String),
     Int(i64),
+    /// `p` of a quantile, `__bucket` of a histogram.
+    Float(f64),
 }
 
 /// One result series: labels and samples (`timestamp_ms`, value) on the step grid.
@@ -124,7 +126,9 @@ fn plan(query: &Query) -> Result<Plan<'_>, MetricsError> {
         MetricsFunction::MinOverTime(a)
         | MetricsFunction::MaxOverTime(a)
         | MetricsFunction::AvgOverTime(a)
-        | MetricsFunction::SumOverTime(a) => Some(value_column(a)?),
+        | MetricsFunction::SumOverTime(a)
+        | MetricsFunction::QuantileOverTime(a, _)
+        | MetricsFunction::HistogramOverTime(a) => Some(value_column(a)?),
         other => return Err(not_supported(format!("{}()", other.name()))),
     };
     Ok(Plan {
@@ -312,6 +316,17 @@ async fn run(
     buckets: i64,
     max_series: usize,
 ) -> Result<Vec<Series>, MetricsError> {
+    let func = &plan.metrics.first_stage.func;
+    let log2 = matches!(
+        func,
+        MetricsFunction::QuantileOverTime(..) | MetricsFunction::HistogramOverTime(_)
+    );
+    // Durations are µs in the store and log2 buckets are powers of two in ns (reported in
+    // seconds); other columns are bucketed on their own values.
+    let (divisor, bucket_unit) = match plan.value {
+        Some((Col::ResponseDuration, _)) => (1000, 1e-9),
+        _ => (1, 1.0),
+    };
     let agg = Aggregation {
         filter: plan.filter.clone(),
         start_us,
@@ -319,7 +334,10 @@ async fn run(
         step_us,
         by: plan.by.iter().map(|(_, k, _)| *k).collect(),
         value: plan.value.map(|(c, _)| c),
-        max_rows: (max_series as u64 + 1).saturating_mul(buckets as u64),
+        log2: log2.then_some(divisor),
+        max_rows: (max_series as u64 + 1)
+            .saturating_mul(buckets as u64)
+            .saturating_mul(if log2 { 64 } else { 1 }),
     };
     tracing::debug!(filter = %agg.filter, buckets, step_us, "metrics aggregation");
     let rows = store.aggregate(org, &agg).await?;
@@ -327,51 +345,83 @@ async fn run(
     for r in rows {
         groups.entry(r.group.clone()).or_default().push(r);
     }
-    if groups.len() > max_series {
-        return Err(MetricsError::TooManySeries(max_series));
-    }
     let step_s = step_us as f64 / 1e6;
-    let func = &plan.metrics.first_stage.func;
     let scale = plan.value.map_or(1.0, |(_, f)| f);
-    let zero_filled = matches!(func, MetricsFunction::Rate | MetricsFunction::CountOverTime);
-    let mut series: Vec<Series> = groups
-        .into_iter()
-        .map(|(group, rows)| {
-            let labels = plan
-                .by
-                .iter()
-                .zip(group)
-                .map(|((name, _, int), v)| {
-                    let v = match int.then(|| v.parse::<i64>().ok()).flatten() {
-                        Some(i) => LabelValue::Int(i),
-                        None => LabelValue::Str(v),
-                    };
-                    (name.clone(), v)
-                })
-                .collect();
-            let by_bucket: BTreeMap<i64, &AggregateRow> =
-                rows.iter().map(|r| (r.bucket, r)).collect();
-            let samples = (0..buckets)
-                .filter_map(|b| {
-                    let ts_ms = (start_us + b * step_us).div_euclid(1000);
-                    let Some(r) = by_bucket.get(&b) else {
-                        return zero_filled.then_some((ts_ms, 0.0));
-                    };
-                    let v = match func {
-                        MetricsFunction::Rate => r.count as f64 / step_s,
-                        MetricsFunction::CountOverTime => r.count as f64,
-                        MetricsFunction::MinOverTime(_) => r.min * scale,
-                        MetricsFunction::MaxOverTime(_) => r.max * scale,
-                        MetricsFunction::SumOverTime(_) => r.sum * scale,
-                        MetricsFunction::AvgOverTime(_) => r.sum * scale / r.count as f64,
-                        _ => f64::NAN,
-                    };
-                    Some((ts_ms, v))
-                })
-                .collect();
-            Series { labels, samples }
-        })
-        .collect();
+    let ts_ms = |b: i64| (start_us + b * step_us).div_euclid(1000);
+    let mut series: Vec<Series> = Vec::new();
+    for (group, rows) in groups {
+        let labels: Vec<(String, LabelValue)> = plan
+            .by
+            .iter()
+            .zip(group)
+            .map(|((name, _, int), v)| {
+                let v = match int.then(|| v.parse::<i64>().ok()).flatten() {
+                    Some(i) => LabelValue::Int(i),
+                    None => LabelValue::Str(v),
+                };
+                (name.clone(), v)
+            })
+            .collect();
+        match func {
+            MetricsFunction::HistogramOverTime(_) => {
+                let mut by_k: BTreeMap<i64, BTreeMap<i64, u64>> = BTreeMap::new();
+                for r in &rows {
+                    *by_k.entry(r.log2).or_default().entry(r.bucket).or_default() += r.count;
+                }
+                for (k, counts) in by_k {
+                    let mut l = labels.clone();
+                    let upper = 2f64.powi(k as i32) * bucket_unit;
+                    l.push(("__bucket".to_string(), LabelValue::Float(upper)));
+                    let samples = (0..buckets)
+                        .map(|b| (ts_ms(b), counts.get(&b).copied().unwrap_or(0) as f64))
+                        .collect();
+                    series.push(Series { labels: l, samples });
+                }
+            }
+            MetricsFunction::QuantileOverTime(_, qs) => {
+                let mut by_b: BTreeMap<i64, Vec<&AggregateRow>> = BTreeMap::new();
+                for r in &rows {
+                    by_b.entry(r.bucket).or_default().push(r);
+                }
+                for &q in qs {
+                    let mut l = labels.clone();
+                    l.push(("p".to_string(), LabelValue::Float(q)));
+                    let samples = by_b
+                        .iter()
+                        .map(|(b, rs)| (ts_ms(*b), log2_quantile(rs, q) * scale))
+                        .collect();
+                    series.push(Series { labels: l, samples });
+                }
+            }
+            _ => {
+                let zero_filled =
+                    matches!(func, MetricsFunction::Rate | MetricsFunction::CountOverTime);
+                let by_bucket: BTreeMap<i64, &AggregateRow> =
+                    rows.iter().map(|r| (r.bucket, r)).collect();
+                let samples = (0..buckets)
+                    .filter_map(|b| {
+                        let Some(r) = by_bucket.get(&b) else {
+                            return zero_filled.then_some((ts_ms(b), 0.0));
+                        };
+                        let v = match func {
+                            MetricsFunction::Rate => r.count as f64 / step_s,
+                            MetricsFunction::CountOverTime => r.count as f64,
+                            MetricsFunction::MinOverTime(_) => r.min * scale,
+                            MetricsFunction::MaxOverTime(_) => r.max * scale,
+                            MetricsFunction::SumOverTime(_) => r.sum * scale,
+                            MetricsFunction::AvgOverTime(_) => r.sum * scale / r.count as f64,
+                            _ => f64::NAN,
+                        };
+                        Some((ts_ms(b), v))
+                    })
+                    .collect();
+                series.push(Series { labels, samples });
+            }
+        }
+        if series.len() > max_series {
+            return Err(MetricsError::TooManySeries(max_series));
+        }
+    }
     for stage in &plan.metrics.second_stages {
         match stage {
             MetricsStage::Filter(f) => {
@@ -384,6 +434,29 @@ async fn run(
     }
     series.retain(|s| !s.samples.is_empty());
     Ok(series)
+}
+
+/// The `q` quantile (in the store's unit) of one step's log2 buckets: the value at rank
+/// `q * count`, interpolated linearly inside its bucket, whose bounds are narrowed to the
+/// exact min and max of the values that fell in it. The error is at most the bucket's width.
+pub fn log2_quantile(rows: &[&AggregateRow], q: f64) -> f64 {
+    let mut rows: Vec<&&AggregateRow> = rows.iter().filter(|r| r.count > 0).collect();
+    rows.sort_by_key(|r| r.log2);
+    let total: u64 = rows.iter().map(|r| r.count).sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0.0;
+    for r in &rows {
+        let c = r.count as f64;
+        if below + c >= rank {
+            let frac = ((rank - below) / c).clamp(0.0, 1.0);
+            return r.min + (r.max - r.min) * frac;
+        }
+        below += c;
+    }
+    rows.last().map_or(f64::NAN, |r| r.max)
 }
 
 /// `topk`/`bottomk`: at each timestamp, keep the samples of the `k` series with the highest

@@ -394,6 +394,7 @@ impl ClickHouseStore {
 #[derive(Debug, serde::Deserialize, clickhouse::Row)]
 struct ChAggregate {
     g: Vec<String>,
+    l: i64,
     b: i64,
     c: u64,
     mn: f64,
@@ -772,6 +773,13 @@ impl FlowStore for ClickHouseStore {
             Some(col) => format!("toFloat64(`{}`)", col.name()),
             None => "toFloat64(0)".to_string(),
         };
+        let log2 = match (agg.log2, agg.value) {
+            (Some(d), Some(col)) => format!(
+                "toInt64({})",
+                crate::store::Aggregation::log2_case(&format!("`{}`", col.name()), d)
+            ),
+            _ => "toInt64(0)".to_string(),
+        };
         let q = FlowQuery::new(agg.filter.clone()).window(agg.time_window());
         let (from_where, binds) = self.where_clause(org, &q);
         let mut all = vec![
@@ -782,11 +790,11 @@ impl FlowStore for ClickHouseStore {
         all.push(BindValue::I64(agg.start_us));
         all.push(BindValue::I64(agg.end_us));
         let sql = format!(
-            "SELECT {group} AS g, toInt64(intDiv(toUnixTimestamp64Micro(start_time) - ?, ?)) AS b, \
+            "SELECT {group} AS g, {log2} AS l, toInt64(intDiv(toUnixTimestamp64Micro(start_time) - ?, ?)) AS b, \
              count() AS c, toFloat64(min({value})) AS mn, toFloat64(max({value})) AS mx, \
              toFloat64(sum({value})) AS s{from_where} \
              AND toUnixTimestamp64Micro(start_time) >= ? AND toUnixTimestamp64Micro(start_time) < ? \
-             GROUP BY g, b LIMIT {}",
+             GROUP BY g, l, b LIMIT {}",
             agg.max_rows
         );
         let rows = self
@@ -797,6 +805,7 @@ impl FlowStore for ClickHouseStore {
             .map(|r| crate::store::AggregateRow {
                 group: r.g,
                 bucket: r.b,
+                log2: r.l,
                 count: r.c,
                 min: r.mn,
                 max: r.mx,

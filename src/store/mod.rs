@@ -432,11 +432,30 @@ pub struct Aggregation {
     pub by: Vec<GroupKey>,
     /// The integer column measured (min, max, sum); `None` measures nothing (zeros).
     pub value: Option<Col>,
+    /// Also group by the log2 bucket of the value: `Some(d)` puts a row in the smallest `k`
+    /// with `value <= floor(2^k / d)` (with `d` = 1000 on µs durations, `k` is the power of two
+    /// in nanoseconds bounding the value). Integer comparisons only, identical in both stores.
+    pub log2: Option<i64>,
     /// At most this many (group, bucket) rows are returned.
     pub max_rows: u64,
 }
 
 impl Aggregation {
+    /// The SQL `CASE` giving the log2 bucket of `value_sql` for divisor `d` (generated from
+    /// constants only).
+    pub fn log2_case(value_sql: &str, d: i64) -> String {
+        let d = d.max(1) as u64;
+        let mut sql = String::from("CASE");
+        for k in 0..63u32 {
+            sql.push_str(&format!(
+                " WHEN {value_sql} <= {} THEN {k}",
+                (1u64 << k) / d
+            ));
+        }
+        sql.push_str(" ELSE 63 END");
+        sql
+    }
+
     /// Seconds after the window's end a row's `time` (its end) may lie and still have started
     /// within the window: calls lasting longer are not counted.
     pub const TIME_SLACK_S: i64 = 3600;
@@ -458,6 +477,8 @@ pub struct AggregateRow {
     pub group: Vec<String>,
     /// The bucket's index from the window's start.
     pub bucket: i64,
+    /// The log2 bucket when [`Aggregation::log2`] is set, else 0.
+    pub log2: i64,
     pub count: u64,
     pub min: f64,
     pub max: f64,

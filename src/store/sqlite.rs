@@ -936,6 +936,13 @@ impl FlowStore for SqliteStore {
             Some(col) => format!("CAST(f.\"{}\" AS REAL)", col.name()),
             None => "0.0".to_string(),
         };
+        match (agg.log2, agg.value) {
+            (Some(d), Some(col)) => b.push(format!(
+                "{} AS l, ",
+                crate::store::Aggregation::log2_case(&format!("f.\"{}\"", col.name()), d)
+            )),
+            _ => b.push("0 AS l, "),
+        };
         b.push("(f.start_time - ");
         b.push_bind(agg.start_us);
         b.push(") / ");
@@ -954,7 +961,7 @@ impl FlowStore for SqliteStore {
         for i in 0..agg.by.len() {
             b.push(format!("g{i}, "));
         }
-        b.push("b LIMIT ");
+        b.push("l, b LIMIT ");
         b.push_bind(agg.max_rows.min(i64::MAX as u64) as i64);
         let rows = b.build().fetch_all(&self.pool).await?;
         rows.iter()
@@ -964,6 +971,7 @@ impl FlowStore for SqliteStore {
                         .map(|i| r.try_get::<String, _>(format!("g{i}").as_str()))
                         .collect::<Result<_, _>>()?,
                     bucket: r.try_get("b")?,
+                    log2: r.try_get("l")?,
                     count: r.try_get::<i64, _>("c")? as u64,
                     min: r.try_get("mn")?,
                     max: r.try_get("mx")?,
