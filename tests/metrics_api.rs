@@ -239,13 +239,16 @@ async fn counts_and_rates_by_service(f: Fixture) {
     assert_eq!(total[""].values().sum::<f64>(), all);
     // A mapped text column and a service equality.
     let got = f
-        .range(r#"{ span.http.method = "POST" && resource.service.name = "svc-1" } | count_over_time() by (span.http.method)"#)
+        .range(r#"{ span.deepflow.request_type = "POST" && resource.service.name = "svc-1" } | count_over_time() by (span.deepflow.request_type)"#)
         .await;
     let exp1 = f.expected(|r| r.request_type == "POST" && r.app_service == "svc-1");
     let n: usize = exp1.values().flat_map(|m| m.values()).map(Vec::len).sum();
     assert!(n > 0);
     assert_eq!(got.len(), 1);
-    assert_eq!(got["span.http.method=POST"].values().sum::<f64>(), n as f64);
+    assert_eq!(
+        got["span.deepflow.request_type=POST"].values().sum::<f64>(),
+        n as f64
+    );
 }
 
 async fn duration_aggregates_with_a_filter(f: Fixture) {
@@ -391,6 +394,8 @@ async fn bad_parameters_and_unsupported_constructs(f: Fixture) {
         r#"{ name =~ "GET.*" } | rate()"#,
         "{ } >> { } | rate()",
         "{ span.foo = \"x\" } | rate()",
+        "{ span.http.method = \"GET\" } | rate()",
+        "{ } | rate() by (span.http.status_code)",
         "{ status = error } | rate()",
         "{ } | rate() by (span.foo)",
         "{ } | quantile_over_time(span.foo, .9)",

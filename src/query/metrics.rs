@@ -15,7 +15,7 @@
 
 use crate::store::model::OrgId;
 use crate::store::{AggregateRow, Aggregation, Col, Filter, FlowStore, GroupKey, StoreError};
-use crate::traceql::plan::{int_column, text_column};
+use crate::traceql::plan;
 use crate::traceql::{
     Attribute, BinaryOp, FieldExpr, Intrinsic, MetricsFunction, MetricsQuery, MetricsStage, Query,
     RootExpr, Scope, SecondStageKind, SpansetExpr, Stage, Static,
@@ -92,7 +92,7 @@ fn not_supported(what: impl std::fmt::Display) -> MetricsError {
     MetricsError::NotSupported(what.to_string())
 }
 
-fn plan(query: &Query) -> Result<Plan<'_>, MetricsError> {
+fn plan_query(query: &Query) -> Result<Plan<'_>, MetricsError> {
     let m = match &query.root {
         RootExpr::Metrics(m) => m,
         RootExpr::MetricsMath(_) => {
@@ -137,6 +137,22 @@ fn plan(query: &Query) -> Result<Plan<'_>, MetricsError> {
         by,
         value,
     })
+}
+
+/// The search planner's text column for an attribute name, only where the mapping holds for
+/// every row: DeepFlow's own columns (`deepflow.*`). OTel-convention names (`http.method`,
+/// `db.operation`…) map to a column only for some protocols, so they are not exact here.
+fn text_column(name: &str) -> Option<Col> {
+    name.starts_with("deepflow.")
+        .then(|| plan::text_column(name))
+        .flatten()
+}
+
+/// As [`text_column`], for integer columns (`server.port` is `server_port` on every row).
+fn int_column(name: &str) -> Option<Col> {
+    (name.starts_with("deepflow.") || name == "server.port")
+        .then(|| plan::int_column(name))
+        .flatten()
 }
 
 /// The measured column and the factor to the reported unit (durations in seconds).
@@ -248,7 +264,7 @@ fn condition(a: &Attribute, c: crate::store::CmpOp, s: &Static) -> Option<Filter
 
 /// Checks the query can be answered, without running it.
 pub fn check(query: &Query) -> Result<(), MetricsError> {
-    plan(query).map(|_| ())
+    plan_query(query).map(|_| ())
 }
 
 /// Runs a range query: one sample per step from the window's start aligned down to the step.
@@ -257,7 +273,7 @@ pub async fn query_range(
     org: OrgId,
     req: &MetricsRequest,
 ) -> Result<Vec<Series>, MetricsError> {
-    let plan = plan(&req.query)?;
+    let plan = plan_query(&req.query)?;
     if req.step_ns <= 0 || req.end_ns <= req.start_ns {
         return Err(MetricsError::BadQuery(
             "invalid range: end must be after start and step positive".into(),
@@ -291,7 +307,7 @@ pub async fn query_instant(
     org: OrgId,
     req: &MetricsRequest,
 ) -> Result<Vec<(Vec<(String, LabelValue)>, f64)>, MetricsError> {
-    let plan = plan(&req.query)?;
+    let plan = plan_query(&req.query)?;
     let start_us = req.start_ns.div_euclid(1000);
     let span_us = req.end_ns.div_euclid(1000) - start_us;
     if span_us <= 0 {
