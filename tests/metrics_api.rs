@@ -68,6 +68,7 @@ impl Fixture {
                 _ => 2,
             };
             r.request_type = if i % 3 == 0 { "POST" } else { "GET" }.into();
+            r.response_status = [0, 0, 0, 1, 2, 3, 4, 5][i % 8];
         }
         store.insert_rows(org, &rows).await.unwrap();
         store.insert_names(org, &names()).await.unwrap();
@@ -249,6 +250,19 @@ async fn counts_and_rates_by_service(f: Fixture) {
         got["span.deepflow.request_type=POST"].values().sum::<f64>(),
         n as f64
     );
+    // Status as the span model maps `response_status` (2, 3, 4 → error; 0 → ok; else unset).
+    for (q, codes) in [
+        ("{ status = error }", &[2u8, 3, 4][..]),
+        ("{ status = ok }", &[0][..]),
+        ("{ status = unset }", &[1, 5][..]),
+        ("{ status != ok }", &[1, 2, 3, 4, 5][..]),
+    ] {
+        let got = f.instant(&format!("{q} | count_over_time()")).await;
+        let exp = f.expected(|r| codes.contains(&r.response_status));
+        let n: usize = exp.values().flat_map(|m| m.values()).map(Vec::len).sum();
+        assert!(n > 0, "{q}");
+        assert_eq!(got.get("").copied(), Some(n as f64), "{q}");
+    }
 }
 
 async fn duration_aggregates_with_a_filter(f: Fixture) {
@@ -396,7 +410,6 @@ async fn bad_parameters_and_unsupported_constructs(f: Fixture) {
         "{ span.foo = \"x\" } | rate()",
         "{ span.http.method = \"GET\" } | rate()",
         "{ } | rate() by (span.http.status_code)",
-        "{ status = error } | rate()",
         "{ } | rate() by (span.foo)",
         "{ } | quantile_over_time(span.foo, .9)",
         "{ } | compare({ status = error })",

@@ -4,7 +4,7 @@
 //! process. Never reads spans row by row. Owns no HTTP and no SQL.
 //!
 //! Exactness: only span filters whose every condition maps exactly onto a store predicate are
-//! run (`{}`, `&&` of: `resource.service.name = "…"`, `duration` compared with a whole number
+//! run (`{}`, `&&` of: `resource.service.name = "…"`, `status` `=`/`!=`, `duration` compared with a whole number
 //! of microseconds, mapped text columns `=`/`!=`, mapped integer columns compared with an
 //! integer). Anything else answers [`MetricsError::NotSupported`] naming the construct.
 //!
@@ -230,6 +230,33 @@ fn exact(e: &FieldExpr) -> Result<Filter, MetricsError> {
 fn condition(a: &Attribute, c: crate::store::CmpOp, s: &Static) -> Option<Filter> {
     use crate::store::CmpOp;
     match (a, s) {
+        (Attribute::Intrinsic(Intrinsic::Status), Static::Status(st)) => {
+            // The span model's status (src/span.rs `span_status`) from `response_status`.
+            use crate::store::model::response_status as rs;
+            let error = || {
+                Filter::IntIn(
+                    Col::ResponseStatus,
+                    vec![
+                        rs::TIMEOUT.into(),
+                        rs::SERVER_ERROR.into(),
+                        rs::CLIENT_ERROR.into(),
+                    ],
+                )
+            };
+            let ok = || Filter::IntIn(Col::ResponseStatus, vec![rs::SUCCESS.into()]);
+            let is = match st {
+                crate::traceql::Status::Error => error(),
+                crate::traceql::Status::Ok => ok(),
+                crate::traceql::Status::Unset => {
+                    Filter::Not(Box::new(Filter::Or(vec![ok(), error()])))
+                }
+            };
+            match c {
+                CmpOp::Eq => Some(is),
+                CmpOp::Neq => Some(Filter::Not(Box::new(is))),
+                _ => None,
+            }
+        }
         (Attribute::Intrinsic(Intrinsic::Duration), Static::Duration(ns)) if ns % 1000 == 0 => {
             Some(Filter::IntCmp(Col::ResponseDuration, c, ns / 1000))
         }
