@@ -250,3 +250,48 @@ async fn query_instant(
     };
     Ok(negotiate(&req, &resp, || instant_json(&resp).to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_in_every_form_tempo_accepts() {
+        assert_eq!(
+            parse_timestamp("1700000000"),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("1700000000123456789"),
+            Some(1_700_000_000_123_456_789)
+        );
+        assert_eq!(
+            parse_timestamp("1700000000.5"),
+            Some(1_700_000_000_500_000_000)
+        );
+        assert_eq!(
+            parse_timestamp("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000_000_000)
+        );
+        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(parse_timestamp("-5"), None);
+    }
+
+    #[test]
+    fn steps_as_seconds_or_go_durations() {
+        assert_eq!(parse_step("15"), Some(15_000_000_000));
+        assert_eq!(parse_step("0.5"), Some(500_000_000));
+        assert_eq!(parse_step("1m30s"), Some(90_000_000_000));
+        assert_eq!(parse_step("0"), None);
+        assert_eq!(parse_step("soon"), None);
+    }
+
+    #[test]
+    fn default_step_gives_about_240_samples() {
+        let h = 3_600_000_000_000;
+        assert_eq!(metrics::default_step_ns(0, h), 15_000_000_000);
+        assert_eq!(metrics::default_step_ns(0, 24 * h), 360_000_000_000);
+        assert_eq!(metrics::default_step_ns(0, 60_000_000_000), 250_000_000);
+        assert_eq!(metrics::default_step_ns(0, 1_000_000_000), 50_000_000);
+    }
+}

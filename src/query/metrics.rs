@@ -527,3 +527,48 @@ fn limit(series: &mut [Series], kind: SecondStageKind, k: usize) {
         s.samples.retain(|(t, _)| keep.contains(&(i, *t)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(q: &str) -> Result<Filter, MetricsError> {
+        let query = crate::traceql::parse(q).unwrap();
+        plan_query(&query).map(|p| p.filter)
+    }
+
+    #[test]
+    fn exact_filters_are_planned_with_the_span_model() {
+        let counted = Filter::IntIn(Col::Type, vec![0, 2]);
+        assert_eq!(planned("{} | rate()").unwrap(), counted);
+        assert_eq!(
+            planned(r#"{ resource.service.name = "a" && duration > 2ms } | rate()"#).unwrap(),
+            Filter::And(vec![
+                counted,
+                Filter::And(vec![
+                    Filter::ServiceIn(vec!["a".into()]),
+                    Filter::IntCmp(Col::ResponseDuration, crate::store::CmpOp::Gt, 2000),
+                ])
+            ])
+        );
+    }
+
+    #[test]
+    fn inexact_constructs_are_named() {
+        for (q, what) in [
+            ("{ duration > 1500ns } | rate()", "duration >"),
+            (r#"{ name = "x" } | rate()"#, "name"),
+            (r#"{ span.deepflow.endpoint =~ "x" } | rate()"#, "=~"),
+            (
+                r#"{ resource.service.name != "a" } | rate()"#,
+                "service.name",
+            ),
+            ("{ } | rate() by (name)", "by(name)"),
+        ] {
+            match planned(q) {
+                Err(MetricsError::NotSupported(m)) => assert!(m.contains(what), "{q}: {m}"),
+                other => panic!("{q}: {other:?}"),
+            }
+        }
+    }
+}
