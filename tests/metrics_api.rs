@@ -22,6 +22,7 @@ on_both_stores!(
     duration_aggregates_with_a_filter,
     topk_bottomk_and_comparisons,
     instant_matches_the_range,
+    by_span_name,
     quantiles_and_histograms,
     protobuf_matches_json,
     bad_parameters_and_unsupported_constructs,
@@ -69,6 +70,18 @@ impl Fixture {
             };
             r.request_type = if i % 3 == 0 { "POST" } else { "GET" }.into();
             r.response_status = [0, 0, 0, 1, 2, 3, 4, 5][i % 8];
+            // Span names from every source: endpoint, request type and resource, the
+            // business protocol, the L7 protocol.
+            if i % 13 == 0 {
+                r.endpoint = String::new();
+            }
+            if i % 26 == 0 {
+                r.request_type = String::new();
+                r.request_resource = String::new();
+            }
+            if i % 52 == 0 {
+                r.biz_protocol = String::new();
+            }
         }
         store.insert_rows(org, &rows).await.unwrap();
         store.insert_names(org, &names()).await.unwrap();
@@ -491,4 +504,30 @@ async fn quantiles_and_histograms(f: Fixture) {
             "{key}"
         );
     }
+}
+
+/// The span name as the span model gives it (this fixture's rows are all HTTP).
+fn span_name(r: &L7FlowLogRow) -> String {
+    if !r.endpoint.is_empty() {
+        return r.endpoint.clone();
+    }
+    let joined = format!("{} {}", r.request_type, r.request_resource);
+    if !joined.trim().is_empty() {
+        return joined.trim().to_string();
+    }
+    if !r.biz_protocol.is_empty() {
+        return r.biz_protocol.clone();
+    }
+    assert_eq!(r.l7_protocol, 20);
+    "HTTP".to_string()
+}
+
+async fn by_span_name(f: Fixture) {
+    let got = f.instant("{} | count_over_time() by (name)").await;
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    for r in f.rows.iter().filter(|r| r.r#type != 1) {
+        *want.entry(format!("name={}", span_name(r))).or_default() += 1.0;
+    }
+    assert!(want.contains_key("name=HTTP") && want.contains_key("name=GET /api/0"));
+    assert_eq!(got, want);
 }

@@ -173,6 +173,7 @@ fn value_column(a: &Attribute) -> Result<(Col, f64), MetricsError> {
 /// The store key of a `by()` attribute, and whether its values are integers.
 fn group_key(a: &Attribute) -> Option<(GroupKey, bool)> {
     match a {
+        Attribute::Intrinsic(Intrinsic::Name) => Some((GroupKey::SpanName, false)),
         Attribute::Scoped {
             scope,
             parent: false,
@@ -563,7 +564,7 @@ mod tests {
                 r#"{ resource.service.name != "a" } | rate()"#,
                 "service.name",
             ),
-            ("{ } | rate() by (name)", "by(name)"),
+            ("{ } | rate() by (kind)", "by(kind)"),
         ] {
             match planned(q) {
                 Err(MetricsError::NotSupported(m)) => assert!(m.contains(what), "{q}: {m}"),

@@ -762,6 +762,12 @@ impl FlowStore for ClickHouseStore {
                 crate::store::GroupKey::Column(col) => {
                     format!("ifNull(toString(`{}`), '')", col.name())
                 }
+                crate::store::GroupKey::SpanName => crate::store::span_name_sql(
+                    |c| format!("`{c}`"),
+                    |a, b| format!("concat({a}, ' ', {b})"),
+                    "trimBoth",
+                    |c| format!("toString({c})"),
+                ),
             })
             .collect();
         let group = if keys.is_empty() {

@@ -416,6 +416,41 @@ pub enum GroupKey {
     Service,
     /// A column's value as text (integers in decimal).
     Column(Col),
+    /// The span name as `FlowRecord::span_name` gives it: `endpoint`, else `request_type
+    /// request_resource` (space-trimmed), else `biz_protocol`, else the L7 protocol's name.
+    SpanName,
+}
+
+/// The SQL of [`GroupKey::SpanName`] from constants only. `col` quotes a column, `concat`
+/// joins `request_type`, a space and `request_resource`, `trim` trims spaces, `text` renders
+/// an integer column as text.
+pub(crate) fn span_name_sql(
+    col: impl Fn(&str) -> String,
+    concat: impl Fn(&str, &str) -> String,
+    trim: &str,
+    text: impl Fn(&str) -> String,
+) -> String {
+    let joined = format!(
+        "{trim}({})",
+        concat(&col("request_type"), &col("request_resource"))
+    );
+    let mut protocols = String::from("CASE");
+    for code in 0..=255u8 {
+        if let Some(name) = model::l7_protocol::name(code) {
+            protocols.push_str(&format!(
+                " WHEN {} = {code} THEN '{}'",
+                col("l7_protocol"),
+                name.replace('\'', "''")
+            ));
+        }
+    }
+    protocols.push_str(&format!(" ELSE {} END", text(&col("l7_protocol"))));
+    format!(
+        "CASE WHEN {ep} != '' THEN {ep} WHEN {joined} != '' THEN {joined} \
+         WHEN {bp} != '' THEN {bp} ELSE {protocols} END",
+        ep = col("endpoint"),
+        bp = col("biz_protocol"),
+    )
 }
 
 /// One aggregation over `l7_flow_log`: the rows matching `filter` whose `start_time` lies in

@@ -929,6 +929,12 @@ impl FlowStore for SqliteStore {
                 crate::store::GroupKey::Column(col) => {
                     format!("COALESCE(CAST(f.\"{}\" AS TEXT), '')", col.name())
                 }
+                crate::store::GroupKey::SpanName => crate::store::span_name_sql(
+                    |c| format!("COALESCE(f.\"{c}\", '')"),
+                    |a, b| format!("{a} || ' ' || {b}"),
+                    "trim",
+                    |c| format!("CAST({c} AS TEXT)"),
+                ),
             };
             b.push(format!("{expr} AS g{i}, "));
         }
