@@ -22,7 +22,7 @@ on_both_stores!(
     duration_aggregates_with_a_filter,
     topk_bottomk_and_comparisons,
     instant_matches_the_range,
-    by_span_name,
+    by_span_name_and_status,
     quantiles_and_histograms,
     protobuf_matches_json,
     bad_parameters_and_unsupported_constructs,
@@ -522,12 +522,24 @@ fn span_name(r: &L7FlowLogRow) -> String {
     "HTTP".to_string()
 }
 
-async fn by_span_name(f: Fixture) {
+async fn by_span_name_and_status(f: Fixture) {
     let got = f.instant("{} | count_over_time() by (name)").await;
     let mut want: BTreeMap<String, f64> = BTreeMap::new();
     for r in f.rows.iter().filter(|r| r.r#type != 1) {
         *want.entry(format!("name={}", span_name(r))).or_default() += 1.0;
     }
     assert!(want.contains_key("name=HTTP") && want.contains_key("name=GET /api/0"));
+    assert_eq!(got, want);
+    let got = f.instant("{} | count_over_time() by (status)").await;
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    for r in f.rows.iter().filter(|r| r.r#type != 1) {
+        let st = match r.response_status {
+            0 => "ok",
+            2..=4 => "error",
+            _ => "unset",
+        };
+        *want.entry(format!("status={st}")).or_default() += 1.0;
+    }
+    assert_eq!(want.len(), 3);
     assert_eq!(got, want);
 }

@@ -174,6 +174,7 @@ fn value_column(a: &Attribute) -> Result<(Col, f64), MetricsError> {
 fn group_key(a: &Attribute) -> Option<(GroupKey, bool)> {
     match a {
         Attribute::Intrinsic(Intrinsic::Name) => Some((GroupKey::SpanName, false)),
+        Attribute::Intrinsic(Intrinsic::Status) => Some((GroupKey::Status, false)),
         Attribute::Scoped {
             scope,
             parent: false,

@@ -768,6 +768,7 @@ impl FlowStore for ClickHouseStore {
                     "trimBoth",
                     |c| format!("toString({c})"),
                 ),
+                crate::store::GroupKey::Status => crate::store::status_sql("`response_status`"),
             })
             .collect();
         let group = if keys.is_empty() {

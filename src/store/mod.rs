@@ -419,6 +419,21 @@ pub enum GroupKey {
     /// The span name as `FlowRecord::span_name` gives it: `endpoint`, else `request_type
     /// request_resource` (space-trimmed), else `biz_protocol`, else the L7 protocol's name.
     SpanName,
+    /// The span status as the span model maps `response_status`: `ok` (0), `error` (2, 3,
+    /// 4), else `unset`.
+    Status,
+}
+
+/// The SQL of [`GroupKey::Status`] over a quoted `response_status` column.
+pub(crate) fn status_sql(col: &str) -> String {
+    use model::response_status as rs;
+    format!(
+        "CASE WHEN {col} = {} THEN 'ok' WHEN {col} IN ({}, {}, {}) THEN 'error' ELSE 'unset' END",
+        rs::SUCCESS,
+        rs::TIMEOUT,
+        rs::SERVER_ERROR,
+        rs::CLIENT_ERROR
+    )
 }
 
 /// The SQL of [`GroupKey::SpanName`] from constants only. `col` quotes a column, `concat`

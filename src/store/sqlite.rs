@@ -935,6 +935,7 @@ impl FlowStore for SqliteStore {
                     "trim",
                     |c| format!("CAST({c} AS TEXT)"),
                 ),
+                crate::store::GroupKey::Status => crate::store::status_sql("f.\"response_status\""),
             };
             b.push(format!("{expr} AS g{i}, "));
         }
