@@ -439,6 +439,16 @@ async fn bad_parameters_and_unsupported_constructs(f: Fixture) {
         )
         .await;
     assert_eq!(s, 422, "{body}");
+    // Quotes in values are bound, never SQL: they match nothing.
+    for q in [
+        r#"{ resource.service.name = "svc-1' OR '1'='1" } | count_over_time()"#,
+        r#"{ span.deepflow.endpoint = "x\" OR 1=1 --" } | count_over_time()"#,
+    ] {
+        let (s, body) = f.status("/api/metrics/query_range", q, "").await;
+        assert_eq!(s, 200, "{q}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["series"], serde_json::json!([]), "{q}");
+    }
     assert!(body.contains("maximum series"), "{body}");
 }
 
