@@ -5,6 +5,7 @@ pub mod auth;
 pub mod deepflow;
 pub mod guard;
 pub mod health;
+pub mod metrics;
 pub mod observe;
 pub mod search;
 pub mod tempo;
@@ -33,6 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     deepflow::configure(cfg);
     tempo::configure(cfg);
     search::configure(cfg);
+    metrics::configure(cfg);
 }
 
 /// `GET path`, served by `handler` under the request deadline ([`guard::deadline`]); other

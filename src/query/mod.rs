@@ -3,6 +3,7 @@
 //! these call the pure engines (`autotrace`, `traceql`) and the `FlowStore`. Nothing here
 //! parses HTTP or renders SQL.
 
+pub mod metrics;
 pub mod pipeline;
 pub mod search;
 pub mod trace;

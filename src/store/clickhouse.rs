@@ -392,6 +392,18 @@ impl ClickHouseStore {
 }
 
 /// A row of `flow_tag.ch_subnet` (every column, as the crate's insert requires).
+/// One (group, bucket) row of an aggregation.
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct ChAggregate {
+    g: Vec<String>,
+    l: i64,
+    b: i64,
+    c: u64,
+    mn: f64,
+    mx: f64,
+    s: f64,
+}
+
 #[derive(Debug, Default, serde::Serialize, clickhouse::Row)]
 struct ChSubnet {
     id: u64,
@@ -736,6 +748,79 @@ impl FlowStore for ClickHouseStore {
         );
         self.read(org, self.build(&sql, pre).fetch_all::<String>())
             .await
+    }
+
+    async fn aggregate(
+        &self,
+        org: OrgId,
+        agg: &crate::store::Aggregation,
+    ) -> StoreResult<Vec<crate::store::AggregateRow>> {
+        let tag = self.tag_db(org);
+        let keys: Vec<String> = agg
+            .by
+            .iter()
+            .map(|key| match key {
+                crate::store::GroupKey::Service => format!("toString({})", service_expr(&tag)),
+                crate::store::GroupKey::Column(col) => {
+                    format!("ifNull(toString(`{}`), '')", col.name())
+                }
+                crate::store::GroupKey::SpanName => crate::store::span_name_sql(
+                    |c| format!("`{c}`"),
+                    |a, b| format!("concat({a}, ' ', {b})"),
+                    "trimBoth",
+                    |c| format!("toString({c})"),
+                ),
+                crate::store::GroupKey::Status => crate::store::status_sql("`response_status`"),
+            })
+            .collect();
+        let group = if keys.is_empty() {
+            "CAST([], 'Array(String)')".to_string()
+        } else {
+            format!("[{}]", keys.join(", "))
+        };
+        let value = match agg.value {
+            Some(col) => format!("toFloat64(`{}`)", col.name()),
+            None => "toFloat64(0)".to_string(),
+        };
+        let log2 = match (agg.log2, agg.value) {
+            (Some(d), Some(col)) => format!(
+                "toInt64({})",
+                crate::store::Aggregation::log2_case(&format!("`{}`", col.name()), d)
+            ),
+            _ => "toInt64(0)".to_string(),
+        };
+        let q = FlowQuery::new(agg.filter.clone()).window(agg.time_window());
+        let (from_where, binds) = self.where_clause(org, &q);
+        let mut all = vec![
+            BindValue::I64(agg.start_us),
+            BindValue::I64(agg.step_us.max(1)),
+        ];
+        all.extend(binds);
+        all.push(BindValue::I64(agg.start_us));
+        all.push(BindValue::I64(agg.end_us));
+        let sql = format!(
+            "SELECT {group} AS g, {log2} AS l, toInt64(intDiv(toUnixTimestamp64Micro(start_time) - ?, ?)) AS b, \
+             count() AS c, toFloat64(min({value})) AS mn, toFloat64(max({value})) AS mx, \
+             toFloat64(sum({value})) AS s{from_where} \
+             AND toUnixTimestamp64Micro(start_time) >= ? AND toUnixTimestamp64Micro(start_time) < ? \
+             GROUP BY g, l, b LIMIT {}",
+            agg.max_rows
+        );
+        let rows = self
+            .read(org, self.build(&sql, all).fetch_all::<ChAggregate>())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| crate::store::AggregateRow {
+                group: r.g,
+                bucket: r.b,
+                log2: r.l,
+                count: r.c,
+                min: r.mn,
+                max: r.mx,
+                sum: r.s,
+            })
+            .collect())
     }
 
     fn schema_ddl(&self, org: OrgId) -> Vec<String> {

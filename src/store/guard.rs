@@ -114,6 +114,15 @@ impl FlowStore for QuerySlots {
         self.inner.schema_ddl(org)
     }
 
+    async fn aggregate(
+        &self,
+        org: OrgId,
+        agg: &crate::store::Aggregation,
+    ) -> StoreResult<Vec<crate::store::AggregateRow>> {
+        let _slot = self.slot().await?;
+        self.inner.aggregate(org, agg).await
+    }
+
     async fn distinct_values(
         &self,
         org: OrgId,

@@ -84,6 +84,14 @@ impl FlowStore for MeteredStore {
         self.inner.schema_ddl(org)
     }
 
+    async fn aggregate(
+        &self,
+        org: OrgId,
+        agg: &crate::store::Aggregation,
+    ) -> StoreResult<Vec<crate::store::AggregateRow>> {
+        metered("aggregate", self.inner.aggregate(org, agg)).await
+    }
+
     async fn distinct_values(
         &self,
         org: OrgId,

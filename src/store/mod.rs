@@ -409,6 +409,132 @@ impl FlowQuery {
     }
 }
 
+/// What an [`Aggregation`] groups by, besides its time bucket. Each key is read as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupKey {
+    /// The span's service (see [`Filter::ServiceIn`]).
+    Service,
+    /// A column's value as text (integers in decimal).
+    Column(Col),
+    /// The span name as `FlowRecord::span_name` gives it: `endpoint`, else `request_type
+    /// request_resource` (space-trimmed), else `biz_protocol`, else the L7 protocol's name.
+    SpanName,
+    /// The span status as the span model maps `response_status`: `ok` (0), `error` (2, 3,
+    /// 4), else `unset`.
+    Status,
+}
+
+/// The SQL of [`GroupKey::Status`] over a quoted `response_status` column.
+pub(crate) fn status_sql(col: &str) -> String {
+    use model::response_status as rs;
+    format!(
+        "CASE WHEN {col} = {} THEN 'ok' WHEN {col} IN ({}, {}, {}) THEN 'error' ELSE 'unset' END",
+        rs::SUCCESS,
+        rs::TIMEOUT,
+        rs::SERVER_ERROR,
+        rs::CLIENT_ERROR
+    )
+}
+
+/// The SQL of [`GroupKey::SpanName`] from constants only. `col` quotes a column, `concat`
+/// joins `request_type`, a space and `request_resource`, `trim` trims spaces, `text` renders
+/// an integer column as text.
+pub(crate) fn span_name_sql(
+    col: impl Fn(&str) -> String,
+    concat: impl Fn(&str, &str) -> String,
+    trim: &str,
+    text: impl Fn(&str) -> String,
+) -> String {
+    let joined = format!(
+        "{trim}({})",
+        concat(&col("request_type"), &col("request_resource"))
+    );
+    let mut protocols = String::from("CASE");
+    for code in 0..=255u8 {
+        if let Some(name) = model::l7_protocol::name(code) {
+            protocols.push_str(&format!(
+                " WHEN {} = {code} THEN '{}'",
+                col("l7_protocol"),
+                name.replace('\'', "''")
+            ));
+        }
+    }
+    protocols.push_str(&format!(" ELSE {} END", text(&col("l7_protocol"))));
+    format!(
+        "CASE WHEN {ep} != '' THEN {ep} WHEN {joined} != '' THEN {joined} \
+         WHEN {bp} != '' THEN {bp} ELSE {protocols} END",
+        ep = col("endpoint"),
+        bp = col("biz_protocol"),
+    )
+}
+
+/// One aggregation over `l7_flow_log`: the rows matching `filter` whose `start_time` lies in
+/// `[start_us, end_us)`, grouped by `by` and by the bucket `(start_time - start_us) / step_us`.
+/// The `time` window scanned is `[start_us, end_us + TIME_SLACK_S]` in seconds, since `time`
+/// is a row's end and never precedes its start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregation {
+    pub filter: Filter,
+    pub start_us: i64,
+    pub end_us: i64,
+    /// Bucket width in µs (at least 1).
+    pub step_us: i64,
+    pub by: Vec<GroupKey>,
+    /// The integer column measured (min, max, sum); `None` measures nothing (zeros).
+    pub value: Option<Col>,
+    /// Also group by the log2 bucket of the value: `Some(d)` puts a row in the smallest `k`
+    /// with `value <= floor(2^k / d)` (with `d` = 1000 on µs durations, `k` is the power of two
+    /// in nanoseconds bounding the value). Integer comparisons only, identical in both stores.
+    pub log2: Option<i64>,
+    /// At most this many (group, bucket) rows are returned.
+    pub max_rows: u64,
+}
+
+impl Aggregation {
+    /// The SQL `CASE` giving the log2 bucket of `value_sql` for divisor `d` (generated from
+    /// constants only).
+    pub fn log2_case(value_sql: &str, d: i64) -> String {
+        let d = d.max(1) as u64;
+        let mut sql = String::from("CASE");
+        for k in 0..63u32 {
+            sql.push_str(&format!(
+                " WHEN {value_sql} <= {} THEN {k}",
+                (1u64 << k) / d
+            ));
+        }
+        sql.push_str(" ELSE 63 END");
+        sql
+    }
+
+    /// Seconds after the window's end a row's `time` (its end) may lie and still have started
+    /// within the window: calls lasting longer are not counted.
+    pub const TIME_SLACK_S: i64 = 3600;
+
+    /// The window on `time` (unix seconds) the aggregation scans.
+    pub fn time_window(&self) -> TimeWindow {
+        let clamp = |s: i64| s.clamp(0, i64::from(u32::MAX)) as u32;
+        TimeWindow::new(
+            clamp(self.start_us.div_euclid(1_000_000)),
+            clamp(self.end_us.div_euclid(1_000_000) + Self::TIME_SLACK_S),
+        )
+    }
+}
+
+/// One (group, bucket) of an [`Aggregation`]'s answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateRow {
+    /// The group keys' values, in the order of [`Aggregation::by`].
+    pub group: Vec<String>,
+    /// The bucket's index from the window's start.
+    pub bucket: i64,
+    /// The log2 bucket when [`Aggregation::log2`] is set, else 0.
+    pub log2: i64,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+}
+
 /// Options of `schema --apply`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SchemaOptions {
@@ -456,6 +582,13 @@ pub trait FlowStore: Send + Sync {
         query: &FlowQuery,
         facet: &Facet,
     ) -> StoreResult<Vec<String>>;
+
+    /// Count, min, max and sum per group and time bucket, computed in the store.
+    async fn aggregate(&self, _org: OrgId, _agg: &Aggregation) -> StoreResult<Vec<AggregateRow>> {
+        Err(StoreError::Invalid(
+            "this store does not compute aggregations".to_string(),
+        ))
+    }
 }
 
 pub type SharedStore = Arc<dyn FlowStore>;

@@ -917,6 +917,77 @@ impl FlowStore for SqliteStore {
             .collect()
     }
 
+    async fn aggregate(
+        &self,
+        org: OrgId,
+        agg: &crate::store::Aggregation,
+    ) -> StoreResult<Vec<crate::store::AggregateRow>> {
+        let mut b = QueryBuilder::<Sqlite>::new("SELECT ");
+        for (i, key) in agg.by.iter().enumerate() {
+            let expr = match key {
+                crate::store::GroupKey::Service => service_expr(),
+                crate::store::GroupKey::Column(col) => {
+                    format!("COALESCE(CAST(f.\"{}\" AS TEXT), '')", col.name())
+                }
+                crate::store::GroupKey::SpanName => crate::store::span_name_sql(
+                    |c| format!("COALESCE(f.\"{c}\", '')"),
+                    |a, b| format!("{a} || ' ' || {b}"),
+                    "trim",
+                    |c| format!("CAST({c} AS TEXT)"),
+                ),
+                crate::store::GroupKey::Status => crate::store::status_sql("f.\"response_status\""),
+            };
+            b.push(format!("{expr} AS g{i}, "));
+        }
+        let value = match agg.value {
+            Some(col) => format!("CAST(f.\"{}\" AS REAL)", col.name()),
+            None => "0.0".to_string(),
+        };
+        match (agg.log2, agg.value) {
+            (Some(d), Some(col)) => b.push(format!(
+                "{} AS l, ",
+                crate::store::Aggregation::log2_case(&format!("f.\"{}\"", col.name()), d)
+            )),
+            _ => b.push("0 AS l, "),
+        };
+        b.push("(f.start_time - ");
+        b.push_bind(agg.start_us);
+        b.push(") / ");
+        b.push_bind(agg.step_us.max(1));
+        b.push(format!(
+            " AS b, COUNT(*) AS c, COALESCE(MIN({value}), 0.0) AS mn, COALESCE(MAX({value}), 0.0) AS mx, \
+             COALESCE(SUM({value}), 0.0) AS s"
+        ));
+        let q = FlowQuery::new(agg.filter.clone()).window(agg.time_window());
+        self.push_from_where(&mut b, org, &q);
+        b.push(" AND f.start_time >= ");
+        b.push_bind(agg.start_us);
+        b.push(" AND f.start_time < ");
+        b.push_bind(agg.end_us);
+        b.push(" GROUP BY ");
+        for i in 0..agg.by.len() {
+            b.push(format!("g{i}, "));
+        }
+        b.push("l, b LIMIT ");
+        b.push_bind(agg.max_rows.min(i64::MAX as u64) as i64);
+        let rows = b.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::store::AggregateRow {
+                    group: (0..agg.by.len())
+                        .map(|i| r.try_get::<String, _>(format!("g{i}").as_str()))
+                        .collect::<Result<_, _>>()?,
+                    bucket: r.try_get("b")?,
+                    log2: r.try_get("l")?,
+                    count: r.try_get::<i64, _>("c")? as u64,
+                    min: r.try_get("mn")?,
+                    max: r.try_get("mx")?,
+                    sum: r.try_get("s")?,
+                })
+            })
+            .collect()
+    }
+
     fn schema_ddl(&self, _org: OrgId) -> Vec<String> {
         std::iter::once(schema::sqlite_l7_table())
             .chain(schema::sqlite_statements().into_iter().map(|s| s.sql))

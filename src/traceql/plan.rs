@@ -143,7 +143,7 @@ fn is_mapped(name: &str) -> bool {
     MAPPED_SPAN_NAMES.contains(&name) || name.starts_with("deepflow.")
 }
 
-fn text_column(name: &str) -> Option<Col> {
+pub(crate) fn text_column(name: &str) -> Option<Col> {
     Some(match name {
         "http.method" | "deepflow.request_type" | "db.operation" => Col::RequestType,
         "http.target" | "db.statement" | "deepflow.request_resource" | "rpc.method" => {
@@ -159,7 +159,7 @@ fn text_column(name: &str) -> Option<Col> {
     })
 }
 
-fn int_column(name: &str) -> Option<Col> {
+pub(crate) fn int_column(name: &str) -> Option<Col> {
     Some(match name {
         "http.status_code" | "deepflow.response_code" => Col::ResponseCode,
         "deepflow.response_status" => Col::ResponseStatus,
