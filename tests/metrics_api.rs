@@ -26,6 +26,10 @@ on_both_stores!(
     quantiles_and_histograms,
     protobuf_matches_json,
     bad_parameters_and_unsupported_constructs,
+    drilldown_filters_and_breakdowns,
+    arithmetic_between_queries_and_scalars,
+    compare_counts_selection_and_baseline,
+    exemplars_are_rows_of_the_series,
 );
 
 const STEP_S: i64 = 10;
@@ -417,20 +421,25 @@ async fn bad_parameters_and_unsupported_constructs(f: Fixture) {
         assert_eq!(s, 400, "{path} {q} {extra}: {body}");
         assert!(!body.is_empty());
     }
+    // Constructs the store cannot compute run over assembled traces instead; `compare()`
+    // needs an exact selection.
     for q in [
         r#"{ name =~ "GET.*" } | rate()"#,
         "{ } >> { } | rate()",
-        "{ span.foo = \"x\" } | rate()",
-        "{ span.http.method = \"GET\" } | rate()",
-        "{ } | rate() by (span.http.status_code)",
-        "{ } | rate() by (span.foo)",
         "{ } | quantile_over_time(span.foo, .9)",
-        "{ } | compare({ status = error })",
-        "({ } | rate()) / ({ } | rate())",
+        "{ } | rate() by (resource.host.name)",
     ] {
         let (s, body) = f.status("/api/metrics/query_range", q, "").await;
-        assert_eq!(s, 501, "{q}: {body}");
+        assert_eq!(s, 200, "{q}: {body}");
     }
+    let (s, body) = f
+        .status(
+            "/api/metrics/query_range",
+            r#"{ } | compare({ name =~ "GET.*" })"#,
+            "",
+        )
+        .await;
+    assert_eq!(s, 501, "{body}");
     let (s, body) = f
         .status(
             "/api/metrics/query_range",
@@ -552,4 +561,184 @@ async fn by_span_name_and_status(f: Fixture) {
     }
     assert_eq!(want.len(), 3);
     assert_eq!(got, want);
+}
+
+/// The filters and breakdowns Traces Drilldown sends (`true`, `kind`, `status !=`, `!= nil`,
+/// `by()` on span attributes and intrinsics), against counts from the loaded rows.
+async fn drilldown_filters_and_breakdowns(f: Fixture) {
+    let total = |m: &BTreeMap<String, BTreeMap<i64, f64>>| -> f64 {
+        m.values().flat_map(|s| s.values()).sum()
+    };
+    let exp = |keep: &dyn Fn(&L7FlowLogRow) -> bool| -> f64 {
+        f.expected(keep)
+            .values()
+            .flat_map(|m| m.values())
+            .map(Vec::len)
+            .sum::<usize>() as f64
+    };
+    let errored = |r: &L7FlowLogRow| matches!(r.response_status, 2..=4);
+    // Application spans take their kind from `span_kind`; the fixture leaves it unset, so
+    // they are internal (observation point `app`) or as the observation point says.
+    let all = f.range("{ true } | count_over_time()").await;
+    assert_eq!(total(&all), exp(&|_| true));
+    let ok = f
+        .range("{ true && status != error } | count_over_time()")
+        .await;
+    assert_eq!(total(&ok), exp(&|r| !errored(r)));
+    let by_status = f.range("{ } | count_over_time() by (status)").await;
+    assert_eq!(total(&by_status), exp(&|_| true), "every span has a status");
+    let by_method = f
+        .range("{ span.deepflow.request_type != nil } | count_over_time() by (span.deepflow.request_type)")
+        .await;
+    for (k, m) in &by_method {
+        let v = k.trim_start_matches("span.deepflow.request_type=");
+        assert!(!v.is_empty());
+        assert_eq!(
+            m.values().sum::<f64>(),
+            exp(&|r| r.request_type == v),
+            "{k}"
+        );
+    }
+    assert_eq!(total(&by_method), exp(&|r| !r.request_type.is_empty()));
+    let kinds = f.range("{ } | count_over_time() by (kind)").await;
+    assert_eq!(total(&kinds), exp(&|_| true));
+    let server = f.range("{ kind = server } | count_over_time()").await;
+    let client = f.range("{ kind != server } | count_over_time()").await;
+    assert_eq!(total(&server) + total(&client), exp(&|_| true));
+}
+
+/// `(a) / (b)`, `* 100` and a comparison on the result: series pair by labels.
+async fn arithmetic_between_queries_and_scalars(f: Fixture) {
+    let errors = f
+        .range("{ status = error } | count_over_time() by (resource.service.name)")
+        .await;
+    let all = f
+        .range("{ } | count_over_time() by (resource.service.name)")
+        .await;
+    let ratio = f
+        .range("({ status = error } | count_over_time() by (resource.service.name)) / ({ } | count_over_time() by (resource.service.name)) * 100")
+        .await;
+    assert_eq!(ratio.len(), errors.len());
+    for (k, m) in &ratio {
+        for (t, v) in m {
+            let want = errors[k].get(t).copied().unwrap_or(0.0) * 100.0 / all[k][t];
+            assert!(close(*v, want), "{k} {t}: {v} vs {want}");
+        }
+    }
+    // An unlabelled total pairs with every series.
+    let share = f
+        .range("({ } | count_over_time() by (resource.service.name)) / ({ } | count_over_time())")
+        .await;
+    assert_eq!(share.len(), all.len());
+    let above = f
+        .range("({ } | count_over_time() by (resource.service.name)) / ({ } | count_over_time()) > 0.25")
+        .await;
+    for m in above.values() {
+        assert!(m.values().all(|v| *v > 0.25));
+    }
+}
+
+/// `compare()`: per attribute, the top values among selected and other spans and the totals.
+async fn compare_counts_selection_and_baseline(f: Fixture) {
+    let (s, body) = f
+        .status(
+            "/api/metrics/query_range",
+            "{ } | compare({ status = error }, 5)",
+            &format!("&step={}s", STEP_S * BUCKETS),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let errored = |r: &L7FlowLogRow| matches!(r.response_status, 2..=4);
+    let count = |keep: &dyn Fn(&L7FlowLogRow) -> bool| -> f64 {
+        f.expected(keep)
+            .values()
+            .flat_map(|m| m.values())
+            .map(Vec::len)
+            .sum::<usize>() as f64
+    };
+    let mut seen = 0;
+    for series in v["series"].as_array().unwrap() {
+        let labels = series["labels"].as_array().unwrap();
+        let meta = labels.iter().find(|l| l["key"] == "__meta_type").unwrap()["value"]
+            ["stringValue"]
+            .as_str()
+            .unwrap();
+        let attr = labels.iter().find(|l| l["key"] != "__meta_type").unwrap();
+        let sum: f64 = series["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["value"].as_f64().unwrap())
+            .sum();
+        if attr["key"] != "resource.service.name" {
+            continue;
+        }
+        seen += 1;
+        let selected = meta.starts_with("selection");
+        let side = |r: &L7FlowLogRow| errored(r) == selected;
+        let want = match attr["value"]["stringValue"].as_str() {
+            None => count(&side),
+            Some(svc) => count(&|r| side(r) && r.app_service == svc),
+        };
+        assert_eq!(sum, want, "{meta} {attr}");
+    }
+    // Each service on the side(s) where it has spans, and both totals.
+    let services = |sel: bool| {
+        f.expected(|r| errored(r) == sel)
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert_eq!(seen, services(true) + services(false) + 2, "{body}");
+}
+
+/// Exemplars: at most the number asked, each the latest span of its series' bucket, with the
+/// trace ID trace by ID opens.
+async fn exemplars_are_rows_of_the_series(f: Fixture) {
+    let q = "{ } | max_over_time(duration) by (resource.service.name)";
+    let (s, body) = f
+        .status(
+            "/api/metrics/query_range",
+            q,
+            &format!("&step={STEP_S}s&exemplars=8"),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let mut n = 0;
+    for series in v["series"].as_array().unwrap() {
+        let svc = series["labels"][0]["value"]["stringValue"]
+            .as_str()
+            .unwrap();
+        for e in series["exemplars"].as_array().into_iter().flatten() {
+            n += 1;
+            let id = e["labels"][0]["value"]["stringValue"].as_str().unwrap();
+            let row = f
+                .rows
+                .iter()
+                .find(|r| {
+                    use deepflow_tempo::tempo::ids::TraceId;
+                    TraceId::from_app_trace_id(&r.trace_id)
+                        .unwrap_or_else(|| TraceId::zero_code(r._id))
+                        .to_trimmed_hex()
+                        == id
+                })
+                .unwrap_or_else(|| panic!("exemplar {id} is a loaded row's trace"));
+            assert_eq!(row.app_service, svc);
+            let ts: i64 = e["timestampMs"].as_str().unwrap().parse().unwrap();
+            assert!(ts >= f.start_us / 1000);
+        }
+    }
+    assert!((1..=8).contains(&n), "{n} exemplars: {body}");
+    // `exemplars=0`: none.
+    let (_, body) = f
+        .status(
+            "/api/metrics/query_range",
+            q,
+            &format!("&step={STEP_S}s&exemplars=0"),
+        )
+        .await;
+    assert!(!body.contains("exemplars"), "{body}");
 }

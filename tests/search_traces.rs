@@ -328,10 +328,135 @@ async fn matches_older_than_the_newest_page_are_found(f: Fixture) {
     assert_eq!(per_request.len(), f.data.requests.len());
 }
 
+/// What Traces Drilldown asks first: root spans (`nestedSetParent < 0`). Search finds every
+/// request by its root; the metrics over root spans, computed over the assembled traces, count
+/// each request once under its root service; their exemplars open traces search returns; and
+/// the structure tab's `select()` of the nested-set numbers reads the tree.
+async fn root_spans_and_metrics_over_assembled_traces(f: Fixture) {
+    let hits = f.search("{ nestedSetParent < 0 }").await;
+    assert_eq!(Fixture::ids(&hits), f.all_ids(), "every request has a root");
+    let mut by_root: std::collections::BTreeMap<String, f64> = Default::default();
+    for h in &hits {
+        *by_root
+            .entry(h["rootServiceName"].as_str().unwrap().to_string())
+            .or_default() += 1.0;
+    }
+    let q = "{ nestedSetParent < 0 } | count_over_time() by (resource.service.name)";
+    let enc = |q: &str| {
+        percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let v = f
+        .get(
+            &f.base,
+            &format!(
+                "/api/metrics/query?q={}&start={}&end={}",
+                enc(q),
+                f.start,
+                f.end
+            ),
+        )
+        .await;
+    assert!(v.get("status").is_none(), "complete: {v}");
+    let got: std::collections::BTreeMap<String, f64> = v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["labels"][0]["value"]["stringValue"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                s["value"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, by_root, "root spans per root service");
+    // A range query over root spans: exemplars are the traces search returns.
+    let v = f
+        .get(
+            &f.base,
+            &format!(
+                "/api/metrics/query_range?q={}&start={}&end={}&step=30s&exemplars=20",
+                enc("{ nestedSetParent < 0 && status != error } | rate()"),
+                f.start,
+                f.end
+            ),
+        )
+        .await;
+    let exemplars: Vec<String> = v["series"][0]["exemplars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(e["labels"][0]["key"], "trace:id");
+            e["labels"][0]["value"]["stringValue"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(!exemplars.is_empty(), "{v}");
+    let all = f.all_ids();
+    for id in &exemplars {
+        assert!(all.contains(id), "exemplar {id} is a trace search returns");
+    }
+    // Exemplars of a query computed in the store open a trace too.
+    let v = f
+        .get(
+            &f.base,
+            &format!(
+                "/api/metrics/query_range?q={}&start={}&end={}&step=30s&exemplars=5",
+                enc("{ kind = server } | quantile_over_time(duration, 0.9)"),
+                f.start,
+                f.end
+            ),
+        )
+        .await;
+    let e = &v["series"][0]["exemplars"];
+    assert!(!e.as_array().unwrap().is_empty(), "{v}");
+    for e in e.as_array().unwrap() {
+        assert!(
+            e["value"].as_f64().unwrap() > 0.0,
+            "a duration in seconds: {e}"
+        );
+        let id = e["labels"][0]["value"]["stringValue"].as_str().unwrap();
+        let t = f.get(&f.base, &format!("/api/v2/traces/{id}")).await;
+        assert!(t["trace"].is_object(), "exemplar {id} opens");
+    }
+    // The structure tab: `select()` of the nested-set numbers over the tree.
+    let hits = f
+        .search(
+            "{ nestedSetParent < 0 } &>> { kind = server } | select(status, resource.service.name, name, nestedSetParent, nestedSetLeft, nestedSetRight)",
+        )
+        .await;
+    assert!(!hits.is_empty());
+    for h in &hits {
+        for span in h["spanSets"][0]["spans"].as_array().unwrap() {
+            let attr = |k: &str| {
+                span["attributes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|a| a["key"] == k)
+                    .and_then(|a| a["value"]["intValue"].as_str())
+                    .map(|v| v.parse::<i64>().unwrap())
+            };
+            let (l, r, p) = (
+                attr("nestedSetLeft").unwrap(),
+                attr("nestedSetRight").unwrap(),
+                attr("nestedSetParent").unwrap(),
+            );
+            assert!(l < r && (p == -1 || (p >= 1 && p < l)), "{span}");
+        }
+    }
+}
+
 on_both_stores!(with super::fixture;
     one_hit_per_request_and_hits_describe_the_trace,
     spansets_of_one_request_join,
     trace_intrinsics_select_whole_traces,
     every_service_name_shown_finds_the_trace,
     matches_older_than_the_newest_page_are_found,
+    root_spans_and_metrics_over_assembled_traces,
 );

@@ -31,6 +31,7 @@ on_both_stores!(
     comparisons_attributes_and_negation,
     service_names_and_facets,
     service_names_follow_the_span_model,
+    span_model_keys_in_sql_follow_the_span_model,
     most_recent_first,
 );
 
@@ -986,6 +987,158 @@ async fn service_names_follow_the_span_model(store: SharedStore, org: OrgId) {
             .unwrap();
         assert_eq!(&ids(&got), want, "rows of {name}");
     }
+}
+
+/// Every key of the span model the stores compute in SQL (name, status, kind, service, each
+/// span attribute derived from DeepFlow's columns, an OTel attribute) groups and compares the
+/// demo's rows (application, eBPF and network spans of every protocol) exactly as
+/// `deepflow_tempo::span` computes it in the process.
+async fn span_model_keys_in_sql_follow_the_span_model(store: SharedStore, org: OrgId) {
+    use deepflow_tempo::store::span_sql::DERIVED_SPAN_ATTRIBUTES;
+    use deepflow_tempo::store::{Aggregation, GroupKey, KeyValue};
+    use deepflow_tempo::traceql::Static;
+    use std::collections::BTreeMap;
+    let end_us = (T0 as i64 + 60) * 1_000_000;
+    let data = deepflow_tempo::demo::generate(&deepflow_tempo::demo::DemoOptions {
+        seed: 11,
+        minutes: 1,
+        rate: 1.0,
+        end_us,
+    });
+    store.insert_rows(org, &data.rows).await.unwrap();
+    store.insert_names(org, &data.names).await.unwrap();
+    let w = TimeWindow::new(T0 - 120, T0 + 120);
+    let records = store
+        .select_records(org, &FlowQuery::new(Filter::True).window(w).limit(100_000))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), data.rows.len());
+    let text = |v: Option<Static>| match v {
+        None => String::new(),
+        Some(Static::String(s)) => s,
+        Some(Static::Int(i)) => i.to_string(),
+        Some(other) => other.to_string(),
+    };
+    let mut keys: Vec<GroupKey> = vec![
+        GroupKey::SpanName,
+        GroupKey::Status,
+        GroupKey::Kind,
+        GroupKey::Service,
+    ];
+    keys.extend(
+        DERIVED_SPAN_ATTRIBUTES
+            .iter()
+            .map(|(n, _)| GroupKey::SpanAttr(n.to_string())),
+    );
+    let otel_names: std::collections::BTreeSet<String> = records
+        .iter()
+        .flat_map(|r| r.attributes().map(|(k, _)| k.to_string()))
+        .collect();
+    keys.extend(otel_names.iter().take(3).cloned().map(GroupKey::SpanAttr));
+    keys.push(GroupKey::SpanAttr("no.such.attribute".into()));
+    let expected_of = |key: &GroupKey, r: &FlowRecord| {
+        let f = deepflow_tempo::span::SpanFacts::of_row(r);
+        match key {
+            GroupKey::SpanName => f.name(),
+            GroupKey::Status => f.traceql_status().as_str().to_string(),
+            GroupKey::Kind => f.traceql_kind().as_str().to_string(),
+            GroupKey::Service => f.service_name().into_owned(),
+            GroupKey::SpanAttr(n) => text(f.span_attr(n)),
+            GroupKey::Column(_) => unreachable!(),
+        }
+    };
+    let count = |filter: Filter, by: Vec<GroupKey>| {
+        let store = store.clone();
+        async move {
+            let agg = Aggregation {
+                filter,
+                start_us: (T0 as i64 - 120) * 1_000_000,
+                end_us: (T0 as i64 + 120) * 1_000_000,
+                step_us: 240_000_000,
+                by,
+                value: None,
+                log2: None,
+                max_rows: 100_000,
+                exemplars: false,
+            };
+            let mut out: BTreeMap<String, u64> = BTreeMap::new();
+            for r in store.aggregate(org, &agg).await.unwrap() {
+                *out.entry(r.group.join("|")).or_default() += r.count;
+            }
+            out
+        }
+    };
+    let mut kinds_seen = 0;
+    for key in &keys {
+        let mut want: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &records {
+            *want.entry(expected_of(key, r)).or_default() += 1;
+        }
+        let got = count(Filter::True, vec![key.clone()]).await;
+        assert_eq!(got, want, "groups of {key:?}");
+        if want.len() > 1 {
+            kinds_seen += 1;
+        }
+        // Comparisons: `=` and `!=` on the most frequent present value, presence.
+        let Some((value, _)) = want
+            .iter()
+            .filter(|(v, _)| !v.is_empty())
+            .max_by_key(|(v, n)| (**n, std::cmp::Reverse((*v).clone())))
+        else {
+            continue;
+        };
+        let optional = matches!(key, GroupKey::SpanAttr(_));
+        let present = |v: &str| !optional || !v.is_empty();
+        for op in [CmpOp::Eq, CmpOp::Neq, CmpOp::Lt, CmpOp::Gte] {
+            let n: u64 = records
+                .iter()
+                .map(|r| expected_of(key, r))
+                .filter(|v| {
+                    present(v)
+                        && match op {
+                            CmpOp::Eq => v == value,
+                            CmpOp::Neq => v != value,
+                            CmpOp::Lt => v < value,
+                            _ => v >= value,
+                        }
+                })
+                .count() as u64;
+            let got = count(
+                Filter::KeyCmp(key.clone(), op, KeyValue::Str(value.clone())),
+                vec![],
+            )
+            .await;
+            assert_eq!(got.values().sum::<u64>(), n, "{key:?} {op:?} {value:?}");
+        }
+    }
+    assert!(
+        kinds_seen >= 20,
+        "the demo exercises most keys: {kinds_seen}"
+    );
+    // Integer attributes compare as integers.
+    let codes: Vec<i64> = records
+        .iter()
+        .filter_map(|r| {
+            match deepflow_tempo::span::SpanFacts::of_row(r).span_attr("http.status_code") {
+                Some(Static::Int(c)) => Some(c),
+                _ => None,
+            }
+        })
+        .collect();
+    assert!(!codes.is_empty());
+    let got = count(
+        Filter::KeyCmp(
+            GroupKey::SpanAttr("http.status_code".into()),
+            CmpOp::Gte,
+            KeyValue::Int(400),
+        ),
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        got.values().sum::<u64>(),
+        codes.iter().filter(|&&c| c >= 400).count() as u64
+    );
 }
 
 async fn most_recent_first(store: SharedStore, org: OrgId) {

@@ -94,10 +94,13 @@ fn request(p: &HashMap<String, String>, with_step: bool) -> Result<MetricsReques
         }
         None => metrics::default_step_ns(start_ns, end_ns),
     };
-    if let Some(e) = get("exemplars") {
-        e.parse::<u32>()
-            .map_err(|_| ApiError::BadRequest(format!("invalid exemplars: {e:?}")))?;
-    }
+    let exemplars = match get("exemplars") {
+        Some(e) => e
+            .parse::<u32>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid exemplars: {e:?}")))?
+            .min(metrics::MAX_EXEMPLARS as u32) as usize,
+        None => metrics::DEFAULT_EXEMPLARS,
+    };
     let max_series = match get("maxSeries") {
         Some(m) => m
             .parse::<usize>()
@@ -120,6 +123,7 @@ fn request(p: &HashMap<String, String>, with_step: bool) -> Result<MetricsReques
         end_ns,
         step_ns,
         max_series,
+        exemplars: if with_step { exemplars } else { 0 },
     })
 }
 
@@ -137,11 +141,13 @@ fn labels(ls: &[(String, LabelValue)]) -> Vec<KeyValue> {
         .map(|(k, v)| KeyValue {
             key: k.clone(),
             value: Some(AnyValue {
-                value: Some(match v {
-                    LabelValue::Str(s) => any_value::Value::StringValue(s.clone()),
-                    LabelValue::Int(i) => any_value::Value::IntValue(*i),
-                    LabelValue::Float(f) => any_value::Value::DoubleValue(*f),
-                }),
+                value: match v {
+                    LabelValue::Str(s) => Some(any_value::Value::StringValue(s.clone())),
+                    LabelValue::Int(i) => Some(any_value::Value::IntValue(*i)),
+                    LabelValue::Float(f) => Some(any_value::Value::DoubleValue(*f)),
+                    // nil: an empty value, as Tempo writes `compare()`'s totals.
+                    LabelValue::Nil => None,
+                },
             }),
             ..Default::default()
         })
@@ -175,10 +181,37 @@ pub fn range_json(r: &pb::QueryRangeResponse) -> Value {
                 .iter()
                 .map(|x| json!({"timestampMs": x.timestamp_ms.to_string(), "value": number(x.value)}))
                 .collect();
-            json!({"labels": kvs(&s.labels), "samples": samples})
+            let mut v = json!({"labels": kvs(&s.labels), "samples": samples});
+            if !s.exemplars.is_empty() {
+                v["exemplars"] = s
+                    .exemplars
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "labels": kvs(&e.labels),
+                            "value": number(e.value),
+                            "timestampMs": e.timestamp_ms.to_string(),
+                        })
+                    })
+                    .collect();
+            }
+            v
         })
         .collect();
-    json!({"series": series, "metrics": {}})
+    with_status(
+        json!({"series": series, "metrics": {}}),
+        r.status,
+        &r.message,
+    )
+}
+
+/// Tempo's `status` (`PARTIAL`) and `message` when an answer is incomplete.
+fn with_status(mut v: Value, status: i32, message: &str) -> Value {
+    if status != 0 {
+        v["status"] = json!("PARTIAL");
+        v["message"] = json!(message);
+    }
+    v
 }
 
 /// jsonpb of an instant answer.
@@ -188,7 +221,23 @@ pub fn instant_json(r: &pb::QueryInstantResponse) -> Value {
         .iter()
         .map(|s| json!({"labels": kvs(&s.labels), "value": number(s.value)}))
         .collect();
-    json!({"series": series, "metrics": {}})
+    with_status(
+        json!({"series": series, "metrics": {}}),
+        r.status,
+        &r.message,
+    )
+}
+
+/// What queries over assembled traces use: the trace service, the search budget and a
+/// deadline a fifth of the request's time before its 504.
+fn tracing_of(state: &AppState) -> metrics::Tracing<'_> {
+    let budget = std::time::Duration::from_secs(state.limits.request_timeout) * 4 / 5;
+    metrics::Tracing {
+        tracer: &state.tempo.tracer,
+        search: &state.search,
+        seed_window_s: state.tempo.cfg.zero_code_window as i64,
+        deadline: Some(std::time::Instant::now() + budget),
+    }
 }
 
 async fn query_range(
@@ -198,11 +247,13 @@ async fn query_range(
 ) -> Result<HttpResponse, ApiError> {
     let mreq = request(&p, true)?;
     let org = org_of(&req)?;
-    let series = metrics::query_range(state.store.as_ref(), org, &mreq)
+    let tracing = tracing_of(&state);
+    let answer = metrics::query_range(state.store.as_ref(), Some(&tracing), org, &mreq)
         .await
         .map_err(api_error)?;
     let resp = pb::QueryRangeResponse {
-        series: series
+        series: answer
+            .series
             .iter()
             .map(|s| pb::TimeSeries {
                 labels: labels(&s.labels),
@@ -215,12 +266,20 @@ async fn query_range(
                     })
                     .collect(),
                 prom_labels: String::new(),
-                exemplars: vec![],
+                exemplars: s
+                    .exemplars
+                    .iter()
+                    .map(|e| pb::Exemplar {
+                        labels: vec![crate::span::kv_str("trace:id", e.trace_id.clone())],
+                        value: e.value,
+                        timestamp_ms: e.timestamp_ms,
+                    })
+                    .collect(),
             })
             .collect(),
         metrics: Some(pb::SearchMetrics::default()),
-        status: 0,
-        message: String::new(),
+        status: i32::from(answer.partial.is_some()),
+        message: answer.partial.unwrap_or_default(),
     };
     Ok(negotiate(&req, &resp, || range_json(&resp).to_string()))
 }
@@ -232,11 +291,13 @@ async fn query_instant(
 ) -> Result<HttpResponse, ApiError> {
     let mreq = request(&p, false)?;
     let org = org_of(&req)?;
-    let series = metrics::query_instant(state.store.as_ref(), org, &mreq)
+    let tracing = tracing_of(&state);
+    let answer = metrics::query_instant(state.store.as_ref(), Some(&tracing), org, &mreq)
         .await
         .map_err(api_error)?;
     let resp = pb::QueryInstantResponse {
-        series: series
+        series: answer
+            .series
             .iter()
             .map(|(l, v)| pb::InstantSeries {
                 labels: labels(l),
@@ -245,8 +306,8 @@ async fn query_instant(
             })
             .collect(),
         metrics: Some(pb::SearchMetrics::default()),
-        status: 0,
-        message: String::new(),
+        status: i32::from(answer.partial.is_some()),
+        message: answer.partial.unwrap_or_default(),
     };
     Ok(negotiate(&req, &resp, || instant_json(&resp).to_string()))
 }

@@ -1,31 +1,48 @@
-//! TraceQL metrics (`/api/metrics/query_range`, `/api/metrics/query`): compiles a metrics
+//! TraceQL metrics (`/api/metrics/query_range`, `/api/metrics/query`): compiles each metrics
 //! query into ONE store [`Aggregation`] (count, min, max, sum per group and step bucket) and
-//! turns its rows into series, then applies `topk`/`bottomk` and sample comparisons in the
-//! process. Never reads spans row by row. Owns no HTTP and no SQL.
+//! turns its rows into series, then applies `topk`/`bottomk`, sample comparisons and the
+//! arithmetic between queries in the process. `compare()` is one aggregation per attribute and
+//! side. Never reads spans row by row; exemplars read at most `exemplars` rows by ID. Owns no
+//! HTTP and no SQL.
 //!
 //! Exactness: only span filters whose every condition maps exactly onto a store predicate are
-//! run (`{}`, `&&` of: `resource.service.name = "…"`, `status` `=`/`!=`, `duration` compared with a whole number
-//! of microseconds, mapped text columns `=`/`!=`, mapped integer columns compared with an
-//! integer). Anything else answers [`MetricsError::NotSupported`] naming the construct.
+//! run. The span model's keys (`name`, `status`, `kind`, `resource.service.name`, every span
+//! attribute DeepFlow's columns give and every OTel attribute) are computed in the store as
+//! `crate::span` computes them (`store::span_sql`), so `=`, `!=`, `<`, `>`, `= nil`, `!= nil`,
+//! `&&` and `||` on them are exact; `duration` compared with a whole number of microseconds
+//! too. Anything else (regular expressions, arithmetic in filters, structural intrinsics,
+//! resource attributes other than the service) answers [`MetricsError::NotSupported`] naming
+//! the construct.
 //!
 //! Span model for counting: one row is one span, but DeepFlow splits a call it could not pair
 //! into a request row (`type` 0) and a response row (`type` 1); a paired call is one session
 //! row (`type` 2). Metrics count sessions and requests, never responses, so each call counts
 //! once. A request-only row has no response, so its duration is 0.
 
+use super::search::{views, walk_traces, SearchConfig, Walk};
+use super::trace::{TraceService, TraceTiming};
 use crate::store::model::OrgId;
-use crate::store::{AggregateRow, Aggregation, Col, Filter, FlowStore, GroupKey, StoreError};
+use crate::store::span_sql::{DERIVED_SPAN_ATTRIBUTES, UNMAPPED_SPAN_ATTRIBUTES};
+use crate::store::{
+    AggregateRow, Aggregation, CmpOp, Col, Filter, FlowQuery, FlowStore, GroupKey, KeyValue,
+    StoreError,
+};
+use crate::traceql::eval::{Evaluator, SpanAttrs};
 use crate::traceql::plan;
 use crate::traceql::{
-    Attribute, BinaryOp, FieldExpr, Intrinsic, MetricsFunction, MetricsQuery, MetricsStage, Query,
-    RootExpr, Scope, SecondStageKind, SpansetExpr, Stage, Static,
+    Attribute, BinaryOp, FieldExpr, Intrinsic, MetricsExpr, MetricsFunction, MetricsQuery,
+    MetricsStage, Query, RootExpr, Scope, SecondStageKind, SpansetExpr, Stage, Static,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Most series one query may produce unless the request asks for fewer.
 pub const DEFAULT_MAX_SERIES: usize = 1000;
 /// Most samples per series (buckets in the window).
 pub const MAX_BUCKETS: i64 = 11_000;
+/// Exemplars per query when the request does not say (Tempo's default).
+pub const DEFAULT_EXEMPLARS: usize = 100;
+/// Most exemplars a request may ask for.
+pub const MAX_EXEMPLARS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -50,22 +67,38 @@ pub struct MetricsRequest {
     pub end_ns: i64,
     pub step_ns: i64,
     pub max_series: usize,
+    /// Most exemplars in the answer (0: none).
+    pub exemplars: usize,
 }
 
-/// A label value: text, an integer for integer columns, or a number.
+/// A label value: text, an integer for integer attributes, a number, or nil (the `*_total`
+/// series of `compare()`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LabelValue {
     Str(String),
     Int(i64),
     /// `p` of a quantile, `__bucket` of a histogram.
     Float(f64),
+    Nil,
 }
 
-/// One result series: labels and samples (`timestamp_ms`, value) on the step grid.
+/// A span that stands for a sample: its trace opens from Grafana's exemplar dot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    /// The trace ID search and trace by ID use (application trace id, else the zero-code ID
+    /// of the row, which opens the same assembled trace), lowercase hex without leading zeros.
+    pub trace_id: String,
+    pub timestamp_ms: i64,
+    /// The measured value (seconds for durations), NaN for counts.
+    pub value: f64,
+}
+
+/// One result series: labels, samples (`timestamp_ms`, value) on the step grid, exemplars.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     pub labels: Vec<(String, LabelValue)>,
     pub samples: Vec<(i64, f64)>,
+    pub exemplars: Vec<Exemplar>,
 }
 
 /// Tempo's default step for a range: about 240 samples, rounded down to 5 s, or for short
@@ -81,6 +114,20 @@ pub fn default_step_ns(start_ns: i64, end_ns: i64) -> i64 {
     (baseline / FIFTY_MS * FIFTY_MS).max(FIFTY_MS)
 }
 
+/// `buckets` steps of `step_us` from `start_us`.
+#[derive(Debug, Clone, Copy)]
+struct Grid {
+    start_us: i64,
+    step_us: i64,
+    buckets: i64,
+}
+
+impl Grid {
+    fn ts_ms(&self, b: i64) -> i64 {
+        (self.start_us + b * self.step_us).div_euclid(1000)
+    }
+}
+
 struct Plan<'a> {
     metrics: &'a MetricsQuery,
     filter: Filter,
@@ -92,30 +139,35 @@ fn not_supported(what: impl std::fmt::Display) -> MetricsError {
     MetricsError::NotSupported(what.to_string())
 }
 
-fn plan_query(query: &Query) -> Result<Plan<'_>, MetricsError> {
-    let m = match &query.root {
-        RootExpr::Metrics(m) => m,
-        RootExpr::MetricsMath(_) => {
-            return Err(not_supported("arithmetic between metrics queries"))
-        }
-        _ => {
-            return Err(MetricsError::BadQuery(
-                "invalid TraceQL query: not a metrics query (expected `{…} | rate()` or another metrics function)"
-                    .into(),
-            ))
-        }
-    };
+/// The metrics queries of a query: one, or the operands of its arithmetic.
+fn leaves(query: &Query) -> Result<Vec<&MetricsQuery>, MetricsError> {
+    match &query.root {
+        RootExpr::Metrics(m) => Ok(vec![m]),
+        RootExpr::MetricsMath(m) => Ok(m.expr.queries()),
+        _ => Err(MetricsError::BadQuery(
+            "invalid TraceQL query: not a metrics query (expected `{…} | rate()` or another metrics function)"
+                .into(),
+        )),
+    }
+}
+
+/// The exact store predicate of a spanset pipeline made of span filters (`{a} | {b}` keeps the
+/// spans that match both).
+fn pipeline_filter(m: &MetricsQuery) -> Result<Filter, MetricsError> {
     let mut filter = Filter::True;
-    match m.pipeline.stages.as_slice() {
-        [] => {}
-        [Stage::Spanset(SpansetExpr::Filter(f))] => filter = exact(&f.expr)?,
-        [Stage::Spanset(e @ SpansetExpr::Op { .. })] => return Err(not_supported(e)),
-        stages => {
-            let names: Vec<String> = stages.iter().map(|s| s.to_string()).collect();
-            return Err(not_supported(format!("pipeline {}", names.join(" | "))));
+    for stage in &m.pipeline.stages {
+        match stage {
+            Stage::Spanset(SpansetExpr::Filter(f)) => filter = filter.and(exact(&f.expr)?),
+            Stage::Spanset(e @ SpansetExpr::Op { .. }) => return Err(not_supported(e)),
+            other => return Err(not_supported(format!("pipeline stage {other}"))),
         }
     }
-    let filter = Filter::IntIn(Col::Type, vec![0, 2]).and(filter);
+    // The span model for counting: sessions and requests, never responses.
+    Ok(Filter::IntIn(Col::Type, vec![0, 2]).and(filter))
+}
+
+fn plan_query(m: &MetricsQuery) -> Result<Plan<'_>, MetricsError> {
+    let filter = pipeline_filter(m)?;
     let mut by = Vec::new();
     for a in &m.first_stage.by {
         let (key, int) = group_key(a).ok_or_else(|| not_supported(format!("by({a})")))?;
@@ -129,7 +181,15 @@ fn plan_query(query: &Query) -> Result<Plan<'_>, MetricsError> {
         | MetricsFunction::SumOverTime(a)
         | MetricsFunction::QuantileOverTime(a, _)
         | MetricsFunction::HistogramOverTime(a) => Some(value_column(a)?),
-        other => return Err(not_supported(format!("{}()", other.name()))),
+        MetricsFunction::Compare { selection, .. } => {
+            exact(&selection.expr)?;
+            if !by.is_empty() {
+                return Err(MetricsError::BadQuery(
+                    "compare() does not take by(); it compares every attribute".into(),
+                ));
+            }
+            None
+        }
     };
     Ok(Plan {
         metrics: m,
@@ -139,16 +199,8 @@ fn plan_query(query: &Query) -> Result<Plan<'_>, MetricsError> {
     })
 }
 
-/// The search planner's text column for an attribute name, only where the mapping holds for
-/// every row: DeepFlow's own columns (`deepflow.*`). OTel-convention names (`http.method`,
-/// `db.operation`…) map to a column only for some protocols, so they are not exact here.
-fn text_column(name: &str) -> Option<Col> {
-    name.starts_with("deepflow.")
-        .then(|| plan::text_column(name))
-        .flatten()
-}
-
-/// As [`text_column`], for integer columns (`server.port` is `server_port` on every row).
+/// The search planner's integer column for an attribute name where the mapping holds for
+/// every row (`server.port` is `server_port` on every row; DeepFlow's own columns).
 fn int_column(name: &str) -> Option<Col> {
     (name.starts_with("deepflow.") || name == "server.port")
         .then(|| plan::int_column(name))
@@ -170,11 +222,31 @@ fn value_column(a: &Attribute) -> Result<(Col, f64), MetricsError> {
     }
 }
 
-/// The store key of a `by()` attribute, and whether its values are integers.
+/// Resource attributes the span model gives besides the service (`crate::span::Resource`);
+/// they come from DeepFlow's name tables and are not expressed in the store's SQL.
+const RESOURCE_KEYS: &[&str] = &[
+    "service.instance.id",
+    "k8s.pod.name",
+    "k8s.node.name",
+    "host.name",
+    "process.pid",
+    "process.executable.name",
+    "deepflow.agent_id",
+];
+
+/// The span-model key of an attribute, and whether its values are integers; `None` where the
+/// store cannot compute it exactly.
 fn group_key(a: &Attribute) -> Option<(GroupKey, bool)> {
+    let derived = |name: &str| {
+        DERIVED_SPAN_ATTRIBUTES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, int)| *int)
+    };
     match a {
         Attribute::Intrinsic(Intrinsic::Name) => Some((GroupKey::SpanName, false)),
         Attribute::Intrinsic(Intrinsic::Status) => Some((GroupKey::Status, false)),
+        Attribute::Intrinsic(Intrinsic::Kind) => Some((GroupKey::Kind, false)),
         Attribute::Scoped {
             scope,
             parent: false,
@@ -183,126 +255,205 @@ fn group_key(a: &Attribute) -> Option<(GroupKey, bool)> {
             if name == "service.name" && matches!(scope, Scope::Resource | Scope::None) {
                 return Some((GroupKey::Service, false));
             }
-            if !matches!(scope, Scope::Span | Scope::None) {
+            if UNMAPPED_SPAN_ATTRIBUTES.contains(&name.as_str()) {
                 return None;
             }
-            text_column(name)
-                .map(|c| (GroupKey::Column(c), false))
-                .or_else(|| int_column(name).map(|c| (GroupKey::Column(c), true)))
+            match scope {
+                // A resource attribute the resource does not have is the row's OTel attribute.
+                Scope::Resource => (derived(name).is_none()
+                    && !RESOURCE_KEYS.contains(&name.as_str()))
+                .then(|| (GroupKey::SpanAttr(name.clone()), false)),
+                Scope::Span => Some((
+                    GroupKey::SpanAttr(name.clone()),
+                    derived(name).unwrap_or(false),
+                )),
+                // Unscoped: span, then the OTel attribute, then the resource.
+                Scope::None => (!RESOURCE_KEYS.contains(&name.as_str())).then(|| {
+                    (
+                        GroupKey::SpanAttr(name.clone()),
+                        derived(name).unwrap_or(false),
+                    )
+                }),
+                _ => None,
+            }
         }
         _ => None,
     }
 }
 
-fn cmp(op: BinaryOp) -> Option<crate::store::CmpOp> {
-    use crate::store::CmpOp as C;
+fn cmp(op: BinaryOp) -> Option<CmpOp> {
     Some(match op {
-        BinaryOp::Eq => C::Eq,
-        BinaryOp::Neq => C::Neq,
-        BinaryOp::Lt => C::Lt,
-        BinaryOp::Lte => C::Lte,
-        BinaryOp::Gt => C::Gt,
-        BinaryOp::Gte => C::Gte,
+        BinaryOp::Eq => CmpOp::Eq,
+        BinaryOp::Neq => CmpOp::Neq,
+        BinaryOp::Lt => CmpOp::Lt,
+        BinaryOp::Lte => CmpOp::Lte,
+        BinaryOp::Gt => CmpOp::Gt,
+        BinaryOp::Gte => CmpOp::Gte,
         _ => return None,
     })
+}
+
+/// `a op b` read as `b op' a`.
+fn flip(op: CmpOp) -> CmpOp {
+    match op {
+        CmpOp::Lt => CmpOp::Gt,
+        CmpOp::Lte => CmpOp::Gte,
+        CmpOp::Gt => CmpOp::Lt,
+        CmpOp::Gte => CmpOp::Lte,
+        o => o,
+    }
 }
 
 /// The exact store predicate of a span filter expression, or the construct that has none.
 fn exact(e: &FieldExpr) -> Result<Filter, MetricsError> {
     match e {
         FieldExpr::Static(Static::Bool(true)) => Ok(Filter::True),
+        FieldExpr::Static(Static::Bool(false)) => Ok(Filter::False),
         FieldExpr::Binary {
             op: BinaryOp::And,
             lhs,
             rhs,
             ..
         } => Ok(exact(lhs)?.and(exact(rhs)?)),
+        FieldExpr::Binary {
+            op: BinaryOp::Or,
+            lhs,
+            rhs,
+            ..
+        } => Ok(Filter::Or(vec![exact(lhs)?, exact(rhs)?])),
+        FieldExpr::Unary {
+            op: crate::traceql::UnaryOp::Exists,
+            expr,
+            ..
+        } => match &**expr {
+            FieldExpr::Attribute(a) => {
+                condition(a, CmpOp::Neq, &Static::Nil).ok_or_else(|| not_supported(e))
+            }
+            _ => Err(not_supported(e)),
+        },
         FieldExpr::Binary { op, lhs, rhs, .. } => {
-            let (FieldExpr::Attribute(a), FieldExpr::Static(s), Some(c)) =
-                (&**lhs, &**rhs, cmp(*op))
-            else {
-                return Err(not_supported(e));
+            let found = match (&**lhs, &**rhs, cmp(*op)) {
+                (FieldExpr::Attribute(a), FieldExpr::Static(s), Some(c)) => condition(a, c, s),
+                (FieldExpr::Static(s), FieldExpr::Attribute(a), Some(c)) => {
+                    condition(a, flip(c), s)
+                }
+                _ => None,
             };
-            condition(a, c, s).ok_or_else(|| not_supported(e))
+            found.ok_or_else(|| not_supported(e))
         }
         _ => Err(not_supported(e)),
     }
 }
 
-fn condition(a: &Attribute, c: crate::store::CmpOp, s: &Static) -> Option<Filter> {
-    use crate::store::CmpOp;
+fn condition(a: &Attribute, c: CmpOp, s: &Static) -> Option<Filter> {
     match (a, s) {
         (Attribute::Intrinsic(Intrinsic::Status), Static::Status(st)) => {
-            // The span model's status (src/span.rs `span_status`) from `response_status`.
-            use crate::store::model::response_status as rs;
-            let error = || {
-                Filter::IntIn(
-                    Col::ResponseStatus,
-                    vec![
-                        rs::TIMEOUT.into(),
-                        rs::SERVER_ERROR.into(),
-                        rs::CLIENT_ERROR.into(),
-                    ],
-                )
-            };
-            let ok = || Filter::IntIn(Col::ResponseStatus, vec![rs::SUCCESS.into()]);
-            let is = match st {
-                crate::traceql::Status::Error => error(),
-                crate::traceql::Status::Ok => ok(),
-                crate::traceql::Status::Unset => {
-                    Filter::Not(Box::new(Filter::Or(vec![ok(), error()])))
-                }
-            };
+            let is = Filter::KeyCmp(
+                GroupKey::Status,
+                CmpOp::Eq,
+                KeyValue::Str(st.as_str().to_string()),
+            );
             match c {
                 CmpOp::Eq => Some(is),
                 CmpOp::Neq => Some(Filter::Not(Box::new(is))),
                 _ => None,
             }
         }
+        (Attribute::Intrinsic(Intrinsic::Kind), Static::Kind(k)) => {
+            matches!(c, CmpOp::Eq | CmpOp::Neq)
+                .then(|| Filter::KeyCmp(GroupKey::Kind, c, KeyValue::Str(k.as_str().to_string())))
+        }
         (Attribute::Intrinsic(Intrinsic::Duration), Static::Duration(ns)) if ns % 1000 == 0 => {
             Some(Filter::IntCmp(Col::ResponseDuration, c, ns / 1000))
         }
-        (
-            Attribute::Scoped {
-                scope,
-                parent: false,
-                name,
-            },
-            Static::String(v),
-        ) => {
-            if name == "service.name" && matches!(scope, Scope::Resource | Scope::None) {
-                return (c == CmpOp::Eq).then(|| Filter::ServiceIn(vec![v.clone()]));
+        (a, Static::Nil) => {
+            let (key, _) = group_key(a)?;
+            let present = match key {
+                GroupKey::SpanAttr(_) => {
+                    Filter::KeyCmp(key, CmpOp::Neq, KeyValue::Str(String::new()))
+                }
+                // The intrinsics and the service name are always there.
+                _ => Filter::True,
+            };
+            match c {
+                CmpOp::Neq => Some(present),
+                CmpOp::Eq => Some(Filter::Not(Box::new(present))),
+                _ => None,
             }
-            if !matches!(scope, Scope::Span | Scope::None) {
-                return None;
-            }
-            let col = text_column(name)?;
-            matches!(c, CmpOp::Eq | CmpOp::Neq).then(|| Filter::StrCmp(col, c, v.clone()))
         }
-        (
-            Attribute::Scoped {
-                scope: Scope::Span | Scope::None,
-                parent: false,
-                name,
-            },
-            Static::Int(v),
-        ) => int_column(name).map(|col| Filter::IntCmp(col, c, *v)),
+        (a, Static::String(v)) => {
+            let (key, int) = group_key(a)?;
+            (!int).then(|| Filter::KeyCmp(key, c, KeyValue::Str(v.clone())))
+        }
+        (a, Static::Int(v)) => {
+            let (key, int) = group_key(a)?;
+            int.then_some(Filter::KeyCmp(key, c, KeyValue::Int(*v)))
+        }
         _ => None,
     }
 }
 
-/// Checks the query can be answered, without running it.
-pub fn check(query: &Query) -> Result<(), MetricsError> {
-    plan_query(query).map(|_| ())
+/// What a metrics query may use to assemble traces, for the queries whose filters need the
+/// trace (structural intrinsics such as `nestedSetParent`, trace intrinsics, structural
+/// operators, spanset pipelines) or that the store cannot compute exactly: the traces of the
+/// range are assembled as search assembles them and the query is evaluated on each, the
+/// matching spans counted in the process. Bounded by the search budget and the deadline; an
+/// answer that could not see every trace says so ([`Answer::partial`]).
+pub struct Tracing<'a> {
+    pub tracer: &'a TraceService,
+    pub search: &'a SearchConfig,
+    pub seed_window_s: i64,
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// A metrics answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer<T> {
+    pub series: Vec<T>,
+    /// Why the figures may be incomplete (the trace walk ran out of budget).
+    pub partial: Option<String>,
+}
+
+/// How one metrics query is computed.
+enum Route<'a> {
+    /// One aggregation in the store.
+    Store(Plan<'a>),
+    /// Over assembled traces.
+    Traced(&'a MetricsQuery),
+}
+
+fn route(m: &MetricsQuery, traced: bool) -> Result<Route<'_>, MetricsError> {
+    match plan_query(m) {
+        Ok(p) => Ok(Route::Store(p)),
+        Err(MetricsError::NotSupported(why))
+            if traced && !matches!(m.first_stage.func, MetricsFunction::Compare { .. }) =>
+        {
+            Evaluator::new(&m.pipeline.spanset_filters())
+                .map_err(MetricsError::BadQuery)
+                .map(|_| Route::Traced(m))
+                .map_err(|_| MetricsError::NotSupported(why))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks the query can be answered, without running it (`traced`: whether queries that need
+/// assembled traces may run).
+pub fn check(query: &Query, traced: bool) -> Result<(), MetricsError> {
+    for m in leaves(query)? {
+        route(m, traced)?;
+    }
+    Ok(())
 }
 
 /// Runs a range query: one sample per step from the window's start aligned down to the step.
 pub async fn query_range(
     store: &dyn FlowStore,
+    tracing: Option<&Tracing<'_>>,
     org: OrgId,
     req: &MetricsRequest,
-) -> Result<Vec<Series>, MetricsError> {
-    let plan = plan_query(&req.query)?;
+) -> Result<Answer<Series>, MetricsError> {
+    check(&req.query, tracing.is_some())?;
     if req.step_ns <= 0 || req.end_ns <= req.start_ns {
         return Err(MetricsError::BadQuery(
             "invalid range: end must be after start and step positive".into(),
@@ -318,25 +469,22 @@ pub async fn query_range(
             "step too small: the range holds {buckets} steps, at most {MAX_BUCKETS} are allowed"
         )));
     }
-    run(
-        store,
-        org,
-        &plan,
+    let grid = Grid {
         start_us,
         step_us,
         buckets,
-        req.max_series,
-    )
-    .await
+    };
+    evaluate(store, tracing, org, req, grid).await
 }
 
 /// An instant query: the range `[start, end)` as one step; one value per series.
 pub async fn query_instant(
     store: &dyn FlowStore,
+    tracing: Option<&Tracing<'_>>,
     org: OrgId,
     req: &MetricsRequest,
-) -> Result<Vec<(Vec<(String, LabelValue)>, f64)>, MetricsError> {
-    let plan = plan_query(&req.query)?;
+) -> Result<Answer<(Vec<(String, LabelValue)>, f64)>, MetricsError> {
+    check(&req.query, tracing.is_some())?;
     let start_us = req.start_ns.div_euclid(1000);
     let span_us = req.end_ns.div_euclid(1000) - start_us;
     if span_us <= 0 {
@@ -344,69 +492,448 @@ pub async fn query_instant(
             "invalid range: end must be after start".into(),
         ));
     }
-    let series = run(store, org, &plan, start_us, span_us, 1, req.max_series).await?;
-    Ok(series
-        .into_iter()
-        .filter_map(|s| s.samples.first().map(|&(_, v)| (s.labels, v)))
-        .collect())
+    let grid = Grid {
+        start_us,
+        step_us: span_us,
+        buckets: 1,
+    };
+    let answer = evaluate(store, tracing, org, req, grid).await?;
+    Ok(Answer {
+        series: answer
+            .series
+            .into_iter()
+            .filter_map(|s| s.samples.first().map(|&(_, v)| (s.labels, v)))
+            .collect(),
+        partial: answer.partial,
+    })
 }
 
-/// One aggregation over `buckets` steps of `step_us` from `start_us`, then the second stages.
+/// Every metrics query of the request (run together), then the arithmetic between them.
+async fn evaluate(
+    store: &dyn FlowStore,
+    tracing: Option<&Tracing<'_>>,
+    org: OrgId,
+    req: &MetricsRequest,
+    grid: Grid,
+) -> Result<Answer<Series>, MetricsError> {
+    let queries = leaves(&req.query)?;
+    // Exemplars are shared out between the operands.
+    let exemplars = req.exemplars / queries.len().max(1);
+    let results = futures::future::try_join_all(queries.iter().map(|m| async move {
+        match route(m, tracing.is_some())? {
+            Route::Store(plan) => match &m.first_stage.func {
+                MetricsFunction::Compare { .. } => {
+                    Ok((compare(store, org, &plan, grid).await?, None))
+                }
+                _ => Ok((
+                    run(store, org, &plan, grid, req.max_series, exemplars).await?,
+                    None,
+                )),
+            },
+            Route::Traced(m) => match tracing {
+                Some(t) => run_traced(t, org, m, grid, req.max_series, exemplars).await,
+                None => Err(not_supported(m)),
+            },
+        }
+    }))
+    .await?;
+    let partial = results.iter().find_map(|(_, p)| p.clone());
+    let results = results.into_iter().map(|(s, _)| s);
+    let series = match &req.query.root {
+        RootExpr::MetricsMath(math) => {
+            let mut results = results;
+            let mut series = match arithmetic(&math.expr, &mut results) {
+                Operand::Series(s) => s,
+                Operand::Scalar(_) => Vec::new(),
+            };
+            if let Some(f) = &math.filter {
+                for s in &mut series {
+                    s.samples.retain(|(_, v)| f.keeps(*v));
+                }
+            }
+            series.retain(|s| !s.samples.is_empty());
+            series
+        }
+        _ => results.into_iter().next().unwrap_or_default(),
+    };
+    if series.len() > req.max_series {
+        return Err(MetricsError::TooManySeries(req.max_series));
+    }
+    Ok(Answer { series, partial })
+}
+
+/// The smallest `k` with `v <= floor(2^k / d)`: the store's log2 bucket (see
+/// `Aggregation::log2`), for values measured in the process.
+fn log2_bucket(v: f64, d: i64) -> i64 {
+    let d = d.max(1) as u64;
+    (0..63)
+        .find(|&k| v <= ((1u64 << k) / d) as f64)
+        .map_or(63, |k| k as i64)
+}
+
+/// A metrics query over the assembled traces of the range: every span a trace's pipeline
+/// matches (requests and sessions, as the store counts) whose start lies in the grid.
+async fn run_traced(
+    t: &Tracing<'_>,
+    org: OrgId,
+    m: &MetricsQuery,
+    grid: Grid,
+    max_series: usize,
+    exemplars: usize,
+) -> Result<(Vec<Series>, Option<String>), MetricsError> {
+    let filters = m.pipeline.spanset_filters();
+    let ev = Evaluator::new(&filters).map_err(MetricsError::BadQuery)?;
+    let end_us = grid.start_us + grid.buckets * grid.step_us;
+    let walk = Walk {
+        filter: plan::plan_filters(&filters),
+        start_s: grid.start_us.div_euclid(1_000_000),
+        end_s: (end_us + 999_999).div_euclid(1_000_000),
+        want: None,
+        deadline: t.deadline,
+        seed_window_s: t.seed_window_s,
+    };
+    let func = &m.first_stage.func;
+    let measured = func.attribute();
+    // Durations are counted in µs like the store's, bucketed in powers of two of ns.
+    let duration =
+        measured.is_some_and(|a| a.static_type() == crate::traceql::StaticType::Duration);
+    let (scale, bucket_unit, divisor) = if duration {
+        (1e-6, 1e-9, 1000)
+    } else {
+        (1.0, 1.0, 1)
+    };
+    let log2 = is_log2(func);
+    let mut rows: HashMap<(Vec<String>, i64, i64), AggregateRow> = HashMap::new();
+    let mut labels_of: HashMap<Vec<String>, Vec<(String, LabelValue)>> = HashMap::new();
+    let mut exemplar_of: HashMap<u64, Exemplar> = HashMap::new();
+    let mut timing = TraceTiming::default();
+    let stats = walk_traces(t.tracer, org, &walk, t.search, &mut timing, |found| {
+        let (spans, parents) = views(&found.result.spans, &found.ctx);
+        let (sets, _) = super::pipeline::run_pipeline(&m.pipeline.stages, &ev, &spans, &parents)?;
+        let matched: BTreeSet<usize> = sets.iter().flat_map(|s| s.rows.iter().copied()).collect();
+        for &i in &matched {
+            let view = &spans[i];
+            let r = view.facts.record;
+            if r.r#type == 1 || r.start_time_us < grid.start_us || r.start_time_us >= end_us {
+                continue;
+            }
+            let value = match measured {
+                None => 0.0,
+                Some(a) => match view.attr(a) {
+                    Some(Static::Duration(ns)) if duration => ns as f64 / 1000.0,
+                    Some(Static::Int(v)) if !duration => v as f64,
+                    Some(Static::Float(v)) if !duration => v,
+                    _ => continue,
+                },
+            };
+            let mut group = Vec::with_capacity(m.first_stage.by.len());
+            let mut labels = Vec::with_capacity(m.first_stage.by.len());
+            for a in &m.first_stage.by {
+                let (text, label) = match view.attr(a) {
+                    None | Some(Static::Nil) => ("\u{0}nil".to_string(), LabelValue::Nil),
+                    Some(Static::Int(v)) => (v.to_string(), LabelValue::Int(v)),
+                    Some(Static::Float(v)) => (v.to_string(), LabelValue::Float(v)),
+                    Some(Static::String(v)) => (v.clone(), LabelValue::Str(v)),
+                    Some(other) => {
+                        let v = other.to_string();
+                        (v.clone(), LabelValue::Str(v))
+                    }
+                };
+                group.push(text);
+                labels.push((a.to_string(), label));
+            }
+            labels_of.entry(group.clone()).or_insert(labels);
+            let bucket = (r.start_time_us - grid.start_us) / grid.step_us;
+            let k = if log2 { log2_bucket(value, divisor) } else { 0 };
+            let id = r._id;
+            let row = rows
+                .entry((group.clone(), bucket, k))
+                .or_insert_with(|| AggregateRow {
+                    group,
+                    bucket,
+                    log2: k,
+                    count: 0,
+                    min: f64::INFINITY,
+                    max: f64::NEG_INFINITY,
+                    sum: 0.0,
+                    last_id: 0,
+                });
+            row.count += 1;
+            row.min = row.min.min(value);
+            row.max = row.max.max(value);
+            row.sum += value;
+            if exemplars > 0 && id > row.last_id {
+                row.last_id = id;
+                exemplar_of.insert(
+                    id,
+                    Exemplar {
+                        trace_id: found.id.to_trimmed_hex(),
+                        timestamp_ms: r.start_time_us.div_euclid(1000),
+                        value: if measured.is_some()
+                            && !matches!(func, MetricsFunction::HistogramOverTime(_))
+                        {
+                            value * scale
+                        } else {
+                            f64::NAN
+                        },
+                    },
+                );
+            }
+        }
+        Ok(!matched.is_empty())
+    })
+    .await
+    .map_err(|e| match e {
+        super::search::SearchError::NotSupported(n) => MetricsError::NotSupported(n.0),
+        super::search::SearchError::BadQuery(b) => MetricsError::BadQuery(b),
+        super::search::SearchError::Service(s) => match s {
+            super::trace::ServiceError::Store(e) => MetricsError::Store(e),
+            other => MetricsError::BadQuery(other.to_string()),
+        },
+    })?;
+    let shape = Shape {
+        query: m,
+        scale,
+        bucket_unit,
+    };
+    let (mut series, last_ids) = build(
+        &shape,
+        rows.into_values().collect(),
+        grid,
+        max_series,
+        |g| labels_of.get(g).cloned().unwrap_or_default(),
+    )?;
+    for (i, id) in pick_exemplars(&last_ids, exemplars) {
+        if let Some(e) = exemplar_of.get(&id) {
+            series[i].exemplars.push(e.clone());
+        }
+    }
+    let partial = (!stats.complete).then(|| {
+        format!(
+            "partial result: computed over the {} traces assembled before the search budget \
+             (search.max_rows, search.max_traces or the request deadline) ran out",
+            stats.traces
+        )
+    });
+    Ok((second_stages(m, series), partial))
+}
+
+/// Up to `max` of the exemplar candidates, spread evenly over the series and their buckets:
+/// (series position, row `_id`).
+fn pick_exemplars(last_ids: &[Vec<u64>], max: usize) -> Vec<(usize, u64)> {
+    let total: usize = last_ids.iter().map(Vec::len).sum();
+    if total == 0 || max == 0 {
+        return vec![];
+    }
+    let stride = total.div_ceil(max).max(1);
+    let mut wanted = Vec::new();
+    let mut n = 0usize;
+    for (i, ids) in last_ids.iter().enumerate() {
+        for &id in ids {
+            if n.is_multiple_of(stride) && wanted.len() < max {
+                wanted.push((i, id));
+            }
+            n += 1;
+        }
+    }
+    wanted
+}
+
+/// A value of metrics arithmetic.
+enum Operand {
+    Series(Vec<Series>),
+    Scalar(f64),
+}
+
+/// Combines the operands' results as the expression says, taking query results in order. Series
+/// pair when their labels are equal; a side with one unlabelled series pairs with every series
+/// of the other; unpaired series are dropped. Samples pair by timestamp (a missing or NaN
+/// value counts as 0); division by zero gives NaN.
+fn arithmetic(e: &MetricsExpr, results: &mut impl Iterator<Item = Vec<Series>>) -> Operand {
+    match e {
+        MetricsExpr::Query(_) => Operand::Series(results.next().unwrap_or_default()),
+        MetricsExpr::Scalar(s) => Operand::Scalar(s.as_f64().unwrap_or(f64::NAN)),
+        MetricsExpr::Op { op, lhs, rhs, .. } => {
+            let (l, r) = (arithmetic(lhs, results), arithmetic(rhs, results));
+            let apply = |a: f64, b: f64| {
+                let (a, b) = (
+                    if a.is_nan() { 0.0 } else { a },
+                    if b.is_nan() { 0.0 } else { b },
+                );
+                match op {
+                    BinaryOp::Add => a + b,
+                    BinaryOp::Sub => a - b,
+                    BinaryOp::Mul => a * b,
+                    BinaryOp::Div if b == 0.0 => f64::NAN,
+                    BinaryOp::Div => a / b,
+                    _ => f64::NAN,
+                }
+            };
+            let scale = |mut s: Vec<Series>, f: &dyn Fn(f64) -> f64| {
+                for x in &mut s {
+                    for (_, v) in &mut x.samples {
+                        *v = f(*v);
+                    }
+                }
+                s
+            };
+            match (l, r) {
+                (Operand::Scalar(a), Operand::Scalar(b)) => Operand::Scalar(apply(a, b)),
+                (Operand::Series(s), Operand::Scalar(b)) => {
+                    Operand::Series(scale(s, &|v| apply(v, b)))
+                }
+                (Operand::Scalar(a), Operand::Series(s)) => {
+                    Operand::Series(scale(s, &|v| apply(a, v)))
+                }
+                (Operand::Series(ls), Operand::Series(rs)) => {
+                    let lone = |s: &[Series]| s.len() == 1 && s[0].labels.is_empty();
+                    let mut out = Vec::new();
+                    for l in &ls {
+                        for r in &rs {
+                            if l.labels != r.labels && !lone(&ls) && !lone(&rs) {
+                                continue;
+                            }
+                            let labels = if l.labels.is_empty() {
+                                r.labels.clone()
+                            } else {
+                                l.labels.clone()
+                            };
+                            let lv: BTreeMap<i64, f64> = l.samples.iter().copied().collect();
+                            let rv: BTreeMap<i64, f64> = r.samples.iter().copied().collect();
+                            let stamps: std::collections::BTreeSet<i64> =
+                                lv.keys().chain(rv.keys()).copied().collect();
+                            let samples = stamps
+                                .into_iter()
+                                .map(|t| {
+                                    let a = lv.get(&t).copied().unwrap_or(0.0);
+                                    let b = rv.get(&t).copied().unwrap_or(0.0);
+                                    (t, apply(a, b))
+                                })
+                                .collect();
+                            let mut exemplars = l.exemplars.clone();
+                            exemplars.extend(r.exemplars.iter().cloned());
+                            out.push(Series {
+                                labels,
+                                samples,
+                                exemplars,
+                            });
+                        }
+                    }
+                    Operand::Series(out)
+                }
+            }
+        }
+    }
+}
+
+/// One aggregation over the grid, then the second stages and the exemplars.
 async fn run(
     store: &dyn FlowStore,
     org: OrgId,
     plan: &Plan<'_>,
-    start_us: i64,
-    step_us: i64,
-    buckets: i64,
+    grid: Grid,
     max_series: usize,
+    exemplars: usize,
 ) -> Result<Vec<Series>, MetricsError> {
     let func = &plan.metrics.first_stage.func;
-    let log2 = matches!(
-        func,
-        MetricsFunction::QuantileOverTime(..) | MetricsFunction::HistogramOverTime(_)
-    );
+    let log2 = is_log2(func);
     // Durations are µs in the store and log2 buckets are powers of two in ns (reported in
     // seconds); other columns are bucketed on their own values.
-    let (divisor, bucket_unit) = match plan.value {
-        Some((Col::ResponseDuration, _)) => (1000, 1e-9),
-        _ => (1, 1.0),
+    let divisor = match plan.value {
+        Some((Col::ResponseDuration, _)) => 1000,
+        _ => 1,
     };
+    let Grid {
+        start_us,
+        step_us,
+        buckets,
+    } = grid;
     let agg = Aggregation {
         filter: plan.filter.clone(),
         start_us,
         end_us: start_us + buckets * step_us,
         step_us,
-        by: plan.by.iter().map(|(_, k, _)| *k).collect(),
+        by: plan.by.iter().map(|(_, k, _)| k.clone()).collect(),
         value: plan.value.map(|(c, _)| c),
         log2: log2.then_some(divisor),
         max_rows: (max_series as u64 + 1)
             .saturating_mul(buckets as u64)
             .saturating_mul(if log2 { 64 } else { 1 }),
+        exemplars: exemplars > 0,
     };
     tracing::debug!(filter = %agg.filter, buckets, step_us, "metrics aggregation");
     let rows = store.aggregate(org, &agg).await?;
+    let shape = Shape {
+        query: plan.metrics,
+        scale: plan.value.map_or(1.0, |(_, f)| f),
+        bucket_unit: if divisor == 1000 { 1e-9 } else { 1.0 },
+    };
+    let (mut series, last_ids) = build(&shape, rows, grid, max_series, |group| {
+        plan.by
+            .iter()
+            .zip(group)
+            .map(|((name, _, int), v)| (name.clone(), label_value(v.clone(), *int)))
+            .collect()
+    })?;
+    if exemplars > 0 {
+        attach_exemplars(store, org, plan, &agg, &mut series, &last_ids, exemplars).await?;
+    }
+    Ok(second_stages(plan.metrics, series))
+}
+
+fn is_log2(func: &MetricsFunction) -> bool {
+    matches!(
+        func,
+        MetricsFunction::QuantileOverTime(..) | MetricsFunction::HistogramOverTime(_)
+    )
+}
+
+/// How a query's aggregate rows become series.
+struct Shape<'a> {
+    query: &'a MetricsQuery,
+    /// Store unit → reported unit of the measured value.
+    scale: f64,
+    /// Unit of the log2 buckets' bounds (1 ns for durations, reported in seconds).
+    bucket_unit: f64,
+}
+
+/// Series from aggregate rows (groups in label order), and per series the latest row of each
+/// bucket (exemplar candidates).
+#[allow(clippy::type_complexity)]
+fn build(
+    shape: &Shape<'_>,
+    rows: Vec<AggregateRow>,
+    grid: Grid,
+    max_series: usize,
+    labels_of: impl Fn(&[String]) -> Vec<(String, LabelValue)>,
+) -> Result<(Vec<Series>, Vec<Vec<u64>>), MetricsError> {
+    let func = &shape.query.first_stage.func;
+    let buckets = grid.buckets;
     let mut groups: BTreeMap<Vec<String>, Vec<AggregateRow>> = BTreeMap::new();
     for r in rows {
         groups.entry(r.group.clone()).or_default().push(r);
     }
-    let step_s = step_us as f64 / 1e6;
-    let scale = plan.value.map_or(1.0, |(_, f)| f);
-    let ts_ms = |b: i64| (start_us + b * step_us).div_euclid(1000);
+    let step_s = grid.step_us as f64 / 1e6;
+    let scale = shape.scale;
+    let ts_ms = |b: i64| grid.ts_ms(b);
     let mut series: Vec<Series> = Vec::new();
+    let mut last_ids: Vec<Vec<u64>> = Vec::new();
     for (group, rows) in groups {
-        let labels: Vec<(String, LabelValue)> = plan
-            .by
-            .iter()
-            .zip(group)
-            .map(|((name, _, int), v)| {
-                let v = match int.then(|| v.parse::<i64>().ok()).flatten() {
-                    Some(i) => LabelValue::Int(i),
-                    None => LabelValue::Str(v),
-                };
-                (name.clone(), v)
-            })
-            .collect();
+        let labels = labels_of(&group);
+        let mut by_bucket_last: BTreeMap<i64, u64> = BTreeMap::new();
+        for r in &rows {
+            let e = by_bucket_last.entry(r.bucket).or_default();
+            *e = (*e).max(r.last_id);
+        }
+        let candidates: Vec<u64> = by_bucket_last.into_values().filter(|&i| i != 0).collect();
+        let mut push = |labels, samples| {
+            series.push(Series {
+                labels,
+                samples,
+                exemplars: vec![],
+            });
+            last_ids.push(candidates.clone());
+        };
         match func {
             MetricsFunction::HistogramOverTime(_) => {
                 let mut by_k: BTreeMap<i64, BTreeMap<i64, u64>> = BTreeMap::new();
@@ -415,12 +942,12 @@ async fn run(
                 }
                 for (k, counts) in by_k {
                     let mut l = labels.clone();
-                    let upper = 2f64.powi(k as i32) * bucket_unit;
+                    let upper = 2f64.powi(k as i32) * shape.bucket_unit;
                     l.push(("__bucket".to_string(), LabelValue::Float(upper)));
                     let samples = (0..buckets)
                         .map(|b| (ts_ms(b), counts.get(&b).copied().unwrap_or(0) as f64))
                         .collect();
-                    series.push(Series { labels: l, samples });
+                    push(l, samples);
                 }
             }
             MetricsFunction::QuantileOverTime(_, qs) => {
@@ -435,14 +962,27 @@ async fn run(
                         .iter()
                         .map(|(b, rs)| (ts_ms(*b), log2_quantile(rs, q) * scale))
                         .collect();
-                    series.push(Series { labels: l, samples });
+                    push(l, samples);
                 }
             }
             _ => {
                 let zero_filled =
                     matches!(func, MetricsFunction::Rate | MetricsFunction::CountOverTime);
-                let by_bucket: BTreeMap<i64, &AggregateRow> =
-                    rows.iter().map(|r| (r.bucket, r)).collect();
+                let mut by_bucket: BTreeMap<i64, AggregateRow> = BTreeMap::new();
+                for r in rows {
+                    match by_bucket.get_mut(&r.bucket) {
+                        // One row per bucket from the store; the traced path may give several.
+                        Some(a) => {
+                            a.count += r.count;
+                            a.min = a.min.min(r.min);
+                            a.max = a.max.max(r.max);
+                            a.sum += r.sum;
+                        }
+                        None => {
+                            by_bucket.insert(r.bucket, r);
+                        }
+                    }
+                }
                 let samples = (0..buckets)
                     .filter_map(|b| {
                         let Some(r) = by_bucket.get(&b) else {
@@ -460,14 +1000,19 @@ async fn run(
                         Some((ts_ms(b), v))
                     })
                     .collect();
-                series.push(Series { labels, samples });
+                push(labels, samples);
             }
         }
         if series.len() > max_series {
             return Err(MetricsError::TooManySeries(max_series));
         }
     }
-    for stage in &plan.metrics.second_stages {
+    Ok((series, last_ids))
+}
+
+/// `> 10`, `topk(5)` and friends, in order; series left without samples are dropped.
+fn second_stages(query: &MetricsQuery, mut series: Vec<Series>) -> Vec<Series> {
+    for stage in &query.second_stages {
         match stage {
             MetricsStage::Filter(f) => {
                 for s in &mut series {
@@ -478,7 +1023,189 @@ async fn run(
         }
     }
     series.retain(|s| !s.samples.is_empty());
-    Ok(series)
+    series
+}
+
+fn label_value(v: String, int: bool) -> LabelValue {
+    match int.then(|| v.parse::<i64>().ok()).flatten() {
+        Some(i) => LabelValue::Int(i),
+        None => LabelValue::Str(v),
+    }
+}
+
+/// Up to `max` exemplars spread evenly over the series and their buckets: the latest span of
+/// the bucket, read by ID (one read), with its trace ID and measured value.
+async fn attach_exemplars(
+    store: &dyn FlowStore,
+    org: OrgId,
+    plan: &Plan<'_>,
+    agg: &Aggregation,
+    series: &mut [Series],
+    last_ids: &[Vec<u64>],
+    max: usize,
+) -> Result<(), MetricsError> {
+    let wanted = pick_exemplars(last_ids, max);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<u64> = wanted.iter().map(|&(_, id)| id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let q = FlowQuery::new(Filter::ids(ids.iter().copied()))
+        .window(agg.time_window())
+        .limit(ids.len() as u64);
+    let records = store.select_records(org, &q).await?;
+    let by_id: std::collections::HashMap<u64, &crate::store::model::FlowRecord> =
+        records.iter().map(|r| (r._id, r)).collect();
+    let measured = matches!(
+        plan.metrics.first_stage.func,
+        MetricsFunction::QuantileOverTime(..)
+            | MetricsFunction::MinOverTime(_)
+            | MetricsFunction::MaxOverTime(_)
+            | MetricsFunction::AvgOverTime(_)
+            | MetricsFunction::SumOverTime(_)
+    ) && matches!(plan.value, Some((Col::ResponseDuration, _)));
+    for (i, id) in wanted {
+        let Some(r) = by_id.get(&id) else { continue };
+        let trace = [&r.trace_id, &r._trace_id_2]
+            .into_iter()
+            .find_map(|t| crate::tempo::ids::TraceId::from_app_trace_id(t))
+            .unwrap_or_else(|| crate::tempo::ids::TraceId::zero_code(r._id));
+        series[i].exemplars.push(Exemplar {
+            trace_id: trace.to_trimmed_hex(),
+            timestamp_ms: r.start_time_us.div_euclid(1000),
+            value: if measured {
+                r.response_duration as f64 * 1e-6
+            } else {
+                f64::NAN
+            },
+        });
+    }
+    Ok(())
+}
+
+/// The attributes `compare()` breaks down, with their label names: the span model's keys a
+/// Grafana user groups by (the intrinsics, the service, DeepFlow's protocol facts and the
+/// semantic conventions derived from them).
+const COMPARED: &[&str] = &[
+    "resource.service.name",
+    "name",
+    "status",
+    "kind",
+    "span.deepflow.l7_protocol",
+    "span.deepflow.signal_source",
+    "span.deepflow.observation_point",
+    "span.deepflow.endpoint",
+    "span.deepflow.response_code",
+    "span.deepflow.process_kname",
+    "span.http.method",
+    "span.http.status_code",
+    "span.db.system",
+    "span.db.operation",
+    "span.rpc.method",
+    "span.server.port",
+];
+
+/// `compare({selection}, topN, start, end)`: for each attribute of [`COMPARED`], the span
+/// counts per step of its `topN` most frequent values among the selected spans
+/// (`__meta_type="selection"`) and the other spans (`"baseline"`), and per side the count of
+/// spans that have the attribute (`"selection_total"`, `"baseline_total"`, the attribute nil).
+/// Two aggregations per attribute, run together.
+async fn compare(
+    store: &dyn FlowStore,
+    org: OrgId,
+    plan: &Plan<'_>,
+    grid: Grid,
+) -> Result<Vec<Series>, MetricsError> {
+    let MetricsFunction::Compare {
+        selection,
+        top_n,
+        start,
+        end,
+    } = &plan.metrics.first_stage.func
+    else {
+        return Ok(vec![]);
+    };
+    let mut selected = exact(&selection.expr)?;
+    if *start > 0 && *end > *start {
+        selected = selected.and(Filter::StartTimeIn(start / 1000, end / 1000));
+    }
+    let top_n = (*top_n).max(1) as usize;
+    let mut jobs = Vec::new();
+    for name in COMPARED {
+        let attr = crate::traceql::parse_identifier(name)
+            .map_err(|e| MetricsError::BadQuery(e.to_string()))?;
+        let (key, int) = group_key(&attr).ok_or_else(|| not_supported(name))?;
+        for (side, filter) in [
+            ("selection", selected.clone()),
+            ("baseline", Filter::Not(Box::new(selected.clone()))),
+        ] {
+            let agg = Aggregation {
+                filter: plan.filter.clone().and(filter),
+                start_us: grid.start_us,
+                end_us: grid.start_us + grid.buckets * grid.step_us,
+                step_us: grid.step_us,
+                by: vec![key.clone()],
+                value: None,
+                log2: None,
+                max_rows: 1_000_000,
+                exemplars: false,
+            };
+            jobs.push(async move {
+                let rows = store.aggregate(org, &agg).await?;
+                Ok::<_, MetricsError>((*name, int, side, rows))
+            });
+        }
+    }
+    let results = futures::future::try_join_all(jobs).await?;
+    let mut out = Vec::new();
+    for (name, int, side, rows) in results {
+        let mut by_value: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
+        let mut totals: BTreeMap<i64, u64> = BTreeMap::new();
+        for r in rows {
+            let v = r.group.into_iter().next().unwrap_or_default();
+            if v.is_empty() {
+                continue;
+            }
+            *by_value.entry(v).or_default().entry(r.bucket).or_default() += r.count;
+            *totals.entry(r.bucket).or_default() += r.count;
+        }
+        if totals.is_empty() {
+            continue;
+        }
+        let samples = |counts: &BTreeMap<i64, u64>| -> Vec<(i64, f64)> {
+            (0..grid.buckets)
+                .map(|b| (grid.ts_ms(b), counts.get(&b).copied().unwrap_or(0) as f64))
+                .collect()
+        };
+        let mut ranked: Vec<(&String, u64)> = by_value
+            .iter()
+            .map(|(v, c)| (v, c.values().sum()))
+            .collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        for (v, _) in ranked.into_iter().take(top_n) {
+            out.push(Series {
+                labels: vec![
+                    ("__meta_type".into(), LabelValue::Str(side.into())),
+                    (name.to_string(), label_value(v.clone(), int)),
+                ],
+                samples: samples(&by_value[v]),
+                exemplars: vec![],
+            });
+        }
+        out.push(Series {
+            labels: vec![
+                (
+                    "__meta_type".into(),
+                    LabelValue::Str(format!("{side}_total")),
+                ),
+                (name.to_string(), LabelValue::Nil),
+            ],
+            samples: samples(&totals),
+            exemplars: vec![],
+        });
+    }
+    Ok(out)
 }
 
 /// The `q` quantile (in the store's unit) of one step's log2 buckets: the value at rank
@@ -536,22 +1263,57 @@ mod tests {
 
     fn planned(q: &str) -> Result<Filter, MetricsError> {
         let query = crate::traceql::parse(q).unwrap();
-        plan_query(&query).map(|p| p.filter)
+        let m = leaves(&query)?[0];
+        plan_query(m).map(|p| p.filter)
+    }
+
+    fn key(k: GroupKey, op: CmpOp, v: &str) -> Filter {
+        Filter::KeyCmp(k, op, KeyValue::Str(v.into()))
     }
 
     #[test]
     fn exact_filters_are_planned_with_the_span_model() {
         let counted = Filter::IntIn(Col::Type, vec![0, 2]);
         assert_eq!(planned("{} | rate()").unwrap(), counted);
+        assert_eq!(planned("{ true } | rate()").unwrap(), counted);
         assert_eq!(
             planned(r#"{ resource.service.name = "a" && duration > 2ms } | rate()"#).unwrap(),
-            Filter::And(vec![
-                counted,
-                Filter::And(vec![
-                    Filter::ServiceIn(vec!["a".into()]),
-                    Filter::IntCmp(Col::ResponseDuration, crate::store::CmpOp::Gt, 2000),
-                ])
-            ])
+            counted
+                .clone()
+                .and(key(GroupKey::Service, CmpOp::Eq, "a").and(Filter::IntCmp(
+                    Col::ResponseDuration,
+                    CmpOp::Gt,
+                    2000
+                )))
+        );
+        // What Traces Drilldown sends.
+        assert_eq!(
+            planned(r#"{ kind = server && status != error && span.http.method != nil } | rate()"#)
+                .unwrap(),
+            counted.clone().and(
+                key(GroupKey::Kind, CmpOp::Eq, "server")
+                    .and(Filter::Not(Box::new(key(
+                        GroupKey::Status,
+                        CmpOp::Eq,
+                        "error"
+                    ))))
+                    .and(key(
+                        GroupKey::SpanAttr("http.method".into()),
+                        CmpOp::Neq,
+                        ""
+                    ))
+            )
+        );
+        assert_eq!(
+            planned(r#"{ span.http.status_code >= 500 || name = "GET /" } | rate()"#).unwrap(),
+            counted.and(Filter::Or(vec![
+                Filter::KeyCmp(
+                    GroupKey::SpanAttr("http.status_code".into()),
+                    CmpOp::Gte,
+                    KeyValue::Int(500)
+                ),
+                key(GroupKey::SpanName, CmpOp::Eq, "GET /"),
+            ]))
         );
     }
 
@@ -559,18 +1321,69 @@ mod tests {
     fn inexact_constructs_are_named() {
         for (q, what) in [
             ("{ duration > 1500ns } | rate()", "duration >"),
-            (r#"{ name = "x" } | rate()"#, "name"),
             (r#"{ span.deepflow.endpoint =~ "x" } | rate()"#, "=~"),
             (
-                r#"{ resource.service.name != "a" } | rate()"#,
-                "service.name",
+                r#"{ resource.k8s.pod.name = "a" } | rate()"#,
+                "k8s.pod.name",
             ),
-            ("{ } | rate() by (kind)", "by(kind)"),
+            (r#"{ span.deepflow.trace_id = "a" } | rate()"#, "trace_id"),
+            ("{ nestedSetParent < 0 } | rate()", "nestedSetParent"),
+            (
+                "{ } | rate() by (resource.host.name)",
+                "by(resource.host.name)",
+            ),
         ] {
             match planned(q) {
                 Err(MetricsError::NotSupported(m)) => assert!(m.contains(what), "{q}: {m}"),
                 other => panic!("{q}: {other:?}"),
             }
         }
+    }
+
+    fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Series {
+        Series {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), LabelValue::Str(v.to_string())))
+                .collect(),
+            samples: samples.to_vec(),
+            exemplars: vec![],
+        }
+    }
+
+    #[test]
+    fn arithmetic_pairs_equal_labels_and_unlabelled_series() {
+        let q = crate::traceql::parse(
+            "({ status = error } | rate() by (name)) / ({ } | rate() by (name)) * 100",
+        )
+        .unwrap();
+        let RootExpr::MetricsMath(math) = &q.root else {
+            panic!("{q:?}")
+        };
+        let errors = vec![
+            series(&[("name", "a")], &[(0, 1.0), (10, 0.0)]),
+            series(&[("name", "b")], &[(0, 2.0)]),
+        ];
+        let all = vec![
+            series(&[("name", "a")], &[(0, 4.0), (10, 0.0)]),
+            series(&[("name", "c")], &[(0, 2.0)]),
+        ];
+        let mut it = vec![errors.clone(), all].into_iter();
+        let Operand::Series(out) = arithmetic(&math.expr, &mut it) else {
+            panic!()
+        };
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].labels, errors[0].labels);
+        assert_eq!(out[0].samples[0], (0, 25.0));
+        // 0 / 0 is NaN, and NaN counts as 0 in the next operation.
+        assert_eq!(out[0].samples[1], (10, 0.0));
+        // An unlabelled side pairs with every series of the other.
+        let total = vec![series(&[], &[(0, 4.0)])];
+        let mut it = vec![errors.clone(), total].into_iter();
+        let Operand::Series(out) = arithmetic(&math.expr, &mut it) else {
+            panic!()
+        };
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].samples, vec![(0, 50.0)]);
     }
 }

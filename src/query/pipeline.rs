@@ -31,6 +31,17 @@ pub struct SpanView<'a> {
     pub parent_id: Option<String>,
     /// Number of children in the assembled tree.
     pub child_count: usize,
+    /// The span's place in the assembled tree (`nestedSetLeft`, `…Right`, `…Parent`).
+    pub nested: NestedSet,
+}
+
+/// Tempo's nested-set numbers of a span: `left` and `right` bound its subtree, `parent` is its
+/// parent's `left` (-1 for a root).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NestedSet {
+    pub left: i64,
+    pub right: i64,
+    pub parent: i64,
 }
 
 impl SpanAttrs for SpanView<'_> {
@@ -61,6 +72,10 @@ impl SpanAttrs for SpanView<'_> {
                 Intrinsic::InstrumentationVersion => {
                     Some(Static::String(env!("CARGO_PKG_VERSION").into()))
                 }
+                Intrinsic::ChildCount => Some(Static::Int(self.child_count as i64)),
+                Intrinsic::NestedSetLeft => Some(Static::Int(self.nested.left)),
+                Intrinsic::NestedSetRight => Some(Static::Int(self.nested.right)),
+                Intrinsic::NestedSetParent => Some(Static::Int(self.nested.parent)),
                 _ => None,
             },
             Attribute::Scoped { parent: true, .. } => None,

@@ -128,7 +128,10 @@ pub fn trace_ctx(id: &TraceId, result: &TraceResult) -> TraceCtx {
 }
 
 /// The spans of a trace as TraceQL sees them, and their parent positions.
-fn views<'a>(spans: &'a [OutSpan], ctx: &'a TraceCtx) -> (Vec<SpanView<'a>>, Vec<Option<usize>>) {
+pub(crate) fn views<'a>(
+    spans: &'a [OutSpan],
+    ctx: &'a TraceCtx,
+) -> (Vec<SpanView<'a>>, Vec<Option<usize>>) {
     let pos: std::collections::HashMap<usize, usize> =
         spans.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
     let parents: Vec<Option<usize>> = spans
@@ -141,6 +144,7 @@ fn views<'a>(spans: &'a [OutSpan], ctx: &'a TraceCtx) -> (Vec<SpanView<'a>>, Vec
     for p in parents.iter().flatten() {
         children[*p] += 1;
     }
+    let nested = nested_sets(&parents);
     let views = facts
         .into_iter()
         .enumerate()
@@ -150,9 +154,44 @@ fn views<'a>(spans: &'a [OutSpan], ctx: &'a TraceCtx) -> (Vec<SpanView<'a>>, Vec
             span_id: ids[i].clone(),
             parent_id: parents[i].map(|p| ids[p].clone()),
             child_count: children[i],
+            nested: nested[i],
         })
         .collect();
     (views, parents)
+}
+
+/// Tempo's nested-set numbering of a tree: depth first in span order, `left` on entering a
+/// span and `right` on leaving it, counting from 1; `parent` is the parent's `left`, -1 for
+/// a root. Spans in a cycle (never produced by assembly) keep zeros.
+fn nested_sets(parents: &[Option<usize>]) -> Vec<crate::query::pipeline::NestedSet> {
+    use crate::query::pipeline::NestedSet;
+    let mut kids: Vec<Vec<usize>> = vec![Vec::new(); parents.len()];
+    for (i, p) in parents.iter().enumerate() {
+        if let Some(p) = p {
+            kids[*p].push(i);
+        }
+    }
+    let mut out = vec![NestedSet::default(); parents.len()];
+    let mut next = 1i64;
+    for root in (0..parents.len()).filter(|&i| parents[i].is_none()) {
+        // (span, entered)
+        let mut stack = vec![(root, false)];
+        while let Some((i, entered)) = stack.pop() {
+            if entered {
+                out[i].right = next;
+                next += 1;
+                continue;
+            }
+            out[i].left = next;
+            out[i].parent = parents[i].map_or(-1, |p| out[p].left);
+            next += 1;
+            stack.push((i, true));
+            for &k in kids[i].iter().rev() {
+                stack.push((k, false));
+            }
+        }
+    }
+    out
 }
 
 /// Evaluate the query on one assembled trace: its hit, or `None` when it does not match.
@@ -366,40 +405,115 @@ async fn run(
     let filters = req.query.spanset_filters();
     let ev = Evaluator::new(&filters).map_err(SearchError::BadQuery)?;
     let interesting = interesting_attributes(&filters);
+    let mut hits: Vec<pb::TraceSearchMetadata> = Vec::new();
+    let walk = Walk {
+        filter: crate::traceql::plan::plan_filters(&filters),
+        start_s: req.start_s,
+        end_s: req.end_s,
+        want: Some(req.limit),
+        deadline: req.deadline,
+        seed_window_s,
+    };
+    let stats = walk_traces(tracer, org, &walk, cfg, timing, |f| {
+        if hits.len() >= req.limit {
+            return Ok(false);
+        }
+        Ok(match evaluate(f, stages, &ev, &interesting, req.spss)? {
+            Some(hit) => {
+                hits.push(hit);
+                true
+            }
+            None => false,
+        })
+    })
+    .await?;
+    // Most recent first.
+    hits.sort_by_key(|h| std::cmp::Reverse(h.start_time_unix_nano));
+    Ok(pb::SearchResponse {
+        metrics: Some(pb::SearchMetrics {
+            inspected_traces: stats.traces as u32,
+            inspected_spans: stats.spans,
+            completed_jobs: stats.pages,
+            total_jobs: stats.pages + u32::from(!stats.exhausted),
+            ..Default::default()
+        }),
+        traces: hits,
+    })
+}
+
+/// A walk over the assembled traces of a range (see [`walk_traces`]).
+pub struct Walk {
+    /// The candidate rows: a superset of the rows of the traces wanted.
+    pub filter: Filter,
+    pub start_s: i64,
+    pub end_s: i64,
+    /// Stop after this many traces were accepted; `None` visits every trace of the range.
+    pub want: Option<usize>,
+    /// Stop looking for more traces at this instant.
+    pub deadline: Option<Instant>,
+    /// Seconds around a seed row its trace is searched in.
+    pub seed_window_s: i64,
+}
+
+/// What a walk did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalkStats {
+    /// Distinct traces assembled and visited.
+    pub traces: usize,
+    pub spans: u64,
+    /// Candidate pages read.
+    pub pages: u32,
+    /// Every candidate of the range was read.
+    pub exhausted: bool,
+    /// Every candidate of the range was read and its trace visited: nothing was left out.
+    pub complete: bool,
+}
+
+/// Assembles the traces that hold candidate rows, newest first, and hands each distinct trace
+/// once to `visit`, which answers whether it accepts it (a hit). Candidates already covered by
+/// an assembled trace never seed another. Stops when `want` traces were accepted, the range is
+/// exhausted, or the budget (`search.max_rows`, `search.max_traces`, the deadline) is spent.
+pub async fn walk_traces(
+    tracer: &TraceService,
+    org: OrgId,
+    walk: &Walk,
+    cfg: &SearchConfig,
+    timing: &mut TraceTiming,
+    mut visit: impl FnMut(&FoundTrace) -> Result<bool, NotSupported>,
+) -> Result<WalkStats, SearchError> {
     let clamp = |v: i64| v.clamp(0, u32::MAX as i64) as u32;
-    let mut candidates = Candidates::new(
-        crate::traceql::plan::plan_filters(&filters),
-        clamp(req.start_s),
-        clamp(req.end_s),
-    );
+    let mut candidates =
+        Candidates::new(walk.filter.clone(), clamp(walk.start_s), clamp(walk.end_s));
     let page_rows = cfg.page_rows.max(1);
     let mut covered: HashSet<u64> = HashSet::new();
     let mut seen_traces: HashSet<TraceId> = HashSet::new();
-    let mut hits: Vec<pb::TraceSearchMetadata> = Vec::new();
     let (mut rows_read, mut inspected_spans, mut pages) = (0u64, 0u64, 0u32);
-    // Seeds used per distinct trace so far: sizes the next batch of seeds.
-    let (mut consumed, mut traces_found) = (0usize, 0usize);
+    // Seeds used per accepted trace so far: sizes the next batch of seeds.
+    let (mut consumed, mut accepted) = (0usize, 0usize);
     let out_of_budget = |rows_read: u64, traces: usize| {
         rows_read >= cfg.max_rows
             || traces >= cfg.max_traces
-            || req.deadline.is_some_and(|d| Instant::now() >= d)
+            || walk.deadline.is_some_and(|d| Instant::now() >= d)
     };
     // Candidates read and not yet used, most recent first.
     let mut pending: std::collections::VecDeque<FlowMeta> = Default::default();
+    let mut stopped = false;
     loop {
-        if hits.len() >= req.limit || out_of_budget(rows_read, seen_traces.len()) {
+        if walk.want.is_some_and(|w| accepted >= w) || out_of_budget(rows_read, seen_traces.len()) {
+            stopped = true;
             break;
         }
         pending.retain(|m| !covered.contains(&m._id));
-        // Seeds for the traces still wanted: from how many seeds a matching trace took so far
-        // (one batch costs about one trace's store reads, so a batch rather too large beats a
-        // second one).
-        let wanted = req.limit - hits.len();
-        let target = if traces_found == 0 {
-            wanted.saturating_mul(4)
-        } else {
-            let seeds_per_hit = consumed as f64 / hits.len().max(1) as f64;
-            (wanted as f64 * seeds_per_hit * 1.5).ceil() as usize
+        // Seeds for the traces still wanted: from how many seeds an accepted trace took so
+        // far (one batch costs about one trace's store reads, so a batch rather too large
+        // beats a second one). A walk over every trace takes the largest batches.
+        let target = match walk.want {
+            None => MAX_BATCH,
+            Some(w) if seen_traces.is_empty() => (w - accepted).saturating_mul(4),
+            Some(w) => {
+                let seeds_per_hit = consumed as f64 / accepted.max(1) as f64;
+                ((w - accepted) as f64 * seeds_per_hit * 1.5).ceil() as usize
+            }
         }
         .clamp(16, MAX_BATCH);
         if pending.len() < target && !candidates.exhausted {
@@ -419,33 +533,24 @@ async fn run(
         }
         let batch = take_seeds(&mut pending, target);
         consumed += batch.len();
-        let found = assemble_batch(tracer, org, &batch, seed_window_s, timing).await?;
+        let found = assemble_batch(tracer, org, &batch, walk.seed_window_s, timing).await?;
         for f in found {
             covered.extend(f.result.spans.iter().flat_map(|s| s.ids.iter().copied()));
             if !seen_traces.insert(f.id) {
                 continue;
             }
-            traces_found += 1;
             inspected_spans += f.result.spans.len() as u64;
-            if hits.len() >= req.limit {
-                continue;
-            }
-            if let Some(hit) = evaluate(&f, stages, &ev, &interesting, req.spss)? {
-                hits.push(hit);
+            if visit(&f)? {
+                accepted += 1;
             }
         }
     }
-    // Most recent first.
-    hits.sort_by_key(|h| std::cmp::Reverse(h.start_time_unix_nano));
-    Ok(pb::SearchResponse {
-        metrics: Some(pb::SearchMetrics {
-            inspected_traces: seen_traces.len() as u32,
-            inspected_spans,
-            completed_jobs: pages,
-            total_jobs: pages + u32::from(!candidates.exhausted),
-            ..Default::default()
-        }),
-        traces: hits,
+    Ok(WalkStats {
+        traces: seen_traces.len(),
+        spans: inspected_spans,
+        pages,
+        exhausted: candidates.exhausted,
+        complete: !stopped && candidates.exhausted && pending.is_empty(),
     })
 }
 

@@ -402,6 +402,7 @@ struct ChAggregate {
     mn: f64,
     mx: f64,
     s: f64,
+    x: u64,
 }
 
 #[derive(Debug, Default, serde::Serialize, clickhouse::Row)]
@@ -506,6 +507,37 @@ pub(crate) fn service_expr(tag_db: &str) -> String {
     )
 }
 
+/// The span model's SQL (`span_sql`) in ClickHouse's words.
+fn dialect(tag_db: &str) -> crate::store::span_sql::Dialect {
+    crate::store::span_sql::Dialect {
+        col: |c| format!("`{c}`"),
+        text_col: |c| format!("`{c}`"),
+        concat: |a, b| format!("concat({a}, {b})"),
+        to_text: |e| format!("toString({e})"),
+        starts_with: |e, c| format!("startsWith({e}, '{c}')"),
+        ip: |side| {
+            format!("if(is_ipv4 = 1, IPv4NumToString(ip4_{side}), IPv6NumToString(ip6_{side}))")
+        },
+        otel: "attribute_values[indexOf(attribute_names, \u{1})]",
+        service: format!("toString({})", service_expr(tag_db)),
+        trim: "trimBoth",
+    }
+}
+
+/// SQL with `span_sql::MARK`s made `?`, their values appended to `binds`.
+fn push_marked(
+    text: &str,
+    values: Vec<crate::store::KeyValue>,
+    sql: &mut String,
+    binds: &mut Vec<BindValue>,
+) {
+    sql.push_str(&text.replace(crate::store::span_sql::MARK, "?"));
+    binds.extend(values.into_iter().map(|v| match v {
+        crate::store::KeyValue::Str(s) => BindValue::Str(s),
+        crate::store::KeyValue::Int(i) => BindValue::I64(i),
+    }));
+}
+
 fn side_name_expr(tag_db: &str, facet: &Facet) -> String {
     let pick = |a: String, b: String| format!("if(startsWith(observation_point, 'c'), {a}, {b})");
     let dev = |ty: &str, col: &str| {
@@ -602,6 +634,18 @@ fn compile_filter(f: &Filter, tag_db: &str, sql: &mut String, binds: &mut Vec<Bi
                 sql.push_str(&format!("{} IN ?", service_expr(tag_db)));
                 binds.push(BindValue::Strs(names.clone()));
             }
+        }
+        Filter::StartTimeIn(from, to) => {
+            sql.push_str(
+                "(toUnixTimestamp64Micro(start_time) >= ? AND toUnixTimestamp64Micro(start_time) < ?)",
+            );
+            binds.push(BindValue::I64(*from));
+            binds.push(BindValue::I64(*to));
+        }
+        Filter::KeyCmp(key, op, value) => {
+            let (text, values) =
+                crate::store::span_sql::compare_sql(&dialect(tag_db), key, *op, value);
+            push_marked(&text, values, sql, binds);
         }
     }
 }
@@ -756,28 +800,27 @@ impl FlowStore for ClickHouseStore {
         agg: &crate::store::Aggregation,
     ) -> StoreResult<Vec<crate::store::AggregateRow>> {
         let tag = self.tag_db(org);
-        let keys: Vec<String> = agg
-            .by
-            .iter()
-            .map(|key| match key {
-                crate::store::GroupKey::Service => format!("toString({})", service_expr(&tag)),
-                crate::store::GroupKey::Column(col) => {
-                    format!("ifNull(toString(`{}`), '')", col.name())
-                }
-                crate::store::GroupKey::SpanName => crate::store::span_name_sql(
-                    |c| format!("`{c}`"),
-                    |a, b| format!("concat({a}, ' ', {b})"),
-                    "trimBoth",
-                    |c| format!("toString({c})"),
-                ),
-                crate::store::GroupKey::Status => crate::store::status_sql("`response_status`"),
-            })
-            .collect();
-        let group = if keys.is_empty() {
-            "CAST([], 'Array(String)')".to_string()
-        } else {
-            format!("[{}]", keys.join(", "))
-        };
+        let d = dialect(&tag);
+        let mut group = String::from("[");
+        let mut all = Vec::new();
+        for (i, key) in agg.by.iter().enumerate() {
+            let k = crate::store::span_sql::key_sql(&d, key);
+            if i > 0 {
+                group.push_str(", ");
+            }
+            group.push_str("ifNull(toString(");
+            let values = k
+                .binds
+                .into_iter()
+                .map(crate::store::KeyValue::Str)
+                .collect();
+            push_marked(&k.text, values, &mut group, &mut all);
+            group.push_str("), '')");
+        }
+        group.push(']');
+        if agg.by.is_empty() {
+            group = "CAST([], 'Array(String)')".to_string();
+        }
         let value = match agg.value {
             Some(col) => format!("toFloat64(`{}`)", col.name()),
             None => "toFloat64(0)".to_string(),
@@ -789,19 +832,22 @@ impl FlowStore for ClickHouseStore {
             ),
             _ => "toInt64(0)".to_string(),
         };
+        let last = if agg.exemplars {
+            "max(_id)"
+        } else {
+            "toUInt64(0)"
+        };
         let q = FlowQuery::new(agg.filter.clone()).window(agg.time_window());
         let (from_where, binds) = self.where_clause(org, &q);
-        let mut all = vec![
-            BindValue::I64(agg.start_us),
-            BindValue::I64(agg.step_us.max(1)),
-        ];
+        all.push(BindValue::I64(agg.start_us));
+        all.push(BindValue::I64(agg.step_us.max(1)));
         all.extend(binds);
         all.push(BindValue::I64(agg.start_us));
         all.push(BindValue::I64(agg.end_us));
         let sql = format!(
             "SELECT {group} AS g, {log2} AS l, toInt64(intDiv(toUnixTimestamp64Micro(start_time) - ?, ?)) AS b, \
              count() AS c, toFloat64(min({value})) AS mn, toFloat64(max({value})) AS mx, \
-             toFloat64(sum({value})) AS s{from_where} \
+             toFloat64(sum({value})) AS s, {last} AS x{from_where} \
              AND toUnixTimestamp64Micro(start_time) >= ? AND toUnixTimestamp64Micro(start_time) < ? \
              GROUP BY g, l, b LIMIT {}",
             agg.max_rows
@@ -819,6 +865,7 @@ impl FlowStore for ClickHouseStore {
                 min: r.mn,
                 max: r.mx,
                 sum: r.s,
+                last_id: r.x,
             })
             .collect())
     }

@@ -10,7 +10,10 @@ pub mod guard;
 pub mod metered;
 pub mod model;
 pub mod schema;
+pub mod span_sql;
 pub mod sqlite;
+
+pub use span_sql::KeyValue;
 
 use async_trait::async_trait;
 use model::{FlowMeta, FlowRecord, L7FlowLogRow, NameTables, OrgId};
@@ -239,6 +242,12 @@ pub enum Filter {
     /// The span's service is one of the names: `app_service` for application spans, DeepFlow's
     /// service (`auto_service` of the observed side) for eBPF and network spans.
     ServiceIn(Vec<String>),
+    /// A key of the span model (`crate::span`: name, status, kind, service, a span attribute)
+    /// compared with a value, computed in the store as the span model computes it (see
+    /// `span_sql`). A span or OTel attribute that a row lacks matches no comparison.
+    KeyCmp(GroupKey, CmpOp, KeyValue),
+    /// `start_time` lies in `[from_us, to_us)`.
+    StartTimeIn(i64, i64),
 }
 
 impl Filter {
@@ -325,6 +334,16 @@ impl std::fmt::Display for Filter {
             ),
             Filter::AttrExists(name) => write!(f, "exist(attribute.{name})"),
             Filter::ServiceIn(v) => write!(f, "service IN ({})", value_list(v, true)),
+            Filter::KeyCmp(k, op, v) => match v {
+                KeyValue::Str(s) => write!(
+                    f,
+                    "{k:?} {} {}",
+                    op.sql(),
+                    value_list(std::slice::from_ref(s), true)
+                ),
+                KeyValue::Int(i) => write!(f, "{k:?} {} {i}", op.sql()),
+            },
+            Filter::StartTimeIn(a, b) => write!(f, "start_time IN [{a}, {b}) us"),
         }
     }
 }
@@ -410,7 +429,7 @@ impl FlowQuery {
 }
 
 /// What an [`Aggregation`] groups by, besides its time bucket. Each key is read as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum GroupKey {
     /// The span's service (see [`Filter::ServiceIn`]).
     Service,
@@ -422,6 +441,11 @@ pub enum GroupKey {
     /// The span status as the span model maps `response_status`: `ok` (0), `error` (2, 3,
     /// 4), else `unset`.
     Status,
+    /// The span kind as the span model maps it, in TraceQL's words (`server`, `client`, …).
+    Kind,
+    /// A span attribute: one the span model derives from columns (see
+    /// `span_sql::DERIVED_SPAN_ATTRIBUTES`), else the row's OTel attribute of that name.
+    SpanAttr(String),
 }
 
 /// The SQL of [`GroupKey::Status`] over a quoted `response_status` column.
@@ -440,31 +464,24 @@ pub(crate) fn status_sql(col: &str) -> String {
 /// joins `request_type`, a space and `request_resource`, `trim` trims spaces, `text` renders
 /// an integer column as text.
 pub(crate) fn span_name_sql(
-    col: impl Fn(&str) -> String,
-    concat: impl Fn(&str, &str) -> String,
+    col: fn(&str) -> String,
+    concat: fn(&str, &str) -> String,
     trim: &str,
-    text: impl Fn(&str) -> String,
+    text: fn(&str) -> String,
 ) -> String {
     let joined = format!(
         "{trim}({})",
-        concat(&col("request_type"), &col("request_resource"))
+        concat(
+            &col("request_type"),
+            &concat("' '", &col("request_resource"))
+        )
     );
-    let mut protocols = String::from("CASE");
-    for code in 0..=255u8 {
-        if let Some(name) = model::l7_protocol::name(code) {
-            protocols.push_str(&format!(
-                " WHEN {} = {code} THEN '{}'",
-                col("l7_protocol"),
-                name.replace('\'', "''")
-            ));
-        }
-    }
-    protocols.push_str(&format!(" ELSE {} END", text(&col("l7_protocol"))));
     format!(
         "CASE WHEN {ep} != '' THEN {ep} WHEN {joined} != '' THEN {joined} \
          WHEN {bp} != '' THEN {bp} ELSE {protocols} END",
         ep = col("endpoint"),
         bp = col("biz_protocol"),
+        protocols = span_sql::l7_protocol_name_sql(&col("l7_protocol"), text),
     )
 }
 
@@ -488,6 +505,8 @@ pub struct Aggregation {
     pub log2: Option<i64>,
     /// At most this many (group, bucket) rows are returned.
     pub max_rows: u64,
+    /// Also return the latest row of each (group, bucket) ([`AggregateRow::last_id`]).
+    pub exemplars: bool,
 }
 
 impl Aggregation {
@@ -533,6 +552,9 @@ pub struct AggregateRow {
     pub min: f64,
     pub max: f64,
     pub sum: f64,
+    /// The largest `_id` of the group's rows in the bucket when [`Aggregation::exemplars`] is
+    /// set (an exemplar), else 0.
+    pub last_id: u64,
 }
 
 /// Options of `schema --apply`.

@@ -309,6 +309,37 @@ fn service_expr() -> String {
     )
 }
 
+/// The span model's SQL (`span_sql`) in SQLite's words.
+fn dialect() -> crate::store::span_sql::Dialect {
+    crate::store::span_sql::Dialect {
+        col: |c| format!("f.\"{c}\""),
+        text_col: |c| format!("COALESCE(f.\"{c}\", '')"),
+        concat: |a, b| format!("({a} || {b})"),
+        to_text: |e| format!("CAST({e} AS TEXT)"),
+        starts_with: |e, c| format!("substr({e}, 1, 1) = '{c}'"),
+        ip: ip_expr,
+        otel: "COALESCE((SELECT v.value FROM json_each(f.attribute_names) n, json_each(f.attribute_values) v \
+               WHERE n.key = v.key AND n.value = \u{1}), '')",
+        service: service_expr(),
+        trim: "trim",
+    }
+}
+
+/// SQL with `span_sql::MARK`s pushed as bound values.
+fn push_marked(b: &mut QueryBuilder<'_, Sqlite>, text: &str, values: Vec<crate::store::KeyValue>) {
+    let mut values = values.into_iter();
+    for (i, piece) in text.split(crate::store::span_sql::MARK).enumerate() {
+        if i > 0 {
+            match values.next() {
+                Some(crate::store::KeyValue::Str(s)) => b.push_bind(s),
+                Some(crate::store::KeyValue::Int(v)) => b.push_bind(v),
+                None => b.push("NULL"),
+            };
+        }
+        b.push(piece);
+    }
+}
+
 fn side_name_expr(facet: &Facet) -> String {
     let pick = |a: String, b: String| {
         format!("(CASE WHEN f.observation_point LIKE 'c%' THEN {a} ELSE {b} END)")
@@ -357,6 +388,17 @@ fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, f: &Filter) {
             b.push("EXISTS (SELECT 1 FROM json_each(f.attribute_names) n WHERE n.value = ");
             b.push_bind(name.clone());
             b.push(")");
+        }
+        Filter::StartTimeIn(from, to) => {
+            b.push("(f.start_time >= ");
+            b.push_bind(*from);
+            b.push(" AND f.start_time < ");
+            b.push_bind(*to);
+            b.push(")");
+        }
+        Filter::KeyCmp(key, op, value) => {
+            let (text, values) = crate::store::span_sql::compare_sql(&dialect(), key, *op, value);
+            push_marked(b, &text, values);
         }
         Filter::ServiceIn(names) => {
             if names.is_empty() {
@@ -923,21 +965,19 @@ impl FlowStore for SqliteStore {
         agg: &crate::store::Aggregation,
     ) -> StoreResult<Vec<crate::store::AggregateRow>> {
         let mut b = QueryBuilder::<Sqlite>::new("SELECT ");
+        let d = dialect();
         for (i, key) in agg.by.iter().enumerate() {
-            let expr = match key {
-                crate::store::GroupKey::Service => service_expr(),
-                crate::store::GroupKey::Column(col) => {
-                    format!("COALESCE(CAST(f.\"{}\" AS TEXT), '')", col.name())
-                }
-                crate::store::GroupKey::SpanName => crate::store::span_name_sql(
-                    |c| format!("COALESCE(f.\"{c}\", '')"),
-                    |a, b| format!("{a} || ' ' || {b}"),
-                    "trim",
-                    |c| format!("CAST({c} AS TEXT)"),
-                ),
-                crate::store::GroupKey::Status => crate::store::status_sql("f.\"response_status\""),
-            };
-            b.push(format!("{expr} AS g{i}, "));
+            let k = crate::store::span_sql::key_sql(&d, key);
+            b.push("COALESCE(");
+            push_marked(
+                &mut b,
+                &k.text,
+                k.binds
+                    .into_iter()
+                    .map(crate::store::KeyValue::Str)
+                    .collect(),
+            );
+            b.push(format!(", '') AS g{i}, "));
         }
         let value = match agg.value {
             Some(col) => format!("CAST(f.\"{}\" AS REAL)", col.name()),
@@ -956,7 +996,8 @@ impl FlowStore for SqliteStore {
         b.push_bind(agg.step_us.max(1));
         b.push(format!(
             " AS b, COUNT(*) AS c, COALESCE(MIN({value}), 0.0) AS mn, COALESCE(MAX({value}), 0.0) AS mx, \
-             COALESCE(SUM({value}), 0.0) AS s"
+             COALESCE(SUM({value}), 0.0) AS s, {} AS x",
+            if agg.exemplars { "MAX(f._id)" } else { "0" }
         ));
         let q = FlowQuery::new(agg.filter.clone()).window(agg.time_window());
         self.push_from_where(&mut b, org, &q);
@@ -983,6 +1024,7 @@ impl FlowStore for SqliteStore {
                     min: r.try_get("mn")?,
                     max: r.try_get("mx")?,
                     sum: r.try_get("s")?,
+                    last_id: r.try_get::<i64, _>("x")? as u64,
                 })
             })
             .collect()
