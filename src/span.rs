@@ -439,6 +439,18 @@ pub fn db_system(proto: u8) -> Option<&'static str> {
     })
 }
 
+/// The resource attributes the span model gives ([`Resource::get`]).
+pub const RESOURCE_ATTRIBUTES: &[&str] = &[
+    "service.name",
+    "service.instance.id",
+    "k8s.pod.name",
+    "k8s.node.name",
+    "host.name",
+    "process.pid",
+    "process.executable.name",
+    "deepflow.agent_id",
+];
+
 impl Resource<'_> {
     /// One resource attribute by name, as `attributes` would give it.
     pub fn get(&self, name: &str) -> Option<Static> {

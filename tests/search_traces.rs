@@ -452,6 +452,86 @@ async fn root_spans_and_metrics_over_assembled_traces(f: Fixture) {
     }
 }
 
+/// The queries Grafana's Traces Drilldown sends (RED panels by span type, breakdowns,
+/// comparison, the home page, span list and structure tabs) answer 200 with data on the demo.
+async fn traces_drilldown_queries_answer_with_data(f: Fixture) {
+    let enc = |q: &str| {
+        percent_encoding::utf8_percent_encode(q, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let range = f.end - f.start;
+    for signal in ["nestedSetParent<0", "true", "kind=server"] {
+        for (q, step) in [
+            (format!("{{{signal} && true}} | rate() with(sample=true)"), "30s"),
+            (format!("{{{signal} && true && status=error}} | rate()"), "30s"),
+            (
+                format!("{{{signal} && true}} | quantile_over_time(duration, 0.5, 0.9, 0.99)"),
+                "60s",
+            ),
+            (format!("{{{signal} && true}} | histogram_over_time(duration)"), "60s"),
+            (
+                format!("{{{signal} && true && status!=error && resource.service.name != nil}} | rate() by(resource.service.name, status)"),
+                "30s",
+            ),
+            (
+                format!("{{{signal} && true && span.http.method != nil}} | rate() by(span.http.method)"),
+                "30s",
+            ),
+            (
+                format!("{{{signal} && true}} | compare({{status = error}}, 10)"),
+                "240s",
+            ),
+        ] {
+            let v = f
+                .get(
+                    &f.base,
+                    &format!(
+                        "/api/metrics/query_range?q={}&start={}&end={}&step={step}",
+                        enc(&q),
+                        f.start,
+                        f.end
+                    ),
+                )
+                .await;
+            let series = v["series"].as_array().unwrap();
+            assert!(
+                series.iter().any(|s| s["samples"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["value"].as_f64().unwrap_or(0.0) > 0.0)),
+                "{q}: {v}"
+            );
+        }
+    }
+    // The home page: whole-range steps.
+    for q in [
+        "{nestedSetParent < 0 && status = error} | count_over_time() by (resource.service.name)",
+        "{nestedSetParent < 0} | quantile_over_time(duration, 0.9) by (resource.service.name)",
+    ] {
+        let v = f
+            .get(
+                &f.base,
+                &format!(
+                    "/api/metrics/query_range?q={}&start={}&end={}&step={range}s&exemplars=0",
+                    enc(q),
+                    f.start,
+                    f.end
+                ),
+            )
+            .await;
+        assert!(!v["series"].as_array().unwrap().is_empty(), "{q}: {v}");
+    }
+    // Span list and structure tabs (search).
+    for q in [
+        "{nestedSetParent<0 && true && status = error}",
+        "{nestedSetParent<0 && true && duration > 10ms}",
+        "{nestedSetParent<0 && true} &>> { kind = server } | select(status, resource.service.name, name, nestedSetParent, nestedSetLeft, nestedSetRight)",
+        "({nestedSetParent<0 && true && status = error} &>> { status = error }) || ({nestedSetParent<0 && true && status = error}) | select(status, resource.service.name, name, nestedSetParent, nestedSetLeft, nestedSetRight)",
+    ] {
+        assert!(!f.search(q).await.is_empty(), "{q}");
+    }
+}
+
 on_both_stores!(with super::fixture;
     one_hit_per_request_and_hits_describe_the_trace,
     spansets_of_one_request_join,
@@ -459,4 +539,5 @@ on_both_stores!(with super::fixture;
     every_service_name_shown_finds_the_trace,
     matches_older_than_the_newest_page_are_found,
     root_spans_and_metrics_over_assembled_traces,
+    traces_drilldown_queries_answer_with_data,
 );

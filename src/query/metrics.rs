@@ -222,17 +222,9 @@ fn value_column(a: &Attribute) -> Result<(Col, f64), MetricsError> {
     }
 }
 
-/// Resource attributes the span model gives besides the service (`crate::span::Resource`);
-/// they come from DeepFlow's name tables and are not expressed in the store's SQL.
-const RESOURCE_KEYS: &[&str] = &[
-    "service.instance.id",
-    "k8s.pod.name",
-    "k8s.node.name",
-    "host.name",
-    "process.pid",
-    "process.executable.name",
-    "deepflow.agent_id",
-];
+/// Resource attributes the span model gives (`crate::span::Resource`) come from DeepFlow's
+/// name tables; only the service is expressed in the store's SQL.
+const RESOURCE_KEYS: &[&str] = crate::span::RESOURCE_ATTRIBUTES;
 
 /// The span-model key of an attribute, and whether its values are integers; `None` where the
 /// store cannot compute it exactly.
@@ -425,9 +417,7 @@ enum Route<'a> {
 fn route(m: &MetricsQuery, traced: bool) -> Result<Route<'_>, MetricsError> {
     match plan_query(m) {
         Ok(p) => Ok(Route::Store(p)),
-        Err(MetricsError::NotSupported(why))
-            if traced && !matches!(m.first_stage.func, MetricsFunction::Compare { .. }) =>
-        {
+        Err(MetricsError::NotSupported(why)) if traced => {
             Evaluator::new(&m.pipeline.spanset_filters())
                 .map_err(MetricsError::BadQuery)
                 .map(|_| Route::Traced(m))
@@ -531,7 +521,10 @@ async fn evaluate(
                 )),
             },
             Route::Traced(m) => match tracing {
-                Some(t) => run_traced(t, org, m, grid, req.max_series, exemplars).await,
+                Some(t) => match &m.first_stage.func {
+                    MetricsFunction::Compare { .. } => compare_traced(t, org, m, grid).await,
+                    _ => run_traced(t, org, m, grid, req.max_series, exemplars).await,
+                },
                 None => Err(not_supported(m)),
             },
         }
@@ -584,14 +577,7 @@ async fn run_traced(
     let filters = m.pipeline.spanset_filters();
     let ev = Evaluator::new(&filters).map_err(MetricsError::BadQuery)?;
     let end_us = grid.start_us + grid.buckets * grid.step_us;
-    let walk = Walk {
-        filter: plan::plan_filters(&filters),
-        start_s: grid.start_us.div_euclid(1_000_000),
-        end_s: (end_us + 999_999).div_euclid(1_000_000),
-        want: None,
-        deadline: t.deadline,
-        seed_window_s: t.seed_window_s,
-    };
+    let walk = traced_walk(t, &filters, grid);
     let func = &m.first_stage.func;
     let measured = func.attribute();
     // Durations are counted in µs like the store's, bucketed in powers of two of ns.
@@ -683,14 +669,7 @@ async fn run_traced(
         Ok(!matched.is_empty())
     })
     .await
-    .map_err(|e| match e {
-        super::search::SearchError::NotSupported(n) => MetricsError::NotSupported(n.0),
-        super::search::SearchError::BadQuery(b) => MetricsError::BadQuery(b),
-        super::search::SearchError::Service(s) => match s {
-            super::trace::ServiceError::Store(e) => MetricsError::Store(e),
-            other => MetricsError::BadQuery(other.to_string()),
-        },
-    })?;
+    .map_err(search_error)?;
     let shape = Shape {
         query: m,
         scale,
@@ -708,13 +687,7 @@ async fn run_traced(
             series[i].exemplars.push(e.clone());
         }
     }
-    let partial = (!stats.complete).then(|| {
-        format!(
-            "partial result: computed over the {} traces assembled before the search budget \
-             (search.max_rows, search.max_traces or the request deadline) ran out",
-            stats.traces
-        )
-    });
+    let partial = partial_of(stats);
     Ok((second_stages(m, series), partial))
 }
 
@@ -1160,39 +1133,66 @@ async fn compare(
     let results = futures::future::try_join_all(jobs).await?;
     let mut out = Vec::new();
     for (name, int, side, rows) in results {
-        let mut by_value: BTreeMap<String, BTreeMap<i64, u64>> = BTreeMap::new();
-        let mut totals: BTreeMap<i64, u64> = BTreeMap::new();
+        let mut counts = CompareCounts::default();
         for r in rows {
             let v = r.group.into_iter().next().unwrap_or_default();
-            if v.is_empty() {
-                continue;
-            }
-            *by_value.entry(v).or_default().entry(r.bucket).or_default() += r.count;
-            *totals.entry(r.bucket).or_default() += r.count;
+            counts.add(v, r.bucket, r.count);
         }
-        if totals.is_empty() {
-            continue;
+        out.extend(counts.series(name, int, side, grid, top_n));
+    }
+    Ok(out)
+}
+
+/// One attribute's span counts on one side of `compare()`: per value and bucket, and per
+/// bucket for every span that has the attribute.
+#[derive(Default)]
+struct CompareCounts {
+    by_value: BTreeMap<String, BTreeMap<i64, u64>>,
+    totals: BTreeMap<i64, u64>,
+}
+
+impl CompareCounts {
+    fn add(&mut self, value: String, bucket: i64, n: u64) {
+        if value.is_empty() {
+            return;
+        }
+        *self
+            .by_value
+            .entry(value)
+            .or_default()
+            .entry(bucket)
+            .or_default() += n;
+        *self.totals.entry(bucket).or_default() += n;
+    }
+
+    /// The `top_n` most frequent values' series and the total's.
+    fn series(&self, name: &str, int: bool, side: &str, grid: Grid, top_n: usize) -> Vec<Series> {
+        if self.totals.is_empty() {
+            return vec![];
         }
         let samples = |counts: &BTreeMap<i64, u64>| -> Vec<(i64, f64)> {
             (0..grid.buckets)
                 .map(|b| (grid.ts_ms(b), counts.get(&b).copied().unwrap_or(0) as f64))
                 .collect()
         };
-        let mut ranked: Vec<(&String, u64)> = by_value
+        let mut ranked: Vec<(&String, u64)> = self
+            .by_value
             .iter()
             .map(|(v, c)| (v, c.values().sum()))
             .collect();
         ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        for (v, _) in ranked.into_iter().take(top_n) {
-            out.push(Series {
+        let mut out: Vec<Series> = ranked
+            .into_iter()
+            .take(top_n)
+            .map(|(v, _)| Series {
                 labels: vec![
                     ("__meta_type".into(), LabelValue::Str(side.into())),
                     (name.to_string(), label_value(v.clone(), int)),
                 ],
-                samples: samples(&by_value[v]),
+                samples: samples(&self.by_value[v]),
                 exemplars: vec![],
-            });
-        }
+            })
+            .collect();
         out.push(Series {
             labels: vec![
                 (
@@ -1201,11 +1201,127 @@ async fn compare(
                 ),
                 (name.to_string(), LabelValue::Nil),
             ],
-            samples: samples(&totals),
+            samples: samples(&self.totals),
             exemplars: vec![],
         });
+        out
     }
-    Ok(out)
+}
+
+/// `compare()` over assembled traces (its spans filter needs the trace): the selection is
+/// evaluated on each matched span, the attributes of [`COMPARED`] read through the span model.
+async fn compare_traced(
+    t: &Tracing<'_>,
+    org: OrgId,
+    m: &MetricsQuery,
+    grid: Grid,
+) -> Result<(Vec<Series>, Option<String>), MetricsError> {
+    let MetricsFunction::Compare {
+        selection,
+        top_n,
+        start,
+        end,
+    } = &m.first_stage.func
+    else {
+        return Ok((vec![], None));
+    };
+    let mut filters = m.pipeline.spanset_filters();
+    filters.push(selection);
+    let ev = Evaluator::new(&filters).map_err(MetricsError::BadQuery)?;
+    let attrs: Vec<(&str, Attribute, bool)> = COMPARED
+        .iter()
+        .filter_map(|name| {
+            let a = crate::traceql::parse_identifier(name).ok()?;
+            let (_, int) = group_key(&a)?;
+            Some((*name, a, int))
+        })
+        .collect();
+    // [side][attribute]; side 0 selection, 1 baseline.
+    let mut counts: Vec<Vec<CompareCounts>> = (0..2)
+        .map(|_| attrs.iter().map(|_| CompareCounts::default()).collect())
+        .collect();
+    let end_us = grid.start_us + grid.buckets * grid.step_us;
+    let walk = traced_walk(t, &m.pipeline.spanset_filters(), grid);
+    let stats = walk_traces(
+        t.tracer,
+        org,
+        &walk,
+        t.search,
+        &mut TraceTiming::default(),
+        |found| {
+            let (spans, parents) = views(&found.result.spans, &found.ctx);
+            let (sets, _) =
+                super::pipeline::run_pipeline(&m.pipeline.stages, &ev, &spans, &parents)?;
+            let matched: BTreeSet<usize> =
+                sets.iter().flat_map(|s| s.rows.iter().copied()).collect();
+            for &i in &matched {
+                let view = &spans[i];
+                let r = view.facts.record;
+                if r.r#type == 1 || r.start_time_us < grid.start_us || r.start_time_us >= end_us {
+                    continue;
+                }
+                let in_window = *start <= 0
+                    || *end <= *start
+                    || (r.start_time_us * 1000 >= *start && r.start_time_us * 1000 < *end);
+                let selected =
+                    in_window && ev.eval(&selection.expr, view) == Some(Static::Bool(true));
+                let bucket = (r.start_time_us - grid.start_us) / grid.step_us;
+                for (k, (_, a, _)) in attrs.iter().enumerate() {
+                    let v = match view.attr(a) {
+                        None | Some(Static::Nil) => continue,
+                        Some(Static::String(s)) => s,
+                        Some(other) => other.to_string(),
+                    };
+                    counts[usize::from(!selected)][k].add(v, bucket, 1);
+                }
+            }
+            Ok(!matched.is_empty())
+        },
+    )
+    .await
+    .map_err(search_error)?;
+    let top_n = (*top_n).max(1) as usize;
+    let mut out = Vec::new();
+    for (side, per_attr) in ["selection", "baseline"].iter().zip(&counts) {
+        for ((name, _, int), c) in attrs.iter().zip(per_attr) {
+            out.extend(c.series(name, *int, side, grid, top_n));
+        }
+    }
+    Ok((out, partial_of(stats)))
+}
+
+fn search_error(e: super::search::SearchError) -> MetricsError {
+    match e {
+        super::search::SearchError::NotSupported(n) => MetricsError::NotSupported(n.0),
+        super::search::SearchError::BadQuery(b) => MetricsError::BadQuery(b),
+        super::search::SearchError::Service(s) => match s {
+            super::trace::ServiceError::Store(e) => MetricsError::Store(e),
+            other => MetricsError::BadQuery(other.to_string()),
+        },
+    }
+}
+
+/// The walk over every trace of the grid's range, its candidates planned from the filters.
+fn traced_walk(t: &Tracing<'_>, filters: &[&crate::traceql::SpansetFilter], grid: Grid) -> Walk {
+    let end_us = grid.start_us + grid.buckets * grid.step_us;
+    Walk {
+        filter: plan::plan_filters(filters),
+        start_s: grid.start_us.div_euclid(1_000_000),
+        end_s: (end_us + 999_999).div_euclid(1_000_000),
+        want: None,
+        deadline: t.deadline,
+        seed_window_s: t.seed_window_s,
+    }
+}
+
+fn partial_of(stats: super::search::WalkStats) -> Option<String> {
+    (!stats.complete).then(|| {
+        format!(
+            "partial result: computed over the {} traces assembled before the search budget \
+             (search.max_rows, search.max_traces or the request deadline) ran out",
+            stats.traces
+        )
+    })
 }
 
 /// The `q` quantile (in the store's unit) of one step's log2 buckets: the value at rank

@@ -65,7 +65,17 @@ pub fn plan_expr(e: &FieldExpr) -> Filter {
             expr,
             ..
         } => match &**expr {
-            FieldExpr::Attribute(Attribute::Scoped { name, .. }) if !is_mapped(name) => {
+            // Only an OTel attribute's presence is a row predicate: the span model gives the
+            // derived span attributes and the resource (service name included) to rows that
+            // carry no such OTel attribute.
+            FieldExpr::Attribute(Attribute::Scoped {
+                name,
+                scope,
+                parent: false,
+            }) if !(is_mapped(name)
+                || matches!(scope, Scope::Resource | Scope::None)
+                    && crate::span::RESOURCE_ATTRIBUTES.contains(&name.as_str())) =>
+            {
                 Filter::AttrExists(name.clone())
             }
             _ => Filter::True,
@@ -283,6 +293,22 @@ mod tests {
     fn plan(q: &str) -> Filter {
         let query = crate::traceql::parse(q).unwrap();
         plan_filters(&query.spanset_filters())
+    }
+
+    #[test]
+    fn presence_is_a_row_predicate_only_for_otel_attributes() {
+        for q in [
+            "{ resource.service.name != nil }",
+            "{ .service.name != nil }",
+            "{ resource.k8s.pod.name != nil }",
+            "{ span.http.method != nil }",
+        ] {
+            assert_eq!(plan(q), Filter::True, "{q}");
+        }
+        assert_eq!(
+            plan("{ span.db.name != nil }"),
+            Filter::Or(vec![Filter::AttrExists("db.name".into())])
+        );
     }
 
     #[test]
