@@ -287,11 +287,11 @@ const DOCS_AND_EDGES: &[(&str, Expect)] = &[
     ("topk(10)", Parse),
     ("{ } | rate() | topk()", Parse),
     ("{ } | rate() | topk(1.5)", Parse),
-    ("{ } | rate() | topk(5) | bottomk(5)", Parse),
+    ("{ } | rate() | topk(5) | bottomk(5)", Valid),
     ("{ } | rate() | { true }", Parse),
     ("{ } | rate() | count() > 1", Parse),
     ("{ } | rate() | rate()", Parse),
-    ("({ } | rate())", Parse),
+    ("({ } | rate())", Valid),
     ("{ } with(most_recent=true) | rate()", Parse),
     ("{ } with()", Parse),
     ("{ } with(most_recent)", Parse),
@@ -380,7 +380,7 @@ const METRICS_GRAMMAR: &[(&str, Expect)] = &[
     ("({} | rate()) / ({} | rate()) > 0.1", Valid),
     ("({ status = error } | rate() by (resource.service.name)) / ({ } | rate() by (resource.service.name)) with(sample=0.1)", Valid),
     ("({} | min_over_time(duration)) - ({} | max_over_time(duration)) - ({} | avg_over_time(duration))", Valid),
-    ("({} | rate()) / (2 * 3)", Valid),
+    ("({} | rate()) / (2 * 3)", Parse),
     ("{ span:childCount > 2 }", Unsupported),
     ("({} | rate() by (resource.a, resource.b, resource.c, resource.d, resource.e, resource.f)) / ({} | rate())", Unsupported),
     ("({} | quantile_over_time(duration, 2)) / ({} | rate())", Invalid),
@@ -388,7 +388,7 @@ const METRICS_GRAMMAR: &[(&str, Expect)] = &[
     ("{ } | rate() | topk(0) > 1", Invalid),
     ("{ } | compare({ status = error }) > 1", Invalid),
     ("{} | rate() > \"a\"", Parse),
-    ("{} | rate() > 1s", Parse),
+    ("{} | rate() > 1s", Valid),
     ("{} | rate() > 1 > 2", Parse),
     ("{} | rate() > .a", Parse),
     ("{} | rate() * 2", Parse),
@@ -400,7 +400,7 @@ const METRICS_GRAMMAR: &[(&str, Expect)] = &[
     ("({} | rate() by (name) | topk(5)) / ({} | rate())", Valid),
     ("({} | rate() > 1) / ({} | rate() | bottomk(2) < 3)", Valid),
     ("({} | rate() | topk(0)) / ({} | rate())", Invalid),
-    ("({} | rate()) / ({} | rate()) | topk(5)", Parse),
+    ("({} | rate()) / ({} | rate()) | topk(5)", Valid),
     ("({} | rate()) / ({} | count()) ", Parse),
     ("({} | rate()) / { true }", Parse),
     ("({} | rate()) / ({} | rate()) > ({} | rate())", Parse),
@@ -544,4 +544,107 @@ fn round_trip_through_display() {
         checked += 1;
     }
     assert!(checked > 350);
+}
+
+/// The metrics grammar of newer Tempo parsers beyond the stored corpus: duration thresholds,
+/// chains of second stages, a lone parenthesised query, second stages after arithmetic,
+/// `compare()`'s argument checks, unfolded constants. `true`: the query must be refused.
+const NEWER_METRICS_GRAMMAR: &[(&str, bool)] = &[
+    (
+        "{} | sum_over_time(span.http.request.size) by (name, resource.service.name)",
+        false,
+    ),
+    ("{} | quantile_over_time(duration, 0, 1)", false),
+    ("{ .a } | by(name) | rate()", false),
+    ("{ .a } && { .b } | count_over_time()", false),
+    ("{} | quantile_over_time(duration, 0.9) >= 100ms", false),
+    ("{} | rate() != 0.5", false),
+    ("{} | rate() > 10 | topk(3) < 100 | bottomk(2)", false),
+    ("{ .a } | compare({ status = error })", false),
+    ("{} | compare({}, 25)", false),
+    ("{} | compare({}, 25, 1000, 2000)", false),
+    ("{} | compare()", true),
+    ("{} | compare({}, 10, 1000)", true),
+    ("{} | compare({}, 10, 1000, 2000, 3000)", true),
+    ("{} | compare({}, 0)", true),
+    ("{} | compare({}, -1)", true),
+    ("{} | compare({}, 1001)", true),
+    ("{} | compare({}, 2147483648)", true),
+    ("{} | compare({}, 10, 2000, 1000)", true),
+    ("{} | compare({}, 10, 0, 2000)", true),
+    ("{} | compare({}, 10, 1000, 0)", true),
+    ("{} | compare({}, 10, -1000, 2000)", true),
+    ("{} | compare({}) | topk(10)", true),
+    ("{} | compare({}) > 10", true),
+    ("({} | compare({})) / ({} | rate())", true),
+    ("({} | compare({})) * 2", true),
+    ("{} | compare(.a)", true),
+    ("{} | compare({} | rate())", true),
+    ("({ status = error } | rate()) / ({} | rate())", false),
+    ("({} | rate())", false),
+    ("({} | rate()) * 100", false),
+    ("2 - ({} | rate())", false),
+    ("({} | rate()) + ({} | rate()) * 2", false),
+    ("(({} | rate()) + ({} | rate())) / ({} | rate())", false),
+    ("({} | rate()) / ({} | rate()) | topk(10)", false),
+    ("({} | rate() | topk(10)) - ({} | rate())", false),
+    ("({ .a } && { .b }) | rate()", false),
+    ("({ .a }) | rate()", false),
+    ("({ .a }) && { .b }", false),
+    ("{} | rate() + {} | rate()", true),
+    ("({} | rate()) + {} | rate()", true),
+    ("({} | rate()) * 10s", true),
+    ("({} | rate()) * (2 * 3)", true),
+    ("({} | rate()) % ({} | rate())", true),
+    ("({} | rate()) ^ 2", true),
+    ("({} | rate()) /", true),
+    ("({} | rate()) / ()", true),
+    ("({} | rate()", true),
+    ("({} | rate()) / ({} | rate()", true),
+    ("2 * 2", true),
+    ("{} | rate(duration)", true),
+    ("{} | count_over_time(duration)", true),
+    ("{} | min_over_time()", true),
+    ("{} | histogram_over_time()", true),
+    ("{} | sum_over_time(duration, 0.9)", true),
+    ("{} | quantile_over_time(duration)", true),
+    ("{} | quantile_over_time(duration, 1.5)", true),
+    ("{} | quantile_over_time(duration, -1)", true),
+    ("| rate()", true),
+    ("rate()", true),
+    ("{} | rate", true),
+    ("{} | rate() by ()", true),
+    ("{} | rate() by (name,)", true),
+    ("{} | rate() | rate()", true),
+    ("{} | rate() by (1)", true),
+    ("{} | topk(5)", true),
+    ("{} | rate() | topk(0)", true),
+    ("{} | rate() | topk(1.5)", true),
+    ("{} | rate() | topk(10) topk(5)", true),
+    ("{} | rate() | count_over_time()", true),
+    ("{} | rate() =~ 10", true),
+    ("{} | rate() > 10 > ", true),
+];
+
+#[test]
+fn newer_metrics_grammar() {
+    let wrong: Vec<String> = NEWER_METRICS_GRAMMAR
+        .iter()
+        .filter(|(q, refused)| parse(q).is_err() != *refused)
+        .map(|(q, refused)| format!("{q:?}: want refused={refused}, got {:?}", parse(q).err()))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // What they mean: a duration threshold is in seconds; stages chain; stages follow
+    // arithmetic; a lone parenthesised query is that query.
+    let q = parse("{} | quantile_over_time(duration, 0.9) >= 100ms").unwrap();
+    let m = q.metrics_queries()[0];
+    assert_eq!(m.filters().next().unwrap().threshold(), 0.1);
+    let q = parse("{} | rate() > 10 | topk(3) < 100 | bottomk(2)").unwrap();
+    assert_eq!(q.metrics_queries()[0].second_stages.len(), 4);
+    let q = parse("({} | rate()) / ({} | rate()) | topk(10)").unwrap();
+    assert_eq!(q.metrics_math().unwrap().stages.len(), 1);
+    assert_eq!(
+        parse("({} | rate())").unwrap(),
+        parse("{} | rate()").unwrap()
+    );
 }

@@ -544,8 +544,7 @@ async fn evaluate(
                     s.samples.retain(|(_, v)| f.keeps(*v));
                 }
             }
-            series.retain(|s| !s.samples.is_empty());
-            series
+            second_stages(&math.stages, series)
         }
         _ => results.into_iter().next().unwrap_or_default(),
     };
@@ -688,7 +687,7 @@ async fn run_traced(
         }
     }
     let partial = partial_of(stats);
-    Ok((second_stages(m, series), partial))
+    Ok((second_stages(&m.second_stages, series), partial))
 }
 
 /// Up to `max` of the exemplar candidates, spread evenly over the series and their buckets:
@@ -851,7 +850,7 @@ async fn run(
     if exemplars > 0 {
         attach_exemplars(store, org, plan, &agg, &mut series, &last_ids, exemplars).await?;
     }
-    Ok(second_stages(plan.metrics, series))
+    Ok(second_stages(&plan.metrics.second_stages, series))
 }
 
 fn is_log2(func: &MetricsFunction) -> bool {
@@ -984,8 +983,8 @@ fn build(
 }
 
 /// `> 10`, `topk(5)` and friends, in order; series left without samples are dropped.
-fn second_stages(query: &MetricsQuery, mut series: Vec<Series>) -> Vec<Series> {
-    for stage in &query.second_stages {
+fn second_stages(stages: &[MetricsStage], mut series: Vec<Series>) -> Vec<Series> {
+    for stage in stages {
         match stage {
             MetricsStage::Filter(f) => {
                 for s in &mut series {

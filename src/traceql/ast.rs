@@ -1247,7 +1247,7 @@ impl Display for SecondStage {
 /// A comparison applied to every sample of a metrics result, written right after the
 /// function or the `topk`/`bottomk` it filters: `{ } | rate() > 10`. Samples for which
 /// `sample op value` is false are dropped. `op` is one of `= != < <= > >=`; `value` is an
-/// `Int` or `Float` literal (possibly negative).
+/// `Int` or `Float` literal (possibly negative) or a duration (compared in seconds).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsFilter {
     pub op: BinaryOp,
@@ -1256,9 +1256,13 @@ pub struct MetricsFilter {
 }
 
 impl MetricsFilter {
-    /// The threshold as a number.
+    /// The threshold as a number; a duration in seconds (metrics report durations in
+    /// seconds).
     pub fn threshold(&self) -> f64 {
-        self.value.as_f64().unwrap_or(f64::NAN)
+        match self.value {
+            Static::Duration(ns) => ns as f64 / 1e9,
+            _ => self.value.as_f64().unwrap_or(f64::NAN),
+        }
     }
 
     /// Whether a sample passes the filter.
@@ -1283,7 +1287,7 @@ impl Display for MetricsFilter {
 }
 
 /// What follows the metrics function, in order. The parser accepts
-/// `function [filter] [| topk(n)|bottomk(n) [filter]]`.
+/// `function [filter] (| topk(n)|bottomk(n) [filter])*`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricsStage {
     /// `| topk(n)` / `| bottomk(n)`.
@@ -1312,7 +1316,7 @@ pub struct MetricsQuery {
 }
 
 impl MetricsQuery {
-    /// The `topk`/`bottomk` stage, if any.
+    /// The first `topk`/`bottomk` stage, if any.
     pub fn limit(&self) -> Option<&SecondStage> {
         self.second_stages.iter().find_map(|s| match s {
             MetricsStage::Limit(l) => Some(l),
@@ -1396,12 +1400,14 @@ impl Display for MetricsExpr {
     }
 }
 
-/// A metrics arithmetic expression with an optional comparison on its result:
-/// `({…} | rate()) / ({…} | rate()) > 0.1`.
+/// A metrics arithmetic expression with an optional comparison on its result and then
+/// second stages: `({…} | rate()) / ({…} | rate()) > 0.1 | topk(5)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsMath {
     pub expr: MetricsExpr,
     pub filter: Option<MetricsFilter>,
+    /// `| topk(n)`, `| bottomk(n)` and their filters after the arithmetic, in order.
+    pub stages: Vec<MetricsStage>,
 }
 
 impl Display for MetricsMath {
@@ -1409,6 +1415,9 @@ impl Display for MetricsMath {
         write!(f, "{}", self.expr)?;
         if let Some(x) = &self.filter {
             write!(f, " {x}")?;
+        }
+        for s in &self.stages {
+            write!(f, "{s}")?;
         }
         Ok(())
     }

@@ -898,7 +898,12 @@ fn metrics_filter(op: &Tok, op_pos: usize, rhs: &PNode) -> Shape<MetricsFilter> 
         )
     })?;
     match &rhs.node {
-        Node::Lit { value, .. } if matches!(value, Static::Int(_) | Static::Float(_)) => {
+        Node::Lit { value, .. }
+            if matches!(
+                value,
+                Static::Int(_) | Static::Float(_) | Static::Duration(_)
+            ) =>
+        {
             Ok(MetricsFilter {
                 op,
                 value: value.clone(),
@@ -908,7 +913,7 @@ fn metrics_filter(op: &Tok, op_pos: usize, rhs: &PNode) -> Shape<MetricsFilter> 
         _ => Err((
             rhs.pos,
             format!(
-                "a metrics result can only be compared with a number, found {}",
+                "a metrics result can only be compared with a number or a duration, found {}",
                 describe_node(rhs)
             ),
         )),
@@ -947,33 +952,7 @@ fn shape_metrics_query(elems: &[&PNode]) -> Option<Shape<MetricsQuery>> {
         if let (_, Some(f)) = split_filter(elems[mi])? {
             second_stages.push(MetricsStage::Filter(f));
         }
-        match &elems[mi + 1..] {
-            [] => {}
-            [s] => {
-                let (stage, filter) = split_filter(s)?;
-                match &stage.node {
-                    Node::Second(l) => second_stages.push(MetricsStage::Limit(l.clone())),
-                    _ => {
-                        return Err((
-                            stage.pos,
-                            format!(
-                                "unexpected {} after a metrics function",
-                                describe_node(stage)
-                            ),
-                        ))
-                    }
-                }
-                if let Some(f) = filter {
-                    second_stages.push(MetricsStage::Filter(f));
-                }
-            }
-            [_, extra, ..] => {
-                return Err((
-                    extra.pos,
-                    "only one stage may follow a metrics function".into(),
-                ))
-            }
-        }
+        second_stages.extend(shape_second_stages(&elems[mi + 1..])?);
         let pipeline = shape_pipeline(&elems[..mi])?;
         Ok(MetricsQuery {
             pipeline,
@@ -981,6 +960,31 @@ fn shape_metrics_query(elems: &[&PNode]) -> Option<Shape<MetricsQuery>> {
             second_stages,
         })
     })())
+}
+
+/// The stages after a metrics result: `| topk(n)` or `| bottomk(n)`, each with an optional
+/// comparison, as many as written.
+fn shape_second_stages(elems: &[&PNode]) -> Shape<Vec<MetricsStage>> {
+    let mut out = Vec::new();
+    for s in elems {
+        let (stage, filter) = split_filter(s)?;
+        match &stage.node {
+            Node::Second(l) => out.push(MetricsStage::Limit(l.clone())),
+            _ => {
+                return Err((
+                    stage.pos,
+                    format!(
+                        "unexpected {} after a metrics function",
+                        describe_node(stage)
+                    ),
+                ))
+            }
+        }
+        if let Some(f) = filter {
+            out.push(MetricsStage::Filter(f));
+        }
+    }
+    Ok(out)
 }
 
 fn metrics_arith(t: &Tok) -> Option<BinaryOp> {
@@ -998,7 +1002,16 @@ fn shape_metrics_expr(n: &PNode) -> Shape<MetricsExpr> {
         Node::Paren(x) => {
             let elems = pipe_elements(x);
             if elems.len() == 1 {
-                return shape_metrics_expr(x);
+                let inner = shape_metrics_expr(x)?;
+                if inner.queries().is_empty() {
+                    // Constant arithmetic is not folded.
+                    return Err((
+                        n.pos,
+                        "a parenthesised operand must hold a metrics query such as `({ } | rate())`"
+                            .into(),
+                    ));
+                }
+                return Ok(inner);
             }
             match shape_metrics_query(&elems) {
                 Some(Ok(q)) => Ok(MetricsExpr::Query(Box::new(q))),
@@ -1069,7 +1082,11 @@ fn shape_metrics_math(n: &PNode) -> Shape<MetricsMath> {
             "metrics arithmetic needs at least one metrics query such as `({ } | rate())`".into(),
         ));
     }
-    Ok(MetricsMath { expr, filter })
+    Ok(MetricsMath {
+        expr,
+        filter,
+        stages: vec![],
+    })
 }
 
 fn shape_root(n: &PNode) -> Shape<RootExpr> {
@@ -1078,7 +1095,23 @@ fn shape_root(n: &PNode) -> Shape<RootExpr> {
         if let Some(m) = shape_metrics_query(&elems) {
             return m.map(RootExpr::Metrics);
         }
+        // Arithmetic followed by second stages: `(a) / (b) | topk(10)`.
+        if contains_metrics(elems[0]) && !matches!(elems[0].node, Node::Paren(_)) {
+            if let Ok(mut math) = shape_metrics_math(elems[0]) {
+                math.stages = shape_second_stages(&elems[1..])?;
+                return Ok(RootExpr::MetricsMath(math));
+            }
+        }
         return Ok(RootExpr::Pipeline(shape_pipeline(&elems)?));
+    }
+    // One parenthesised metrics query: `({ } | rate())`.
+    if let Node::Paren(x) = &n.node {
+        let inner = pipe_elements(x);
+        if inner.len() > 1 {
+            if let Some(m) = shape_metrics_query(&inner) {
+                return m.map(RootExpr::Metrics);
+            }
+        }
     }
     if metrics_head(n).is_some() {
         return Err((

@@ -34,8 +34,15 @@ pub fn validate(q: &Query, src: &str) -> VResult {
         RootExpr::Metrics(m) => v.metrics(m)?,
         RootExpr::MetricsMath(m) => {
             for q in m.expr.queries() {
+                if let MetricsFunction::Compare { .. } = q.first_stage.func {
+                    return Err(v.invalid(
+                        Some(q.first_stage.pos),
+                        "compare() cannot take part in metrics arithmetic",
+                    ));
+                }
                 v.metrics(q)?;
             }
+            v.limits(&m.stages)?;
         }
     }
     for h in &q.hints {
@@ -44,7 +51,24 @@ pub fn validate(q: &Query, src: &str) -> VResult {
     Ok(())
 }
 
+/// The largest `topN` `compare()` takes.
+pub const MAX_COMPARE_TOP_N: i64 = 1000;
+
 impl Validator<'_> {
+    /// Every `topk(n)`/`bottomk(n)` keeps at least one series.
+    fn limits(&self, stages: &[MetricsStage]) -> VResult {
+        for stage in stages {
+            if let MetricsStage::Limit(s) = stage {
+                if s.limit <= 0 {
+                    return Err(
+                        self.invalid(Some(s.pos), format!("{s}: limit must be greater than 0"))
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn invalid(&self, pos: Option<Pos>, message: impl Into<String>) -> TraceqlError {
         let position = pos.map(|Pos(o)| {
             let (l, c) = line_col(self.src, o);
@@ -358,16 +382,19 @@ impl Validator<'_> {
                 end,
             } => {
                 self.filter(selection)?;
-                if *top_n <= 0 {
+                if !(1..=MAX_COMPARE_TOP_N).contains(top_n) {
                     return Err(self.invalid(
                         Some(first.pos),
-                        format!("compare() topN must be greater than 0: {top_n}"),
+                        format!(
+                            "compare() topN must be between 1 and {MAX_COMPARE_TOP_N}: {top_n}"
+                        ),
                     ));
                 }
-                if *end != 0 && start > end {
-                    return Err(
-                        self.invalid(Some(first.pos), "compare() start must not be after end")
-                    );
+                if (*start != 0 || *end != 0) && !(*start > 0 && end > start) {
+                    return Err(self.invalid(
+                        Some(first.pos),
+                        "compare() timestamps must be positive integer unix nanoseconds with start before end",
+                    ));
                 }
                 if !m.second_stages.is_empty() {
                     return Err(self.invalid(
@@ -378,11 +405,7 @@ impl Validator<'_> {
             }
             _ => {}
         }
-        if let Some(s) = m.limit() {
-            if s.limit <= 0 {
-                return Err(self.invalid(Some(s.pos), format!("{s}: limit must be greater than 0")));
-            }
-        }
+        self.limits(&m.second_stages)?;
         Ok(())
     }
 
