@@ -30,6 +30,7 @@ on_both_stores!(
     arithmetic_between_queries_and_scalars,
     compare_counts_selection_and_baseline,
     exemplars_are_rows_of_the_series,
+    every_valid_metrics_query_of_the_corpus_answers,
 );
 
 const STEP_S: i64 = 10;
@@ -733,4 +734,51 @@ async fn exemplars_are_rows_of_the_series(f: Fixture) {
         )
         .await;
     assert!(!body.contains("exemplars"), "{body}");
+}
+
+/// Every metrics query Tempo's TraceQL corpus (`tests/data/tempo_test_examples.yaml`) calls
+/// valid answers 200 on `query_range`: computed in the store or over assembled traces.
+async fn every_valid_metrics_query_of_the_corpus_answers(f: Fixture) {
+    let doc: serde_yaml::Mapping =
+        serde_yaml::from_str(include_str!("data/tempo_test_examples.yaml")).unwrap();
+    let valid = doc
+        .get("valid")
+        .and_then(|v| v.as_sequence())
+        .cloned()
+        .unwrap_or_default();
+    // And the newer grammar beyond the stored corpus (see traceql_conformance.rs).
+    let newer = [
+        "({ status = error } | rate()) / ({} | rate())",
+        "({} | rate()) * 100",
+        "2 - ({} | rate())",
+        "({} | rate()) / ({} | rate()) | topk(10)",
+        "{} | rate() > 10 | topk(3) < 100 | bottomk(2)",
+        "{} | quantile_over_time(duration, 0.9) >= 100ms",
+        "{ .a } | compare({ status = error })",
+        "{} | compare({}, 25, 1000, 2000)",
+        "{ .a } | by(name) | rate()",
+        "{ .a } && { .b } | count_over_time()",
+        "{} | sum_over_time(span.http.request.size) by (name, resource.service.name)",
+        "{} | avg_over_time(.latency)",
+        "{ span:childCount > 1 } | rate()",
+    ];
+    let mut n = 0;
+    for q in valid
+        .iter()
+        .filter_map(|v| v.as_str())
+        .chain(newer.iter().copied())
+    {
+        let Ok(parsed) = deepflow_tempo::traceql::parse(q) else {
+            continue;
+        };
+        if !parsed.is_metrics() {
+            continue;
+        }
+        n += 1;
+        let (s, body) = f
+            .status("/api/metrics/query_range", q, &format!("&step={STEP_S}s"))
+            .await;
+        assert_eq!(s, 200, "{q}: {body}");
+    }
+    assert!(n >= 5, "the corpus holds {n} valid metrics queries");
 }

@@ -26,10 +26,10 @@ fn parse_error_positions() {
         ("{ true } + { true }", 1, 10, "`+`"),
         ("{ .a = 99999999999999999999 }", 1, 8, "out of range"),
         (
-            "{ } | rate() | topk(5) | bottomk(5)",
+            "{ } | rate() | topk(5) | rate()",
             1,
             26,
-            "only one stage",
+            "after a metrics function",
         ),
         ("{ bartag = 0 }", 1, 3, "attributes need a scope"),
         ("{ .a = 1 } { .b = 2 }", 1, 12, "expected end of query"),
@@ -560,7 +560,7 @@ fn metrics_arithmetic_errors() {
             "({} | rate()) / ({} | rate()) > \"a\"",
             "compared with a number",
         ),
-        ("{} | rate() > 1s", "compared with a number"),
+        ("{} | rate() > \"1s\"", "compared with a number or a duration"),
     ] {
         let (_, _, msg) = parse_err(q);
         assert!(msg.contains(needle), "{q}: {msg}");
