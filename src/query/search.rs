@@ -411,6 +411,9 @@ async fn run(
         start_s: req.start_s,
         end_s: req.end_s,
         want: Some(req.limit),
+        // A trace matches a query of several spanset filters (`{A} && {B}`) less often than
+        // it holds a candidate row of one of them: start with more seeds per wanted trace.
+        first_seeds_per_trace: 4 * filters.len().clamp(1, 2),
         deadline: req.deadline,
         seed_window_s,
     };
@@ -449,6 +452,9 @@ pub struct Walk {
     pub end_s: i64,
     /// Stop after this many traces were accepted; `None` visits every trace of the range.
     pub want: Option<usize>,
+    /// Seeds per wanted trace in the first batch (later batches size themselves from the
+    /// seeds an accepted trace took).
+    pub first_seeds_per_trace: usize,
     /// Stop looking for more traces at this instant.
     pub deadline: Option<Instant>,
     /// Seconds around a seed row its trace is searched in.
@@ -509,7 +515,9 @@ pub async fn walk_traces(
         // beats a second one). A walk over every trace takes the largest batches.
         let target = match walk.want {
             None => MAX_BATCH,
-            Some(w) if seen_traces.is_empty() => (w - accepted).saturating_mul(4),
+            Some(w) if seen_traces.is_empty() => {
+                (w - accepted).saturating_mul(walk.first_seeds_per_trace.max(1))
+            }
             Some(w) => {
                 let seeds_per_hit = consumed as f64 / accepted.max(1) as f64;
                 ((w - accepted) as f64 * seeds_per_hit * 1.5).ceil() as usize
