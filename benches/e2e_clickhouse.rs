@@ -6,7 +6,10 @@
 //!   hour and a tag-values call (`resource.service.name`): p50/p99;
 //! - trace-level searches `{}`, `{ status = error }` (one trace in ten fails) and an `&&` of two
 //!   services, `limit=20`: p50/p99 and the ratio of their p50 to opening one uncached trace,
-//!   on ClickHouse and, over 1,000 traces of the same shape, on the embedded store.
+//!   on ClickHouse and, over 1,000 traces of the same shape, on the embedded store;
+//! - TraceQL metrics `{} | rate() by (resource.service.name)` over one hour at a 60 s step
+//!   through the metrics service, against the same aggregation written by hand in SQL and read
+//!   with the `clickhouse` crate (runs interleaved): p50/p99 of both and the ratio of the p50s.
 //!
 //! `cargo bench --bench e2e_clickhouse` runs the full size; under `cargo test` (no `--bench`
 //! argument) it runs a small smoke version. Uses `CLICKHOUSE_URL` or starts its own front.
@@ -16,12 +19,14 @@ mod common;
 
 use deepflow_tempo::autotrace::TraceParams;
 use deepflow_tempo::config::{CacheConfig, TempoConfig};
+use deepflow_tempo::query::metrics::{self, MetricsRequest};
 use deepflow_tempo::query::search::{self, SearchConfig, SearchRequest};
 use deepflow_tempo::query::trace::{TempoService, TraceService};
-use deepflow_tempo::store::model::{DeviceName, NameTables};
-use deepflow_tempo::store::{Facet, Filter, FlowQuery, TimeWindow};
+use deepflow_tempo::store::model::{DeviceName, NameTables, OrgId};
+use deepflow_tempo::store::{Facet, Filter, FlowQuery, FlowStore, TimeWindow};
 use deepflow_tempo::synth::{self, Shape};
 use deepflow_tempo::tempo::ids::TraceId;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 struct Sample {
@@ -224,6 +229,147 @@ async fn embedded(traces: usize, runs: usize) -> (TraceSearches, f64, usize) {
     (searches, pct(&one, 0.5), n_rows)
 }
 
+const METRICS_QUERY: &str = "{} | rate() by (resource.service.name)";
+const METRICS_STEP_S: i64 = 60;
+
+/// `resource.service.name` of a row written out in SQL: the application service (else
+/// DeepFlow's auto service) for application spans, the auto service, else the process, for
+/// eBPF spans, `<observation point> @ <node or host>` for network spans.
+fn hand_service_sql(tag: &str) -> String {
+    let (codes, names) = deepflow_tempo::span::observation_point_names();
+    let list = |v: &[&str]| {
+        v.iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (codes, names) = (list(&codes), list(&names));
+    format!(
+        "WITH startsWith(observation_point, 'c') AS client_side, \
+         if(client_side, \
+            if(auto_service_type_0 IN (0, 255), \
+               if(is_ipv4 = 1, IPv4NumToString(ip4_0), IPv6NumToString(ip6_0)), \
+               dictGet('{tag}.device_map', 'name', (toUInt64(auto_service_type_0), toUInt64(auto_service_id_0)))), \
+            if(auto_service_type_1 IN (0, 255), \
+               if(is_ipv4 = 1, IPv4NumToString(ip4_1), IPv6NumToString(ip6_1)), \
+               dictGet('{tag}.device_map', 'name', (toUInt64(auto_service_type_1), toUInt64(auto_service_id_1))))) AS auto_service, \
+         if(client_side, dictGet('{tag}.gprocess_map', 'name', toUInt64(gprocess_id_0)), \
+            dictGet('{tag}.gprocess_map', 'name', toUInt64(gprocess_id_1))) AS gprocess, \
+         if(client_side, process_kname_0, process_kname_1) AS kname, \
+         if(client_side, dictGet('{tag}.device_map', 'name', (toUInt64(14), toUInt64(pod_node_id_0))), \
+            dictGet('{tag}.device_map', 'name', (toUInt64(14), toUInt64(pod_node_id_1)))) AS node, \
+         if(client_side, dictGet('{tag}.device_map', 'name', (toUInt64(6), toUInt64(host_id_0))), \
+            dictGet('{tag}.device_map', 'name', (toUInt64(6), toUInt64(host_id_1)))) AS host, \
+         dictGetOrDefault('{tag}.vtap_port_map', 'pod_node_name', (toUInt64(agent_id), toUInt64(capture_nic)), '') AS port_node, \
+         dictGetOrDefault('{tag}.vtap_port_map', 'host_name', (toUInt64(agent_id), toUInt64(capture_nic)), '') AS port_host, \
+         dictGetOrDefault('{tag}.vtap_port_map', 'device_name', (toUInt64(agent_id), toUInt64(capture_nic)), '') AS port_device, \
+         if(observation_point = '', 'network', \
+            transform(toString(observation_point), [{codes}], [{names}], toString(observation_point))) AS point \
+         SELECT toString(multiIf( \
+           signal_source = 4, multiIf(toString(app_service) != '', toString(app_service), auto_service != '', auto_service, 'unknown app service'), \
+           signal_source = 3, multiIf(auto_service != '', auto_service, gprocess != '', gprocess, kname != '', kname, 'unknown process'), \
+           concat(point, ' @ ', multiIf(node != '', node, port_node != '', port_node, host != '', host, \
+                                        port_host != '', port_host, port_device != '', port_device, \
+                                        concat('agent ', toString(agent_id)))))) AS service"
+    )
+}
+
+/// One (service, step) count of the hand-written aggregation.
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct HandCount {
+    service: String,
+    step: i64,
+    spans: u64,
+}
+
+/// `METRICS_QUERY` over `[start_s, end_s)` as SQL written by hand: spans (sessions and
+/// request halves, `type IN (0, 2)`) counted per service and 60 s step of `start_time`, over
+/// the `time` window the metrics service scans (to one hour past the end).
+fn hand_metrics_sql(org: OrgId, start_s: i64, end_s: i64) -> String {
+    let flow = org.database("flow_log");
+    let tag = org.database("flow_tag");
+    let step_us = METRICS_STEP_S * 1_000_000;
+    format!(
+        "{select}, toInt64(intDiv(toUnixTimestamp64Micro(start_time) - {start_us}, {step_us})) AS step, \
+         count() AS spans \
+         FROM `{flow}`.`l7_flow_log` \
+         WHERE time >= toDateTime({start_s}) AND time <= toDateTime({slack_s}) AND type IN (0, 2) \
+           AND start_time >= fromUnixTimestamp64Micro(toInt64({start_us})) \
+           AND start_time < fromUnixTimestamp64Micro(toInt64({end_us})) \
+         GROUP BY service, step",
+        select = hand_service_sql(&tag),
+        start_us = start_s * 1_000_000,
+        end_us = end_s * 1_000_000,
+        slack_s = end_s + 3600,
+    )
+}
+
+/// Times of the metrics service and of the hand-written SQL (µs, sorted), and the number of
+/// series; checks both count the same spans per service.
+async fn metrics_vs_hand(
+    store: &dyn FlowStore,
+    url: &str,
+    org: OrgId,
+    now_s: i64,
+    runs: usize,
+) -> (Vec<u64>, Vec<u64>, usize) {
+    let end_s = (now_s / METRICS_STEP_S + 1) * METRICS_STEP_S;
+    let start_s = end_s - 3600;
+    let req = MetricsRequest {
+        query: deepflow_tempo::traceql::parse(METRICS_QUERY).unwrap(),
+        start_ns: start_s * 1_000_000_000,
+        end_ns: end_s * 1_000_000_000,
+        step_ns: METRICS_STEP_S * 1_000_000_000,
+        max_series: metrics::DEFAULT_MAX_SERIES,
+    };
+    let client = clickhouse::Client::default().with_url(url);
+    let sql = hand_metrics_sql(org, start_s, end_s);
+    let (mut service, mut hand) = (Vec::new(), Vec::new());
+    let (mut by_service, mut by_hand) = (BTreeMap::new(), BTreeMap::new());
+    let mut series = 0;
+    for k in 0..runs {
+        // Alternate which goes first, so neither always finds the other's warm caches.
+        for service_turn in [k % 2 == 0, k % 2 != 0] {
+            let t = Instant::now();
+            if service_turn {
+                let out = metrics::query_range(store, org, &req).await.unwrap();
+                service.push(t.elapsed().as_micros() as u64);
+                series = out.len();
+                by_service = out
+                    .iter()
+                    .map(|s| {
+                        let spans: f64 = s.samples.iter().map(|(_, v)| v).sum();
+                        let name = match &s.labels[0].1 {
+                            metrics::LabelValue::Str(n) => n.clone(),
+                            other => format!("{other:?}"),
+                        };
+                        (name, (spans * METRICS_STEP_S as f64).round() as u64)
+                    })
+                    .collect();
+            } else {
+                let rows = client.query(&sql).fetch_all::<HandCount>().await.unwrap();
+                hand.push(t.elapsed().as_micros() as u64);
+                by_hand.clear();
+                for r in rows {
+                    assert!(
+                        (0..60).contains(&r.step),
+                        "step {} outside the hour",
+                        r.step
+                    );
+                    *by_hand.entry(r.service).or_insert(0u64) += r.spans;
+                }
+            }
+        }
+    }
+    assert_eq!(
+        by_service, by_hand,
+        "the service and the SQL count different spans"
+    );
+    service.sort_unstable();
+    hand.sort_unstable();
+    (service, hand, series)
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (small_traces, big_calls, runs_small, runs_big) = if full {
@@ -360,6 +506,10 @@ fn main() {
             services = search_store.distinct_values(org, &q, &Facet::Service).await.unwrap().len();
             tag_values.push(t.elapsed().as_micros() as u64);
         }
+        let url = common::clickhouse_url().expect("the store's ClickHouse");
+        let metrics_runs = if full { 20 } else { 2 };
+        let (metrics_service, metrics_hand, series) =
+            metrics_vs_hand(search_store.as_ref(), &url, org, now_s, metrics_runs).await;
         searches.sort_unstable();
         tag_values.sort_unstable();
 
@@ -388,5 +538,17 @@ fn main() {
         let (searches, one_p50, n_rows) =
             embedded(if full { 1_000 } else { 20 }, if full { 10 } else { 2 }).await;
         print_trace_searches(&format!("embedded ({n_rows} rows)"), &searches, one_p50);
+        println!("\n| TraceQL metrics, last hour, step 60 s | runs | service p50 ms | service p99 ms | hand-written SQL p50 ms | hand-written SQL p99 ms | p50 service / hand | series |");
+        println!("|---|---|---|---|---|---|---|---|");
+        println!(
+            "| `{}` | {} | {:.1} | {:.1} | {:.1} | {:.1} | **{:.2}** | {series} |",
+            METRICS_QUERY.replace('|', "\\|"),
+            metrics_service.len(),
+            pct(&metrics_service, 0.5),
+            pct(&metrics_service, 0.99),
+            pct(&metrics_hand, 0.5),
+            pct(&metrics_hand, 0.99),
+            pct(&metrics_service, 0.5) / pct(&metrics_hand, 0.5)
+        );
     });
 }

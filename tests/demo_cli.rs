@@ -1,6 +1,7 @@
 //! `deepflow-tempo demo` end to end: it loads the embedded store, serves it, prints trace IDs
 //! of both kinds that open with application, eBPF and network spans, `{}` finds traces, and
-//! every query of the provisioned dashboard finds some.
+//! every query of the provisioned dashboard finds some (traces, or series for its TraceQL
+//! metrics panels).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -110,10 +111,31 @@ async fn demo_serves_traces_of_every_kind() {
     )
     .unwrap();
     let mut queries = vec!["{}".to_string()];
+    let mut metrics = Vec::new();
     for p in dash["panels"].as_array().unwrap() {
-        for t in p["targets"].as_array().unwrap() {
-            queries.push(t["query"].as_str().unwrap().to_string());
+        // Rows hold no queries; time series panels plot TraceQL metrics.
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let q = t["query"].as_str().unwrap().to_string();
+            if t.get("metricsQueryType").is_some() {
+                metrics.push(q);
+            } else {
+                queries.push(q);
+            }
         }
+    }
+    assert!(
+        !metrics.is_empty(),
+        "the dashboard plots no TraceQL metrics"
+    );
+    for q in metrics {
+        let enc: String = url_encode(&q);
+        let (status, body) = get(format!("/api/metrics/query_range?q={enc}&since=1h")).await;
+        assert_eq!(status, 200, "{q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            !v["series"].as_array().unwrap().is_empty(),
+            "{q} plots nothing"
+        );
     }
     for q in queries {
         let enc: String = url_encode(&q);

@@ -1,8 +1,10 @@
 //! The compose stack, the Dockerfile and the Grafana provisioning, checked without a container
 //! engine: the files parse, services, volumes, ports and mounts are consistent, the data source
 //! is a Tempo data source whose uid the dashboard uses, every dashboard query is TraceQL the
-//! server accepts, and the Dockerfile builds the binary CI builds.
+//! server accepts (time series panels: metrics queries it runs), and the Dockerfile builds the
+//! binary CI builds.
 
+use deepflow_tempo::traceql::RootExpr;
 use serde_yaml::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -254,13 +256,33 @@ fn dashboard_queries_are_valid_traceql_and_trace_ids_link_to_explore() {
     let panels = dash["panels"].as_array().expect("panels");
     assert!(panels.len() >= 3);
     let mut titles = Vec::new();
+    let mut metrics_queries = Vec::new();
     for p in panels {
         let title = p["title"].as_str().unwrap().to_string();
+        if p["type"] == "row" {
+            assert!(p.get("targets").is_none(), "{title}: a row has no queries");
+            continue;
+        }
+        let timeseries = p["type"] == "timeseries";
         for t in p["targets"].as_array().expect("targets") {
             assert_eq!(t["queryType"], "traceql", "{title}");
             let q = t["query"].as_str().unwrap();
-            deepflow_tempo::traceql::parse(q)
+            let parsed = deepflow_tempo::traceql::parse(q)
                 .unwrap_or_else(|e| panic!("{title}: {q:?} is rejected: {e}"));
+            let metrics = matches!(parsed.root, RootExpr::Metrics(_));
+            // Time series plot TraceQL metrics (range queries) this service runs; tables list
+            // search hits.
+            assert_eq!(metrics, timeseries, "{title}: {q:?}");
+            if timeseries {
+                assert_eq!(t["metricsQueryType"], "range", "{title}");
+                deepflow_tempo::query::metrics::check(&parsed)
+                    .unwrap_or_else(|e| panic!("{title}: {q:?} cannot run: {e}"));
+                metrics_queries.push(q.to_string());
+            }
+        }
+        if timeseries {
+            titles.push(title);
+            continue;
         }
         // The trace ID column links to the Explore trace view of this data source.
         let links: Vec<&serde_json::Value> = p["fieldConfig"]["overrides"]
@@ -292,6 +314,16 @@ fn dashboard_queries_are_valid_traceql_and_trace_ids_link_to_explore() {
         .iter()
         .any(|t| t.contains("slow") && t.contains("failing")));
     assert!(titles.iter().filter(|t| t.starts_with("Entry:")).count() >= 2);
+    for want in [
+        "{} | rate() by (resource.service.name)",
+        "{ status = error } | rate() by (resource.service.name)",
+        "{} | quantile_over_time(duration, 0.9) by (resource.service.name)",
+    ] {
+        assert!(
+            metrics_queries.iter().any(|q| q == want),
+            "no panel plots {want}"
+        );
+    }
 }
 
 #[test]
