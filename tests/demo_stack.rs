@@ -275,7 +275,7 @@ fn dashboard_queries_are_valid_traceql_and_trace_ids_link_to_explore() {
             assert_eq!(metrics, timeseries, "{title}: {q:?}");
             if timeseries {
                 assert_eq!(t["metricsQueryType"], "range", "{title}");
-                deepflow_tempo::query::metrics::check(&parsed)
+                deepflow_tempo::query::metrics::check(&parsed, false)
                     .unwrap_or_else(|e| panic!("{title}: {q:?} cannot run: {e}"));
                 metrics_queries.push(q.to_string());
             }
