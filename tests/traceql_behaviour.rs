@@ -560,7 +560,10 @@ fn metrics_arithmetic_errors() {
             "({} | rate()) / ({} | rate()) > \"a\"",
             "compared with a number",
         ),
-        ("{} | rate() > \"1s\"", "compared with a number or a duration"),
+        (
+            "{} | rate() > \"1s\"",
+            "compared with a number or a duration",
+        ),
     ] {
         let (_, _, msg) = parse_err(q);
         assert!(msg.contains(needle), "{q}: {msg}");
