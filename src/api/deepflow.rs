@@ -972,7 +972,20 @@ mod tests {
         let p = validate_tracing(&obj(base.clone()))
             .unwrap()
             .params(&config);
-        assert_eq!(p, config);
+        // DeepFlow's routes answer as DeepFlow does unless they opt in to inference.
+        assert_eq!(
+            p,
+            TraceParams {
+                inference: false,
+                ..config.clone()
+            }
+        );
+        let opted = TraceParams {
+            inference_on_deepflow_api: true,
+            ..config.clone()
+        };
+        let p = validate_tracing(&obj(base.clone())).unwrap().params(&opted);
+        assert_eq!(p, opted);
         let mut over = base;
         over["MAX_ITERATION"] = json!(2);
         over["network_delay_us"] = json!(5);
