@@ -660,7 +660,6 @@ async fn assemble_batch(
     let mut out = Vec::with_capacity(outcome.traces.len());
     for mut o in outcome.traces.into_iter().map(|t| t.outcome) {
         let records = std::mem::take(&mut o.records);
-        let kept = tracer.params.inference.then(|| records.clone());
         let mut result = autotrace::assemble_with(
             records,
             o.external.clone(),
@@ -668,15 +667,24 @@ async fn assemble_batch(
             &tracer.params,
             autotrace::Detail::Tree,
         );
-        if let Some(records) = kept {
-            // The inference stage's reads count as store time, not assembly.
+        if tracer.params.inference {
+            // The rules over the assembled trace only: probing every trace of a search for
+            // the calls behind thread hops costs reads per trace.
             let mut inferred = TraceTiming::default();
             let tree = TraceService {
                 detail: autotrace::Detail::Tree,
                 ..tracer.clone()
             };
             result = tree
-                .infer(org, &tracer.params, &o, records, result, &mut inferred)
+                .infer(
+                    org,
+                    &tracer.params,
+                    &o,
+                    Vec::new(),
+                    result,
+                    false,
+                    &mut inferred,
+                )
                 .await?;
             timing.store_us += inferred.store_us;
             timing.queries += inferred.queries;

@@ -305,7 +305,7 @@ impl TraceService {
         timing.assemble_us = t.elapsed().as_micros() as u64;
         let result = match kept {
             Some(records) => {
-                self.infer(org, params, &outcome, records, result, &mut timing)
+                self.infer(org, params, &outcome, records, result, true, &mut timing)
                     .await?
             }
             None => result,
@@ -334,7 +334,10 @@ impl TraceService {
     /// The inference stage (`autotrace::infer`) over a trace assembled from `records` (and
     /// the outcome's external spans): probe the processes of its server spans for the calls
     /// behind thread hops, search their subtrees as DeepFlow does, assemble again, then link
-    /// what exactly one candidate fits. Rounds repeat on the server spans found.
+    /// what exactly one candidate fits. Rounds repeat on the server spans found. Without
+    /// `probe` (search, which assembles many traces per request), only the rules over the
+    /// assembled trace run: no store reads.
+    #[allow(clippy::too_many_arguments)]
     pub async fn infer(
         &self,
         org: OrgId,
@@ -342,6 +345,7 @@ impl TraceService {
         outcome: &SearchOutcome,
         mut records: Vec<crate::store::model::FlowRecord>,
         mut result: TraceResult,
+        probe: bool,
         timing: &mut TraceTiming,
     ) -> Result<TraceResult, ServiceError> {
         use crate::autotrace::infer;
@@ -351,7 +355,7 @@ impl TraceService {
         let mut done = foldhash::HashSet::default();
         let mut adopted: Vec<(u64, u64)> = Vec::new();
         let search_params = Self::search_params(params);
-        for _ in 0..INFER_ROUNDS {
+        for _ in 0..if probe { INFER_ROUNDS } else { 0 } {
             let probes = infer::probes(&result, &done, INFER_MAX_PROBES);
             if probes.is_empty() {
                 break;
