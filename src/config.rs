@@ -352,6 +352,18 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
         "seconds added on each side of the window of trace-id queries",
     ),
     (
+        "tracing.inference",
+        "DFT_TRACING__INFERENCE",
+        "true",
+        "place the spans DeepFlow's evidence loses when exactly one parent fits (Tempo API, search)",
+    ),
+    (
+        "tracing.inference_on_deepflow_api",
+        "DFT_TRACING__INFERENCE_ON_DEEPFLOW_API",
+        "false",
+        "also infer on DeepFlow's own routes (off: they answer as DeepFlow does)",
+    ),
+    (
         "tempo.lookback",
         "DFT_TEMPO__LOOKBACK",
         "86400",

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod autotrace;
+pub mod blindspots;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -25,6 +25,8 @@ on_both_stores!(
     s14_completion_with_external_spans,
     s14_completion_of_an_unknown_trace_returns_the_external_spans,
     generated_zero_code_trace_matches_its_ground_truth,
+    s15_with_inference_only_adds_or_corrects,
+    s15b_with_inference_adds_the_second_trace,
 );
 
 /// A store that counts the reads it answers (to check one round trip per query).
@@ -101,6 +103,70 @@ fn why(t: &[(u64, Option<u64>, Option<String>)], n: u64) -> (Option<u64>, Option
 
 const TCP: &str = "trace mounted due to tcp_seq";
 
+/// DeepFlow's own answer (the reference-parity checks): no inference stage.
+fn deepflow() -> TraceParams {
+    TraceParams {
+        inference: false,
+        ..TraceParams::default()
+    }
+}
+
+/// What the inference stage changes in a scenario's tree: `(n, parent before, parent after)`
+/// of every span whose parent differs or that only one of the trees has (`Some(None)`: a root;
+/// `None`: absent).
+async fn inference_changes(
+    store: SharedStore,
+    org: OrgId,
+    entry: u64,
+) -> Vec<(u64, Option<Option<u64>>, Option<Option<u64>>)> {
+    let mut trees = Vec::new();
+    for inference in [false, true] {
+        let params = TraceParams {
+            inference,
+            ..TraceParams::default()
+        };
+        let svc = TraceService::new(store.clone(), params);
+        let (_, result, _) = svc
+            .trace_by_id(org, entry, 1_699_999_940, 1_700_000_060)
+            .await
+            .unwrap();
+        let t: HashMap<u64, Option<u64>> =
+            tree(&result).into_iter().map(|(n, p, _)| (n, p)).collect();
+        trees.push(t);
+    }
+    let mut keys: Vec<u64> = trees.iter().flat_map(|t| t.keys().copied()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|n| {
+            let (a, b) = (trees[0].get(&n).copied(), trees[1].get(&n).copied());
+            (a != b).then_some((n, a, b))
+        })
+        .collect()
+}
+
+/// With inference on, S15a's tree is DeepFlow's.
+async fn s15_with_inference_only_adds_or_corrects(store: SharedStore, org: OrgId) {
+    let a = s15a_rows();
+    store.insert_rows(org, &a).await.unwrap();
+    assert_eq!(
+        inference_changes(store.clone(), org, a[0]._id).await,
+        vec![]
+    );
+}
+
+async fn s15b_with_inference_adds_the_second_trace(store: SharedStore, org: OrgId) {
+    let b = s15b_rows();
+    store.insert_rows(org, &b).await.unwrap();
+    // S15b gains row 3, the server NIC of the call, whose trace id U DeepFlow cuts off: it
+    // joins the TCP path between the client NIC (4) and the server process (2), which now
+    // hangs under it, as a server process does under its NIC.
+    assert_eq!(
+        inference_changes(store, org, b[1]._id).await,
+        vec![(2, Some(Some(4)), Some(Some(3))), (3, None, Some(Some(4)))]
+    );
+}
+
 async fn s15a_iteration_and_tcp_reuse(store: SharedStore, org: OrgId) {
     let rows = s15a_rows();
     store.insert_rows(org, &rows).await.unwrap();
@@ -108,7 +174,7 @@ async fn s15a_iteration_and_tcp_reuse(store: SharedStore, org: OrgId) {
         inner: store,
         reads: Mutex::new(vec![]),
     });
-    let svc = TraceService::new(counting.clone(), TraceParams::default());
+    let svc = TraceService::new(counting.clone(), deepflow());
     let (outcome, result, _) = svc
         .trace_by_id(org, rows[0]._id, 1_699_999_940, 1_700_000_060)
         .await
@@ -148,7 +214,7 @@ async fn s15b_trace_ids_expand_and_conflicts_drop(store: SharedStore, org: OrgId
         inner: store,
         reads: Mutex::new(vec![]),
     });
-    let svc = TraceService::new(counting.clone(), TraceParams::default());
+    let svc = TraceService::new(counting.clone(), deepflow());
     let (outcome, result, _) = svc
         .trace_by_id(org, rows[1]._id, 1_699_999_940, 1_700_000_060)
         .await

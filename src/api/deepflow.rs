@@ -435,6 +435,7 @@ impl TracingRequest {
     /// The configured parameters with this request's overrides.
     fn params(&self, config: &TraceParams) -> TraceParams {
         let mut p = config.clone();
+        p.inference = config.inference && config.inference_on_deepflow_api;
         if let Some(v) = self.max_iteration {
             p.max_iteration = v;
         }
@@ -515,6 +516,7 @@ impl CompletionRequest {
     /// configuration's, `has_attributes` does not exist here (§1.2).
     fn params(&self, config: &TraceParams) -> TraceParams {
         let mut p = config.clone();
+        p.inference = config.inference && config.inference_on_deepflow_api;
         p.max_iteration = self.max_iteration;
         if let Some(v) = self.network_delay_us {
             p.network_delay_us = v.min(MAX_TOLERANCE_US);
@@ -970,7 +972,20 @@ mod tests {
         let p = validate_tracing(&obj(base.clone()))
             .unwrap()
             .params(&config);
-        assert_eq!(p, config);
+        // DeepFlow's routes answer as DeepFlow does unless they opt in to inference.
+        assert_eq!(
+            p,
+            TraceParams {
+                inference: false,
+                ..config.clone()
+            }
+        );
+        let opted = TraceParams {
+            inference_on_deepflow_api: true,
+            ..config.clone()
+        };
+        let p = validate_tracing(&obj(base.clone())).unwrap().params(&opted);
+        assert_eq!(p, opted);
         let mut over = base;
         over["MAX_ITERATION"] = json!(2);
         over["network_delay_us"] = json!(5);

@@ -31,6 +31,7 @@
 pub mod batch;
 pub mod clock;
 pub mod flow;
+pub mod infer;
 pub mod merge;
 pub mod output;
 pub mod relate;
@@ -135,6 +136,12 @@ pub struct TraceParams {
     pub iteration_expand_time_range: u32,
     /// OTel-only mode (`signal_sources == ["otel"]`, §3.6).
     pub otel_only: bool,
+    /// Infer what DeepFlow has no evidence for (`infer`): search on from what was found and
+    /// place the spans it loses, only when exactly one parent fits. On for the Tempo API and
+    /// search.
+    pub inference: bool,
+    /// Also infer on DeepFlow's own routes (off: they answer as DeepFlow does).
+    pub inference_on_deepflow_api: bool,
 }
 
 impl Default for TraceParams {
@@ -149,6 +156,8 @@ impl Default for TraceParams {
             allow_multiple_trace_ids_in_tracing_result: false,
             iteration_expand_time_range: 0,
             otel_only: false,
+            inference: true,
+            inference_on_deepflow_api: false,
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct OutSpan {
     pub selftime: i64,
     /// Why the parent link was made (`set_parent_info`).
     pub set_parent_info: Option<String>,
+    /// The parent link was inferred (`infer`), not found by DeepFlow's evidence.
+    pub inferred: bool,
     pub deepflow_span_id: String,
     pub deepflow_parent_span_id: String,
     pub render_start_time_us: i64,
@@ -277,6 +279,9 @@ fn span_json(s: &OutSpan, has_attributes: bool) -> Map<String, Value> {
         },
     );
     put("set_parent_info", opt_str(&s.set_parent_info));
+    if s.inferred {
+        put("inferred", json!(true));
+    }
     put("auto_instance", json!(s.auto_instance()));
     put("auto_instance_id", json!(s.auto_instance_id()));
     put("auto_instance_type", json!(s.auto_instance_type()));
@@ -786,6 +791,7 @@ pub fn build_output(
             related_ids,
             selftime: selftime[s],
             set_parent_info: node.reason.take(),
+            inferred: false,
             deepflow_span_id: dsid[s].take().unwrap_or_default(),
             deepflow_parent_span_id: parent_dsid,
             render_start_time_us: start.saturating_add(shift),

@@ -646,6 +646,7 @@ async fn assemble_batch(
     seed_window_s: i64,
     timing: &mut TraceTiming,
 ) -> Result<Vec<FoundTrace>, SearchError> {
+    let params = TraceService::search_params(&tracer.params);
     let searches: Vec<Search> = seeds
         .iter()
         .map(|m| {
@@ -653,11 +654,11 @@ async fn assemble_batch(
             Search::by_id(
                 m._id,
                 autotrace::TimeWindow::new(t - seed_window_s, t + seed_window_s),
-                &tracer.params,
+                &params,
             )
         })
         .collect();
-    let batch = autotrace::BatchSearch::new(searches, &tracer.params)
+    let batch = autotrace::BatchSearch::new(searches, &params)
         .max_rows(tracer.store.max_rows().min(usize::MAX as u64) as usize);
     let (outcome, traced) = tracer.run_batch(org, batch).await?;
     timing.store_us += traced.store_us;
@@ -665,14 +666,37 @@ async fn assemble_batch(
     let reads_per_trace = traced.queries / (outcome.traces.len().max(1) as u32);
     let t = Instant::now();
     let mut out = Vec::with_capacity(outcome.traces.len());
-    for o in outcome.traces.into_iter().map(|t| t.outcome) {
-        let result = autotrace::assemble_with(
-            o.records,
-            o.external,
+    for mut o in outcome.traces.into_iter().map(|t| t.outcome) {
+        let records = std::mem::take(&mut o.records);
+        let mut result = autotrace::assemble_with(
+            records,
+            o.external.clone(),
             o.entry_id,
             &tracer.params,
             autotrace::Detail::Tree,
         );
+        if tracer.params.inference {
+            // The rules over the assembled trace only: probing every trace of a search for
+            // the calls behind thread hops costs reads per trace.
+            let mut inferred = TraceTiming::default();
+            let tree = TraceService {
+                detail: autotrace::Detail::Tree,
+                ..tracer.clone()
+            };
+            result = tree
+                .infer(
+                    org,
+                    &tracer.params,
+                    &o,
+                    Vec::new(),
+                    result,
+                    false,
+                    &mut inferred,
+                )
+                .await?;
+            timing.store_us += inferred.store_us;
+            timing.queries += inferred.queries;
+        }
         if result.spans.is_empty() {
             continue;
         }

@@ -291,8 +291,10 @@ impl TraceService {
     ) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
         let (mut outcome, mut timing) = self.run_search(org, search).await?;
         let t = Instant::now();
-        // The records move into the engine (no copy); the outcome keeps their count.
+        // The records move into the engine (no copy); the outcome keeps their count. The
+        // inference stage assembles them again with what it finds: it keeps a copy.
         let records = std::mem::take(&mut outcome.records);
+        let kept = params.inference.then(|| records.clone());
         let result = autotrace::assemble_with(
             records,
             outcome.external.clone(),
@@ -301,12 +303,117 @@ impl TraceService {
             self.detail,
         );
         timing.assemble_us = t.elapsed().as_micros() as u64;
+        let result = match kept {
+            Some(records) => {
+                self.infer(org, params, &outcome, records, result, true, &mut timing)
+                    .await?
+            }
+            None => result,
+        };
         crate::metrics::metrics().assembled_trace(
             result.spans.len(),
             outcome.iterations,
             timing.queries,
         );
         Ok((outcome, result, timing))
+    }
+
+    /// The search parameters of a traced request: with inference on, flows found through
+    /// eBPF, packet and X-Request-ID links may bring new trace ids (a second application trace
+    /// inside one request is searched, not cut off).
+    pub fn search_params(params: &TraceParams) -> std::borrow::Cow<'_, TraceParams> {
+        if params.inference && !params.allow_multiple_trace_ids_in_tracing_result {
+            let mut p = params.clone();
+            p.allow_multiple_trace_ids_in_tracing_result = true;
+            std::borrow::Cow::Owned(p)
+        } else {
+            std::borrow::Cow::Borrowed(params)
+        }
+    }
+
+    /// The inference stage (`autotrace::infer`) over a trace assembled from `records` (and
+    /// the outcome's external spans): probe the processes of its server spans for the calls
+    /// behind thread hops, search their subtrees as DeepFlow does, assemble again, then link
+    /// what exactly one candidate fits. Rounds repeat on the server spans found. Without
+    /// `probe` (search, which assembles many traces per request), only the rules over the
+    /// assembled trace run: no store reads.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn infer(
+        &self,
+        org: OrgId,
+        params: &TraceParams,
+        outcome: &SearchOutcome,
+        mut records: Vec<crate::store::model::FlowRecord>,
+        mut result: TraceResult,
+        probe: bool,
+        timing: &mut TraceTiming,
+    ) -> Result<TraceResult, ServiceError> {
+        use crate::autotrace::infer;
+        let limit = params.l7_tracing_limit.max(1);
+        let mut known: foldhash::HashSet<u64> = records.iter().map(|r| r._id).collect();
+        known.extend(outcome.ids.iter().copied());
+        let mut done = foldhash::HashSet::default();
+        let mut adopted: Vec<(u64, u64)> = Vec::new();
+        let search_params = Self::search_params(params);
+        for _ in 0..if probe { INFER_ROUNDS } else { 0 } {
+            let probes = infer::probes(&result, &done, INFER_MAX_PROBES);
+            if probes.is_empty() {
+                break;
+            }
+            let mut seeds = Vec::new();
+            for p in probes {
+                done.insert(p.server);
+                let Some(q) = probe_query(&p, limit) else {
+                    continue;
+                };
+                let t = Instant::now();
+                let rows = self.store.select_records(org, &q).await?;
+                timing.store_us += t.elapsed().as_micros() as u64;
+                timing.queries += 1;
+                let cut = rows.len() >= limit;
+                for id in infer::adopt(&p, &rows, &known, cut) {
+                    adopted.push((id, p.server));
+                    seeds.push(id);
+                }
+            }
+            if seeds.is_empty() {
+                break;
+            }
+            let window = outcome.fetch_window.unwrap_or_else(|| {
+                let t = (seeds[0] >> 32) as i64;
+                autotrace::TimeWindow::new(t - 60, t + 60)
+            });
+            for seed in seeds {
+                if known.contains(&seed) {
+                    continue;
+                }
+                let search = Search::by_id(seed, window, &search_params);
+                let (found, t) = self.run_search(org, search).await?;
+                timing.queries += t.queries;
+                timing.store_us += t.store_us;
+                timing.search_us += t.search_us;
+                for r in found.records {
+                    if known.insert(r._id) {
+                        records.push(r);
+                    }
+                }
+                known.insert(seed);
+            }
+            let t = Instant::now();
+            result = autotrace::assemble_with(
+                records.clone(),
+                outcome.external.clone(),
+                outcome.entry_id,
+                params,
+                self.detail,
+            );
+            timing.assemble_us += t.elapsed().as_micros() as u64;
+        }
+        let mut links = infer::hop_links(&result, &adopted);
+        let app = infer::app_links(&result, &links);
+        links.extend(app);
+        infer::relink(&mut result, &links, self.detail == autotrace::Detail::Full);
+        Ok(result)
     }
 
     /// Trace from an entry row `_id`, searching in `[start_s, end_s]`.
@@ -317,7 +424,11 @@ impl TraceService {
         start_s: i64,
         end_s: i64,
     ) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
-        let search = Search::by_id(id, autotrace::TimeWindow::new(start_s, end_s), &self.params);
+        let search = Search::by_id(
+            id,
+            autotrace::TimeWindow::new(start_s, end_s),
+            &Self::search_params(&self.params),
+        );
         self.run(org, search, &self.params).await
     }
 
@@ -332,7 +443,7 @@ impl TraceService {
         let search = Search::by_trace_id(
             trace_id,
             autotrace::TimeWindow::new(start_s, end_s),
-            &self.params,
+            &Self::search_params(&self.params),
         );
         self.run(org, search, &self.params).await
     }
@@ -344,9 +455,40 @@ impl TraceService {
         spans: Vec<ExternalAppSpan>,
         params: &TraceParams,
     ) -> Result<(SearchOutcome, TraceResult, TraceTiming), ServiceError> {
-        let search = Search::for_completion(spans, params);
+        let search = Search::for_completion(spans, &Self::search_params(params));
         self.run(org, search, params).await
     }
+}
+
+/// Most server spans one inference round probes, and most rounds.
+const INFER_MAX_PROBES: usize = 64;
+const INFER_ROUNDS: usize = 3;
+
+/// The store read of a probe: the process's eBPF rows on the agent whose interval may overlap
+/// the server span (`None` for a process key no column can hold).
+fn probe_query(p: &autotrace::infer::Probe, limit: usize) -> Option<FlowQuery> {
+    use autotrace::infer::ProcessKey;
+    let (c0, c1, v) = match p.process {
+        ProcessKey::Global(g) => (Col::GprocessId0, Col::GprocessId1, g as u64),
+        ProcessKey::Pid(pid) => (Col::ProcessId0, Col::ProcessId1, u64::try_from(pid).ok()?),
+    };
+    // Rows end after the server span starts (their `time` is their end second) and start
+    // before it ends; those that started over a minute earlier are not read.
+    let from_s = p.start_us.div_euclid(1_000_000);
+    let to_s = p.end_us.div_euclid(1_000_000) + 60;
+    Some(
+        FlowQuery::new(Filter::And(vec![
+            Filter::IntIn(Col::SignalSource, vec![3]),
+            Filter::IntIn(Col::AgentId, vec![p.agent as u64]),
+            Filter::Or(vec![Filter::IntIn(c0, vec![v]), Filter::IntIn(c1, vec![v])]),
+            Filter::StartTimeIn(
+                p.start_us.saturating_sub(60_000_000),
+                p.end_us.saturating_add(1),
+            ),
+        ]))
+        .window(window(autotrace::TimeWindow::new(from_s, to_s)))
+        .limit(limit as u64),
+    )
 }
 
 /// The root of an assembled trace as Grafana draws it: the earliest span without a parent.

@@ -118,6 +118,10 @@ pub enum Col {
     ProcessKname1,
     ServerPort,
     SpanKind,
+    ProcessId0,
+    ProcessId1,
+    GprocessId0,
+    GprocessId1,
 }
 
 impl Col {
@@ -157,6 +161,10 @@ impl Col {
             Col::ProcessKname1 => "process_kname_1",
             Col::ServerPort => "server_port",
             Col::SpanKind => "span_kind",
+            Col::ProcessId0 => "process_id_0",
+            Col::ProcessId1 => "process_id_1",
+            Col::GprocessId0 => "gprocess_id_0",
+            Col::GprocessId1 => "gprocess_id_1",
         }
     }
 

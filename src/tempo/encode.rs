@@ -23,6 +23,16 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, Instrumentatio
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 use opentelemetry_proto::tonic::trace::v1::{span, ResourceSpans, ScopeSpans, Span};
 
+fn kv_bool(key: &str, v: bool) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::BoolValue(v)),
+        }),
+        ..Default::default()
+    }
+}
+
 /// Semantic-convention and DeepFlow attributes of a span, then the row's own OTel attributes
 /// (which win on a name clash). Column values are moved out of the span where this is their
 /// last use (the span name, kind and status must be taken before). Built in `scratch` (kept
@@ -95,6 +105,9 @@ fn span_attributes(
     v.push(kv_int("deepflow.selftime_us", s.selftime));
     if let Some(why) = s.set_parent_info.take() {
         v.push(kv_str("deepflow.parent_reason", why));
+    }
+    if s.inferred {
+        v.push(kv_bool("deepflow.inferred", true));
     }
     v.push(kv_str("deepflow.span_id", take(&mut s.deepflow_span_id)));
     let mut row_ids = String::with_capacity(20 * s.ids.len());
