@@ -758,11 +758,17 @@ impl FlowStore for ClickHouseStore {
             self.execute("SYSTEM RELOAD DICTIONARIES").await?;
         }
         if options.without_ttl {
-            self.execute(&format!(
-                "ALTER TABLE `{}`.`l7_flow_log_local` REMOVE TTL",
-                self.flow_db(org)
-            ))
-            .await?;
+            let removed = self
+                .execute(&format!(
+                    "ALTER TABLE `{}`.`l7_flow_log_local` REMOVE TTL",
+                    self.flow_db(org)
+                ))
+                .await;
+            match removed {
+                // Applying the schema again: the TTL is already gone.
+                Err(StoreError::Query(m)) if m.contains("doesn't have any table TTL") => {}
+                other => other?,
+            }
         }
         Ok(())
     }

@@ -118,7 +118,15 @@ pub fn clickhouse_url() -> Option<String> {
 /// (`NNNN_flow_log`, `NNNN_flow_tag`), so tests run in parallel against one engine.
 pub fn fresh_org() -> OrgId {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 2 + (std::process::id() % 97) as u16 * 100;
+    // Test processes share one ClickHouse front: spread them over the organisations 2..=9901.
+    static BASE: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        2 + ((std::process::id() ^ nanos) % 99) as u16 * 100
+    });
     OrgId(base + NEXT.fetch_add(1, Ordering::Relaxed) % 100)
 }
 
