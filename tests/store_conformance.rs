@@ -933,14 +933,16 @@ async fn service_names_and_facets(store: SharedStore, org: OrgId) {
     assert_eq!(ops, vec!["c", "s-app", "s-p"]);
 }
 
-/// The stores' SQL form of `service.name` is the span model's: over a minute of the demo
-/// (application, eBPF and network spans of every kind, with names), the distinct service names
-/// are those `span::SpanFacts` gives the rows, and selecting by each name finds exactly the rows
-/// the model gives that name.
-async fn service_names_follow_the_span_model(store: SharedStore, org: OrgId) {
+/// A minute of the demo (application, eBPF and network spans of every kind, with names)
+/// loaded and read back whole, and the window that holds it.
+async fn load_demo_minute(
+    store: &SharedStore,
+    org: OrgId,
+    seed: u64,
+) -> (Vec<FlowRecord>, TimeWindow) {
     let end_us = (T0 as i64 + 60) * 1_000_000;
     let data = deepflow_tempo::demo::generate(&deepflow_tempo::demo::DemoOptions {
-        seed: 7,
+        seed,
         minutes: 1,
         rate: 1.0,
         end_us,
@@ -953,6 +955,15 @@ async fn service_names_follow_the_span_model(store: SharedStore, org: OrgId) {
         .await
         .unwrap();
     assert_eq!(records.len(), data.rows.len());
+    (records, w)
+}
+
+/// The stores' SQL form of `service.name` is the span model's: over a minute of the demo
+/// (application, eBPF and network spans of every kind, with names), the distinct service names
+/// are those `span::SpanFacts` gives the rows, and selecting by each name finds exactly the rows
+/// the model gives that name.
+async fn service_names_follow_the_span_model(store: SharedStore, org: OrgId) {
+    let (records, w) = load_demo_minute(&store, org, 7).await;
     let mut by_name: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
     for r in &records {
         let name = deepflow_tempo::span::SpanFacts::of_row(r)
@@ -998,21 +1009,7 @@ async fn span_model_keys_in_sql_follow_the_span_model(store: SharedStore, org: O
     use deepflow_tempo::store::{Aggregation, GroupKey, KeyValue};
     use deepflow_tempo::traceql::Static;
     use std::collections::BTreeMap;
-    let end_us = (T0 as i64 + 60) * 1_000_000;
-    let data = deepflow_tempo::demo::generate(&deepflow_tempo::demo::DemoOptions {
-        seed: 11,
-        minutes: 1,
-        rate: 1.0,
-        end_us,
-    });
-    store.insert_rows(org, &data.rows).await.unwrap();
-    store.insert_names(org, &data.names).await.unwrap();
-    let w = TimeWindow::new(T0 - 120, T0 + 120);
-    let records = store
-        .select_records(org, &FlowQuery::new(Filter::True).window(w).limit(100_000))
-        .await
-        .unwrap();
-    assert_eq!(records.len(), data.rows.len());
+    let (records, _) = load_demo_minute(&store, org, 11).await;
     let text = |v: Option<Static>| match v {
         None => String::new(),
         Some(Static::String(s)) => s,

@@ -273,29 +273,6 @@ fn group_key(a: &Attribute) -> Option<(GroupKey, bool)> {
     }
 }
 
-fn cmp(op: BinaryOp) -> Option<CmpOp> {
-    Some(match op {
-        BinaryOp::Eq => CmpOp::Eq,
-        BinaryOp::Neq => CmpOp::Neq,
-        BinaryOp::Lt => CmpOp::Lt,
-        BinaryOp::Lte => CmpOp::Lte,
-        BinaryOp::Gt => CmpOp::Gt,
-        BinaryOp::Gte => CmpOp::Gte,
-        _ => return None,
-    })
-}
-
-/// `a op b` read as `b op' a`.
-fn flip(op: CmpOp) -> CmpOp {
-    match op {
-        CmpOp::Lt => CmpOp::Gt,
-        CmpOp::Lte => CmpOp::Gte,
-        CmpOp::Gt => CmpOp::Lt,
-        CmpOp::Gte => CmpOp::Lte,
-        o => o,
-    }
-}
-
 /// The exact store predicate of a span filter expression, or the construct that has none.
 fn exact(e: &FieldExpr) -> Result<Filter, MetricsError> {
     match e {
@@ -324,11 +301,13 @@ fn exact(e: &FieldExpr) -> Result<Filter, MetricsError> {
             _ => Err(not_supported(e)),
         },
         FieldExpr::Binary { op, lhs, rhs, .. } => {
-            let found = match (&**lhs, &**rhs, cmp(*op)) {
-                (FieldExpr::Attribute(a), FieldExpr::Static(s), Some(c)) => condition(a, c, s),
-                (FieldExpr::Static(s), FieldExpr::Attribute(a), Some(c)) => {
-                    condition(a, flip(c), s)
+            let found = match (&**lhs, &**rhs) {
+                (FieldExpr::Attribute(a), FieldExpr::Static(s)) => {
+                    plan::cmp(*op).and_then(|c| condition(a, c, s))
                 }
+                (FieldExpr::Static(s), FieldExpr::Attribute(a)) => plan::flip(*op)
+                    .and_then(plan::cmp)
+                    .and_then(|c| condition(a, c, s)),
                 _ => None,
             };
             found.ok_or_else(|| not_supported(e))
@@ -575,7 +554,6 @@ async fn run_traced(
 ) -> Result<(Vec<Series>, Option<String>), MetricsError> {
     let filters = m.pipeline.spanset_filters();
     let ev = Evaluator::new(&filters).map_err(MetricsError::BadQuery)?;
-    let end_us = grid.start_us + grid.buckets * grid.step_us;
     let walk = traced_walk(t, &filters, grid);
     let func = &m.first_stage.func;
     let measured = func.attribute();
@@ -594,14 +572,10 @@ async fn run_traced(
     let mut timing = TraceTiming::default();
     let stats = walk_traces(t.tracer, org, &walk, t.search, &mut timing, |found| {
         let (spans, parents) = views(&found.result.spans, &found.ctx);
-        let (sets, _) = super::pipeline::run_pipeline(&m.pipeline.stages, &ev, &spans, &parents)?;
-        let matched: BTreeSet<usize> = sets.iter().flat_map(|s| s.rows.iter().copied()).collect();
-        for &i in &matched {
+        let counted = counted_spans(m, &ev, &spans, &parents, grid)?;
+        for &i in &counted {
             let view = &spans[i];
             let r = view.facts.record;
-            if r.r#type == 1 || r.start_time_us < grid.start_us || r.start_time_us >= end_us {
-                continue;
-            }
             let value = match measured {
                 None => 0.0,
                 Some(a) => match view.attr(a) {
@@ -665,7 +639,7 @@ async fn run_traced(
                 );
             }
         }
-        Ok(!matched.is_empty())
+        Ok(!counted.is_empty())
     })
     .await
     .map_err(search_error)?;
@@ -688,6 +662,27 @@ async fn run_traced(
     }
     let partial = partial_of(stats);
     Ok((second_stages(&m.second_stages, series), partial))
+}
+
+/// The spans of an assembled trace that a traced metrics query counts: those its pipeline
+/// matches that are requests or sessions (as the store counts) starting in the grid.
+fn counted_spans(
+    m: &MetricsQuery,
+    ev: &Evaluator,
+    spans: &[super::pipeline::SpanView<'_>],
+    parents: &[Option<usize>],
+    grid: Grid,
+) -> Result<BTreeSet<usize>, super::pipeline::NotSupported> {
+    let end_us = grid.start_us + grid.buckets * grid.step_us;
+    let (sets, _) = super::pipeline::run_pipeline(&m.pipeline.stages, ev, spans, parents)?;
+    Ok(sets
+        .iter()
+        .flat_map(|s| s.rows.iter().copied())
+        .filter(|&i| {
+            let r = spans[i].facts.record;
+            r.r#type != 1 && r.start_time_us >= grid.start_us && r.start_time_us < end_us
+        })
+        .collect())
 }
 
 /// Up to `max` of the exemplar candidates, spread evenly over the series and their buckets:
@@ -1239,7 +1234,6 @@ async fn compare_traced(
     let mut counts: Vec<Vec<CompareCounts>> = (0..2)
         .map(|_| attrs.iter().map(|_| CompareCounts::default()).collect())
         .collect();
-    let end_us = grid.start_us + grid.buckets * grid.step_us;
     let walk = traced_walk(t, &m.pipeline.spanset_filters(), grid);
     let stats = walk_traces(
         t.tracer,
@@ -1249,16 +1243,10 @@ async fn compare_traced(
         &mut TraceTiming::default(),
         |found| {
             let (spans, parents) = views(&found.result.spans, &found.ctx);
-            let (sets, _) =
-                super::pipeline::run_pipeline(&m.pipeline.stages, &ev, &spans, &parents)?;
-            let matched: BTreeSet<usize> =
-                sets.iter().flat_map(|s| s.rows.iter().copied()).collect();
-            for &i in &matched {
+            let counted = counted_spans(m, &ev, &spans, &parents, grid)?;
+            for &i in &counted {
                 let view = &spans[i];
                 let r = view.facts.record;
-                if r.r#type == 1 || r.start_time_us < grid.start_us || r.start_time_us >= end_us {
-                    continue;
-                }
                 let in_window = *start <= 0
                     || *end <= *start
                     || (r.start_time_us * 1000 >= *start && r.start_time_us * 1000 < *end);
@@ -1274,7 +1262,7 @@ async fn compare_traced(
                     counts[usize::from(!selected)][k].add(v, bucket, 1);
                 }
             }
-            Ok(!matched.is_empty())
+            Ok(!counted.is_empty())
         },
     )
     .await

@@ -108,7 +108,8 @@ fn is_trace_condition(e: &FieldExpr) -> bool {
     }
 }
 
-fn flip(op: BinaryOp) -> Option<BinaryOp> {
+/// `a op b` read as `b op' a`.
+pub(crate) fn flip(op: BinaryOp) -> Option<BinaryOp> {
     Some(match op {
         BinaryOp::Eq | BinaryOp::Neq => op,
         BinaryOp::Lt => BinaryOp::Gt,
@@ -119,7 +120,8 @@ fn flip(op: BinaryOp) -> Option<BinaryOp> {
     })
 }
 
-fn cmp(op: BinaryOp) -> Option<CmpOp> {
+/// The store's comparison of a TraceQL comparison operator.
+pub(crate) fn cmp(op: BinaryOp) -> Option<CmpOp> {
     Some(match op {
         BinaryOp::Eq => CmpOp::Eq,
         BinaryOp::Neq => CmpOp::Neq,
