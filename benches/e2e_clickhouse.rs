@@ -13,6 +13,7 @@
 //!
 //! `cargo bench --bench e2e_clickhouse` runs the full size; under `cargo test` (no `--bench`
 //! argument) it runs a small smoke version. Uses `CLICKHOUSE_URL` or starts its own front.
+//! `cargo bench --bench e2e_clickhouse -- --embedded` runs only the embedded store's part.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -388,6 +389,12 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
+        if std::env::args().any(|a| a == "--embedded") {
+            let (searches, one_p50, n_rows) =
+                embedded(if full { 1_000 } else { 20 }, if full { 10 } else { 2 }).await;
+            print_trace_searches(&format!("embedded ({n_rows} rows)"), &searches, one_p50);
+            return;
+        }
         let Some((store, org)) = common::clickhouse_store().await else {
             eprintln!("no ClickHouse: skipped");
             return;

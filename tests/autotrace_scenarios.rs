@@ -1,18 +1,108 @@
 //! The §10 scenarios S1–S13 of the tracing spec, driven through `assemble` (the rows are the
-//! fetch result), with the project policy of §9 applied.
+//! fetch result), with the project policy of §9 applied. Each scenario also runs through the
+//! inference stage (`autotrace::infer`), whose changes to DeepFlow's tree are listed in
+//! [`INFERENCE_CHANGES`].
 
 mod autotrace_common;
 
 use autotrace_common::*;
-use deepflow_tempo::autotrace::{assemble, TraceParams, TraceResult, TracingSource};
-use deepflow_tempo::store::model::FlowRecord;
+use deepflow_tempo::autotrace::{assemble, infer, TraceParams, TraceResult, TracingSource};
+use deepflow_tempo::store::model::{signal_source, FlowRecord};
+use std::collections::HashMap;
 
-fn run(rows: Vec<FlowRecord>, entry: u64) -> TraceResult {
-    assemble(rows, vec![], Some(entry), &TraceParams::default())
+/// What the inference stage changes in each scenario's tree: `(span, parent before, parent
+/// after)` by first row `_id` (`None`: a root). A scenario not listed keeps DeepFlow's tree.
+/// Every change is a corrected parent: a call that DeepFlow hangs under the server process
+/// span that read the request moves under the application span of that process that made it
+/// (`infer::INNERMOST_APP`). No span is added: a scenario's rows are the whole fetch result,
+/// so no thread-hop probe finds a row the trace lacks.
+const INFERENCE_CHANGES: &[(&str, &[(u64, Option<u64>, Option<u64>)])] = &[(
+    "s4b_uninstrumented_call_inside_app_spans",
+    &[(409, Some(405), Some(408))],
+)];
+
+fn run(name: &str, rows: Vec<FlowRecord>, entry: u64) -> TraceResult {
+    run_with(name, rows, entry, &TraceParams::default())
 }
 
-fn run_with(rows: Vec<FlowRecord>, entry: u64, p: &TraceParams) -> TraceResult {
-    assemble(rows, vec![], Some(entry), p)
+/// DeepFlow's answer for the scenario's rows (what each test checks), after checking what the
+/// inference stage changes in it against [`INFERENCE_CHANGES`].
+fn run_with(name: &str, rows: Vec<FlowRecord>, entry: u64, p: &TraceParams) -> TraceResult {
+    let reference = assemble(rows.clone(), vec![], Some(entry), p);
+    let inferred = with_inference(rows, entry, p);
+    let listed = INFERENCE_CHANGES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| c.to_vec())
+        .unwrap_or_default();
+    assert_eq!(
+        changes(&reference, &inferred),
+        listed,
+        "{name}: the inference stage's changes to DeepFlow's tree"
+    );
+    for &(n, _, after) in &listed {
+        let span = View(&inferred).span(n).clone();
+        assert!(span.inferred, "{name}: span {n} is marked inferred");
+        assert_eq!(
+            span.set_parent_info.as_deref(),
+            Some(infer::INNERMOST_APP),
+            "{name}: span {n}"
+        );
+        let parent = View(&inferred)
+            .span(after.expect("a parent"))
+            .record
+            .clone();
+        assert_eq!(
+            parent.signal_source,
+            signal_source::OTEL,
+            "{name}: span {n}"
+        );
+        assert!(
+            parent.start_time_us <= span.record.start_time_us
+                && span.record.end_time_us <= parent.end_time_us,
+            "{name}: span {n} lies inside its new parent"
+        );
+    }
+    reference
+}
+
+/// The inference stage over a fetch result, as the trace service runs it: thread-hop probes
+/// (answered from the same rows), then the rules, applied.
+fn with_inference(rows: Vec<FlowRecord>, entry: u64, p: &TraceParams) -> TraceResult {
+    let mut result = assemble(rows.clone(), vec![], Some(entry), p);
+    let known = rows.iter().map(|r| r._id).collect();
+    let mut adopted = Vec::new();
+    for probe in infer::probes(&result, &Default::default(), usize::MAX) {
+        let rows = infer::adopt(&probe, &rows, &known, false);
+        adopted.extend(rows.into_iter().map(|id| (id, probe.server)));
+    }
+    assert_eq!(adopted, vec![], "every row is in the fetch result already");
+    infer::apply(&mut result, &adopted, true);
+    result
+}
+
+/// `(span, parent before, parent after)` of every span whose parent differs.
+fn changes(before: &TraceResult, after: &TraceResult) -> Vec<(u64, Option<u64>, Option<u64>)> {
+    let parents = |r: &TraceResult| -> HashMap<u64, Option<u64>> {
+        let first: HashMap<usize, u64> = r.spans.iter().map(|s| (s.id, s.ids[0])).collect();
+        r.spans
+            .iter()
+            .map(|s| (s.ids[0], s.parent_id.map(|p| first[&p])))
+            .collect()
+    };
+    let (a, b) = (parents(before), parents(after));
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "the inference stage adds no span to a fetch result"
+    );
+    let mut out: Vec<_> = a
+        .iter()
+        .filter(|(n, p)| b.get(n) != Some(p))
+        .map(|(&n, &p)| (n, p, b[&n]))
+        .collect();
+    out.sort();
+    out
 }
 
 #[test]
@@ -43,7 +133,7 @@ fn s1_single_http_call() {
             .kname1("java")
             .b(),
     ];
-    let res = run(rows, 101);
+    let res = run("s1_single_http_call", rows, 101);
     let v = View(&res);
     v.check(&[
         (101, None, None, 200),
@@ -123,7 +213,7 @@ fn s2_request_and_response_merge() {
             .b(),
         row(203, 0, "s", 2, 1200, 8800).flow(901).seq(100, 200).b(),
     ];
-    let res = run(rows, 201);
+    let res = run("s2_request_and_response_merge", rows, 201);
     let v = View(&res);
     let m = v.span(201);
     assert_eq!(m.id, 0);
@@ -171,7 +261,7 @@ fn s3_server_nic_sp_and_otel_server_span() {
             .svc1(60, "svc-b", 6)
             .b(),
     ];
-    let res = run(rows, 301);
+    let res = run("s3_server_nic_sp_and_otel_server_span", rows, 301);
     let v = View(&res);
     v.check(&[
         (301, None, None, 600),
@@ -191,8 +281,8 @@ fn s3_server_nic_sp_and_otel_server_span() {
     assert_eq!(v.services(), vec![svc("60-", "svc-b", 9200, "100.00")]);
 }
 
-#[test]
-fn s4_full_stack() {
+/// S4's rows: a full stack with every link evidenced.
+fn s4_rows() -> Vec<FlowRecord> {
     let t = "T4";
     let (a1, b1, b2, b3) = (
         "aaaa000000000001",
@@ -204,7 +294,7 @@ fn s4_full_stack() {
     let bb1 = |r: R| r.svc1(60, "svc-b", 6);
     let bb0 = |r: R| r.svc0(60, "svc-b", 6);
     let c1 = |r: R| r.svc1(70, "svc-c", 7);
-    let rows = vec![
+    vec![
         a0(row(401, 4, "c-app", 1, 0, 10000))
             .tr(t)
             .sp(a1)
@@ -270,8 +360,19 @@ fn s4_full_stack() {
             .pid(30)
             .sp(b3)
             .b(),
-    ];
-    let res = run(rows, 401);
+    ]
+}
+
+#[test]
+fn s4_full_stack() {
+    let rows = s4_rows();
+    let (a1, b1, b2, b3) = (
+        "aaaa000000000001",
+        "bbbb000000000001",
+        "bbbb000000000002",
+        "bbbb000000000003",
+    );
+    let res = run("s4_full_stack", rows, 401);
     let v = View(&res);
     v.check(&[
         (401, None, None, 1000),
@@ -339,6 +440,27 @@ fn s4_full_stack() {
     assert_eq!(v.order(), (401..=410).collect::<Vec<_>>());
 }
 
+/// S4 where svc-b's instrumentation does not propagate into its call to svc-c (rows 409, 410
+/// carry no span id): DeepFlow hangs the call under svc-b's server process span (same
+/// syscall trace id); the inference stage moves it under the application span that made it,
+/// the innermost of the chain 406 ⊃ 407 ⊃ 408 enclosing it.
+#[test]
+fn s4b_uninstrumented_call_inside_app_spans() {
+    let rows: Vec<FlowRecord> = s4_rows()
+        .into_iter()
+        .map(|mut r| {
+            if r._id >= 409 {
+                r.span_id.clear();
+            }
+            r
+        })
+        .collect();
+    let res = run("s4b_uninstrumented_call_inside_app_spans", rows, 401);
+    let v = View(&res);
+    assert_eq!(v.span(409).parent_id, Some(v.span(405).id));
+    assert_eq!(v.span(410).parent_id, Some(v.span(409).id));
+}
+
 fn s5_rows() -> Vec<FlowRecord> {
     let b = |r: R| r.svc0(60, "svc-b", 6).svc1(60, "svc-b", 6).pid(20);
     let dns = |r: R| {
@@ -386,7 +508,7 @@ fn s5_rows() -> Vec<FlowRecord> {
 
 #[test]
 fn s5_dns_merge_and_syscall_chaining() {
-    let res = run(s5_rows(), 501);
+    let res = run("s5_dns_merge_and_syscall_chaining", s5_rows(), 501);
     let v = View(&res);
     let d = v.span(502);
     assert_eq!(d.id, 1);
@@ -443,7 +565,7 @@ fn s5b_rows() -> Vec<FlowRecord> {
 
 #[test]
 fn s5b_dns_request_id_default_off() {
-    let res = run(s5b_rows(), 511);
+    let res = run("s5b_dns_request_id_default_off", s5b_rows(), 511);
     let v = View(&res);
     assert_eq!(v.order(), vec![513, 512, 511]);
     for id in [511, 512, 513] {
@@ -463,7 +585,7 @@ fn s5b_dns_request_id_on() {
         ],
         ..TraceParams::default()
     };
-    let res = run_with(s5b_rows(), 511, &p);
+    let res = run_with("s5b_dns_request_id_on", s5b_rows(), 511, &p);
     let v = View(&res);
     v.check(&[
         (511, None, None, 100),
@@ -488,7 +610,7 @@ fn s6_rows() -> Vec<R> {
 #[test]
 fn s6a_gateway_injects_x_request_id() {
     let rows = s6_rows().into_iter().map(R::b).collect();
-    let res = run(rows, 601);
+    let res = run("s6a_gateway_injects_x_request_id", rows, 601);
     let v = View(&res);
     v.check(&[
         (601, None, None, 400),
@@ -511,7 +633,11 @@ fn s6b_pass_through_without_echo_is_not_linked() {
     let mut rows = s6_rows();
     rows[0] = rows[0].clone().x0("R1").x1("");
     rows[1] = rows[1].clone().x0("R1").x1("");
-    let res = run(rows.into_iter().map(R::b).collect(), 601);
+    let res = run(
+        "s6b_pass_through_without_echo_is_not_linked",
+        rows.into_iter().map(R::b).collect(),
+        601,
+    );
     let v = View(&res);
     assert_eq!(v.parent(603), None);
     assert_eq!(v.parent(602), Some(601));
@@ -526,7 +652,11 @@ fn s6c_backend_echo_links_zero_to_zero() {
     rows[1] = rows[1].clone().x0("R1").x1("");
     rows[2] = rows[2].clone().x1("R1");
     rows[3] = rows[3].clone().x1("R1");
-    let res = run(rows.into_iter().map(R::b).collect(), 601);
+    let res = run(
+        "s6c_backend_echo_links_zero_to_zero",
+        rows.into_iter().map(R::b).collect(),
+        601,
+    );
     let v = View(&res);
     assert_eq!(v.parent(603), Some(602));
     assert_eq!(
@@ -540,7 +670,11 @@ fn s6c_backend_echo_links_zero_to_zero() {
 fn s6d_child_slower_than_parent_is_not_linked() {
     let mut rows = s6_rows();
     rows[2] = row(603, 0, "c", 2, 1000, 11000).seq(300, 400).x0("R1");
-    let res = run(rows.into_iter().map(R::b).collect(), 601);
+    let res = run(
+        "s6d_child_slower_than_parent_is_not_linked",
+        rows.into_iter().map(R::b).collect(),
+        601,
+    );
     let v = View(&res);
     assert_eq!(v.parent(603), None);
     assert_eq!(v.parent(604), Some(603));
@@ -583,7 +717,7 @@ fn s7_nginx_cross_thread_by_x_request_id() {
             .pid(60)
             .b(),
     ];
-    let res = run(rows, 701);
+    let res = run("s7_nginx_cross_thread_by_x_request_id", rows, 701);
     let v = View(&res);
     v.check(&[
         (701, None, None, 200),
@@ -621,7 +755,7 @@ fn s8_tcp_seq_reuse_and_pruning() {
         row(806, 0, "c", 4, -8000, -5000).seq(700, 800).b(),
         row(807, 0, "c", 4, -40000, -20000).seq(900, 901).b(),
     ];
-    let res = run(rows.clone(), 801);
+    let res = run("s8_tcp_seq_reuse_and_pruning", rows.clone(), 801);
     let v = View(&res);
     assert_eq!(v.parent(802), Some(801));
     assert_eq!(v.why(802), Some(TCP));
@@ -649,7 +783,7 @@ fn s9a_client_and_server_on_the_same_node() {
             .pid(11)
             .b(),
     ];
-    let res = run(rows, 901);
+    let res = run("s9a_client_and_server_on_the_same_node", rows, 901);
     View(&res).check(&[
         (901, None, None, 200),
         (902, Some(901), Some("tcp"), 800),
@@ -675,7 +809,7 @@ fn s9b_foreign_agent_hop_under_policy_n2() {
             .pid(11)
             .b(),
     ];
-    let res = run(rows, 911);
+    let res = run("s9b_foreign_agent_hop_under_policy_n2", rows, 911);
     let v = View(&res);
     v.check(&[
         (911, None, None, 200),
@@ -697,7 +831,7 @@ fn s9c_multi_hop_across_agents() {
         row(924, 0, "s", 2, 550, 9450).seq(100, 200).b(),
         row(925, 0, "c-gw", 7, 300, 9700).seq(100, 200).b(),
     ];
-    let res = run(rows, 921);
+    let res = run("s9c_multi_hop_across_agents", rows, 921);
     View(&res).check(&[
         (921, None, None, 100),
         (922, Some(921), Some("tcp"), 500),
@@ -723,7 +857,7 @@ fn s10_host_clock_skew() {
             .pid(11)
             .b(),
     ];
-    let res = run(rows, 1001);
+    let res = run("s10_host_clock_skew", rows, 1001);
     let v = View(&res);
     assert_eq!(v.parent(1002), Some(1001));
     assert_eq!(v.parent(1003), Some(1002));
@@ -771,7 +905,7 @@ fn s11_same_process_without_syscall_links() {
             .tr("U")
             .b(),
     ];
-    let res = run(rows, 1101);
+    let res = run("s11_same_process_without_syscall_links", rows, 1101);
     let v = View(&res);
     v.check(&[
         (1101, None, None, 0),
@@ -797,7 +931,7 @@ fn s12_rows() -> Vec<FlowRecord> {
 
 #[test]
 fn s12_weak_net_strategy_off() {
-    let res = run(s12_rows(), 1201);
+    let res = run("s12_weak_net_strategy_off", s12_rows(), 1201);
     let v = View(&res);
     v.check(&[
         (1201, None, None, 10000),
@@ -812,7 +946,7 @@ fn s12_weak_net_strategy_on() {
         r#"{"span_set_connection_strategies":["net_span_c_to_s_via_trace_id"]}"#,
     )
     .unwrap();
-    let res = run_with(s12_rows(), 1201, &p);
+    let res = run_with("s12_weak_net_strategy_on", s12_rows(), 1201, &p);
     let v = View(&res);
     v.check(&[
         (1201, None, None, 4000),
@@ -840,7 +974,11 @@ fn s13_grpc_stream_and_zero_duration_child_under_policy_o1() {
             .seq(700, 800)
             .b(),
     ];
-    let res = run(rows, 1301);
+    let res = run(
+        "s13_grpc_stream_and_zero_duration_child_under_policy_o1",
+        rows,
+        1301,
+    );
     let v = View(&res);
     let why = Some("net_span mounted due to grpc request_id");
     v.check(&[
@@ -860,7 +998,11 @@ fn unknown_signal_source_joins_the_nss_of_a_related_packet_span() {
         row(1402, 1, "c", 1, 0, 10000).seq(100, 200).b(),
         row(1403, 1, "c", 1, 0, 10000).seq(900, 901).b(),
     ];
-    let res = run(rows, 1401);
+    let res = run(
+        "unknown_signal_source_joins_the_nss_of_a_related_packet_span",
+        rows,
+        1401,
+    );
     let v = View(&res);
     assert_eq!(v.parent(1402), Some(1401));
     assert_eq!(v.why(1402), Some(TCP));
@@ -885,7 +1027,7 @@ fn attributes_are_rendered_per_request() {
             r.attribute_values = vec!["v".into(), "w".into()];
         })
         .b()];
-    let res = run(rows, 1501);
+    let res = run("attributes_are_rendered_per_request", rows, 1501);
     assert_eq!(
         res.to_deepflow_json(false)["tracing"][0]["attribute"],
         serde_json::Value::Null

@@ -27,6 +27,7 @@ on_both_stores!(
     generated_zero_code_trace_matches_its_ground_truth,
     s15_with_inference_only_adds_or_corrects,
     s15b_with_inference_adds_the_second_trace,
+    s14_with_inference_completes_as_deepflow,
 );
 
 /// A store that counts the reads it answers (to check one round trip per query).
@@ -143,6 +144,36 @@ async fn inference_changes(
             (a != b).then_some((n, a, b))
         })
         .collect()
+}
+
+/// With inference on, S14's completion is DeepFlow's: same spans, same parents, same reasons.
+async fn s14_with_inference_completes_as_deepflow(store: SharedStore, org: OrgId) {
+    store.insert_rows(org, &s14_rows()).await.unwrap();
+    let mut trees = Vec::new();
+    for inference in [false, true] {
+        let params = TraceParams {
+            inference,
+            ..TraceParams::default()
+        };
+        let svc = TraceService::new(store.clone(), params.clone());
+        let (_, result, _) = svc.complete(org, s14_spans(T), &params).await.unwrap();
+        let mut t: Vec<_> = result
+            .spans
+            .iter()
+            .map(|s| {
+                (
+                    s.ids.clone(),
+                    s.record.span_id.clone(),
+                    s.deepflow_parent_span_id.clone(),
+                    s.set_parent_info.clone(),
+                )
+            })
+            .collect();
+        t.sort();
+        trees.push(t);
+    }
+    assert!(!trees[0].is_empty());
+    assert_eq!(trees[0], trees[1]);
 }
 
 /// With inference on, S15a's tree is DeepFlow's.

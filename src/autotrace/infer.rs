@@ -294,6 +294,17 @@ pub fn app_links(result: &TraceResult, links: &[Link]) -> Vec<Link> {
     out
 }
 
+/// The whole rule set over an assembled trace: the thread-hop links of the `adopted` rows
+/// (`(row, server row)`, from [`adopt`]), then the innermost-application-span links, applied
+/// with [`relink`]. With nothing adopted (every row already in the trace, or a search that
+/// does not probe), only the innermost-application-span rule can change the tree.
+pub fn apply(result: &mut TraceResult, adopted: &[(u64, u64)], full: bool) {
+    let mut links = hop_links(result, adopted);
+    let app = app_links(result, &links);
+    links.extend(app);
+    relink(result, &links, full);
+}
+
 /// Apply `links` to `result`: parents, reasons, the inferred mark, children, parent span ids
 /// (when `full`), self times of the parents involved, and the depth-first order (each moved
 /// subtree takes its place among its new siblings by its former position).

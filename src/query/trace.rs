@@ -409,10 +409,11 @@ impl TraceService {
             );
             timing.assemble_us += t.elapsed().as_micros() as u64;
         }
-        let mut links = infer::hop_links(&result, &adopted);
-        let app = infer::app_links(&result, &links);
-        links.extend(app);
-        infer::relink(&mut result, &links, self.detail == autotrace::Detail::Full);
+        infer::apply(
+            &mut result,
+            &adopted,
+            self.detail == autotrace::Detail::Full,
+        );
         Ok(result)
     }
 
