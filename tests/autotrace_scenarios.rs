@@ -10,13 +10,16 @@ use deepflow_tempo::autotrace::{assemble, infer, TraceParams, TraceResult, Traci
 use deepflow_tempo::store::model::{signal_source, FlowRecord};
 use std::collections::HashMap;
 
+/// `(span, parent before, parent after)`, by first row `_id`.
+type Change = (u64, Option<u64>, Option<u64>);
+
 /// What the inference stage changes in each scenario's tree: `(span, parent before, parent
 /// after)` by first row `_id` (`None`: a root). A scenario not listed keeps DeepFlow's tree.
 /// Every change is a corrected parent: a call that DeepFlow hangs under the server process
 /// span that read the request moves under the application span of that process that made it
 /// (`infer::INNERMOST_APP`). No span is added: a scenario's rows are the whole fetch result,
 /// so no thread-hop probe finds a row the trace lacks.
-const INFERENCE_CHANGES: &[(&str, &[(u64, Option<u64>, Option<u64>)])] = &[(
+const INFERENCE_CHANGES: &[(&str, &[Change])] = &[(
     "s4b_uninstrumented_call_inside_app_spans",
     &[(409, Some(405), Some(408))],
 )];
@@ -82,7 +85,7 @@ fn with_inference(rows: Vec<FlowRecord>, entry: u64, p: &TraceParams) -> TraceRe
 }
 
 /// `(span, parent before, parent after)` of every span whose parent differs.
-fn changes(before: &TraceResult, after: &TraceResult) -> Vec<(u64, Option<u64>, Option<u64>)> {
+fn changes(before: &TraceResult, after: &TraceResult) -> Vec<Change> {
     let parents = |r: &TraceResult| -> HashMap<u64, Option<u64>> {
         let first: HashMap<usize, u64> = r.spans.iter().map(|s| (s.id, s.ids[0])).collect();
         r.spans

@@ -13,6 +13,7 @@ const T0: u32 = 1_700_000_000;
 
 on_both_stores!(
     ping_answers,
+    key_lookups_keep_their_meaning,
     meta_roundtrip_by_id,
     id_lookup_without_window_finds_rows,
     window_bounds_are_inclusive,
@@ -221,6 +222,69 @@ async fn association_clauses_or_together(store: SharedStore, org: OrgId) {
     let mut want: Vec<u64> = [0, 1, 2, 3, 5].iter().map(|&i| rows[i]._id).collect();
     want.sort();
     assert_eq!(ids(&got), want);
+}
+
+/// Key lists read through the key indexes mean what they say: empty values (0, '') still
+/// match the rows holding them, the window and the other parts of a conjunction still apply,
+/// and a negated list selects the rest.
+async fn key_lookups_keep_their_meaning(store: SharedStore, org: OrgId) {
+    let mut rows: Vec<L7FlowLogRow> = (1..=5).map(row).collect();
+    rows[0].req_tcp_seq = 111;
+    rows[1].req_tcp_seq = 111;
+    rows[1].l7_protocol = 120;
+    rows[2].x_request_id_0 = "R".into();
+    rows[3].trace_id = "T".into();
+    rows[4].time += 100;
+    rows[4].req_tcp_seq = 111;
+    store.insert_rows(org, &rows).await.unwrap();
+    let id = |i: usize| rows[i]._id;
+    let w = TimeWindow::new(T0, T0);
+    let cases: Vec<(Filter, Vec<u64>)> = vec![
+        (Filter::IntIn(Col::ReqTcpSeq, vec![111]), vec![id(0), id(1)]),
+        (
+            Filter::IntIn(Col::ReqTcpSeq, vec![0, 111]),
+            (0..4).map(id).collect(),
+        ),
+        (
+            Filter::StrIn(Col::XRequestId0, vec!["".into(), "R".into()]),
+            (0..4).map(id).collect(),
+        ),
+        (
+            Filter::Or(vec![
+                Filter::IntIn(Col::ReqTcpSeq, vec![111]),
+                Filter::StrIn(Col::XRequestId0, vec!["R".into()]),
+                Filter::TraceIdIn(vec!["T".into()]),
+            ]),
+            (0..4).map(id).collect(),
+        ),
+        (
+            Filter::And(vec![
+                Filter::IntIn(Col::ReqTcpSeq, vec![111]),
+                Filter::IntIn(Col::L7Protocol, vec![120]),
+            ]),
+            vec![id(1)],
+        ),
+        (
+            Filter::Not(Box::new(Filter::IntIn(Col::ReqTcpSeq, vec![111]))),
+            vec![id(2), id(3)],
+        ),
+        (Filter::ids([id(0), id(4)]), vec![id(0)]),
+    ];
+    for (f, mut want) in cases {
+        want.sort();
+        let got = store
+            .select_meta(org, &FlowQuery::new(f.clone()).window(w))
+            .await
+            .unwrap();
+        assert_eq!(ids(&got), want, "{f:?}");
+        let got = store
+            .select_records(org, &FlowQuery::new(f.clone()).window(w))
+            .await
+            .unwrap();
+        let mut got: Vec<u64> = got.iter().map(|r| r._id).collect();
+        got.sort();
+        assert_eq!(got, want, "{f:?} (records)");
+    }
 }
 
 async fn dns_request_id_clause(store: SharedStore, org: OrgId) {

@@ -201,7 +201,13 @@ impl SqliteStore {
 
     /// `FROM l7_flow_log f WHERE org AND window AND filter`
     fn push_from_where(&self, b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, q: &FlowQuery) {
-        b.push(" FROM l7_flow_log f WHERE f.org_id = ");
+        // A keyed read seeks its rows through the key indexes (`push_keyed`); left to itself,
+        // the planner would scan the time window instead.
+        b.push(if is_keyed(&q.filter) {
+            " FROM l7_flow_log f NOT INDEXED WHERE f.org_id = "
+        } else {
+            " FROM l7_flow_log f WHERE f.org_id = "
+        });
         self.push_rest(b, org, q);
     }
 
@@ -215,7 +221,7 @@ impl SqliteStore {
             b.push_bind(w.end_s as i64);
         }
         b.push(" AND ");
-        push_filter(b, &q.filter);
+        push_filter(b, org, &q.filter);
     }
 
     /// `FROM … WHERE … ORDER … LIMIT …`
@@ -358,11 +364,15 @@ fn side_name_expr(facet: &Facet) -> String {
     }
 }
 
-fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, f: &Filter) {
+fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, f: &Filter) {
+    if let Some(terms) = key_terms(f) {
+        push_keyed(b, org, terms);
+        return;
+    }
     match f {
         Filter::Not(inner) => {
             b.push("NOT (");
-            push_filter(b, inner);
+            push_filter(b, org, inner);
             b.push(")");
         }
         Filter::IntCmp(col, op, v) => {
@@ -431,12 +441,12 @@ fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, f: &Filter) {
                 b.push("))");
             }
         }
-        Filter::StrIn(col, vals) => push_str_in(b, col.name(), vals),
+        Filter::StrIn(col, vals) => push_str_in(b, *col, vals),
         Filter::TraceIdIn(vals) => {
             b.push("(");
-            push_str_in(b, Col::TraceId.name(), vals);
+            push_str_in(b, Col::TraceId, vals);
             b.push(" OR ");
-            push_str_in(b, Col::TraceId2.name(), vals);
+            push_str_in(b, Col::TraceId2, vals);
             b.push(")");
         }
         Filter::And(parts) | Filter::Or(parts) => {
@@ -454,18 +464,108 @@ fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, f: &Filter) {
                 if i > 0 {
                     b.push(joiner);
                 }
-                push_filter(b, p);
+                push_filter(b, org, p);
             }
             b.push(")");
         }
     }
 }
 
-fn push_str_in(b: &mut QueryBuilder<'_, Sqlite>, col: &str, vals: &[String]) {
+/// Key columns with an index `(org_id, column)` (partial: the column is not 0 or '').
+fn indexed(col: Col) -> bool {
+    matches!(
+        col,
+        Col::Id
+            | Col::ReqTcpSeq
+            | Col::RespTcpSeq
+            | Col::SyscallTraceIdRequest
+            | Col::SyscallTraceIdResponse
+            | Col::XRequestId0
+            | Col::XRequestId1
+            | Col::TraceId
+            | Col::TraceId2
+    )
+}
+
+/// One key lookup of a keyed filter: `column IN (values)` with the values as JSON, and the
+/// column's empty value (its partial index leaves those rows out).
+struct KeyTerm {
+    col: Col,
+    json: String,
+    empty: &'static str,
+}
+
+/// The key lookups a filter is the union of, when it is one: an indexed key column `IN` a
+/// list holding no empty value, or a disjunction of such.
+fn key_terms(f: &Filter) -> Option<Vec<KeyTerm>> {
+    let int = |col: &Col, vals: &[u64]| {
+        (indexed(*col) && !vals.is_empty() && !vals.contains(&0)).then(|| KeyTerm {
+            col: *col,
+            json: serde_json::to_string(&vals.iter().map(|&v| v as i64).collect::<Vec<_>>())
+                .unwrap_or_default(),
+            empty: "0",
+        })
+    };
+    let text = |col: Col, vals: &[String]| {
+        (indexed(col) && !vals.is_empty() && !vals.iter().any(|v| v.is_empty())).then(|| KeyTerm {
+            col,
+            json: serde_json::to_string(vals).unwrap_or_default(),
+            empty: "''",
+        })
+    };
+    match f {
+        Filter::IntIn(col, vals) => Some(vec![int(col, vals)?]),
+        Filter::StrIn(col, vals) => Some(vec![text(*col, vals)?]),
+        Filter::TraceIdIn(vals) => {
+            Some(vec![text(Col::TraceId, vals)?, text(Col::TraceId2, vals)?])
+        }
+        Filter::Or(parts) if !parts.is_empty() => {
+            let mut out = Vec::new();
+            for p in parts {
+                out.extend(key_terms(p)?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a filter selects its rows by keys (itself, or one part of a conjunction): then the
+/// rows are read through the key indexes, not by scanning the time window.
+fn is_keyed(f: &Filter) -> bool {
+    match f {
+        Filter::And(parts) => parts.iter().any(is_keyed),
+        f => key_terms(f).is_some(),
+    }
+}
+
+/// A keyed filter as the set of rowids its key indexes give: one index seek per key, the
+/// lookups of a disjunction united.
+fn push_keyed(b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, terms: Vec<KeyTerm>) {
+    b.push("f.rowid IN (");
+    for (i, t) in terms.into_iter().enumerate() {
+        if i > 0 {
+            b.push(" UNION ");
+        }
+        let col = t.col.name();
+        b.push("SELECT k.rowid FROM l7_flow_log k WHERE k.org_id = ");
+        b.push_bind(org.0 as i64);
+        b.push(format!(
+            " AND k.\"{col}\" <> {} AND k.\"{col}\" IN (SELECT value FROM json_each(",
+            t.empty
+        ));
+        b.push_bind(t.json);
+        b.push("))");
+    }
+    b.push(")");
+}
+
+fn push_str_in(b: &mut QueryBuilder<'_, Sqlite>, col: Col, vals: &[String]) {
     if vals.is_empty() {
         b.push("0");
         return;
     }
+    let col = col.name();
     b.push(format!("f.\"{col}\" IN (SELECT value FROM json_each("));
     b.push_bind(serde_json::to_string(vals).unwrap_or_default());
     b.push("))");
@@ -1034,5 +1134,54 @@ impl FlowStore for SqliteStore {
         std::iter::once(schema::sqlite_l7_table())
             .chain(schema::sqlite_statements().into_iter().map(|s| s.sql))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TimeWindow;
+
+    /// SQLite's plan for `SELECT _id` of `q`.
+    async fn plan(store: &SqliteStore, q: &FlowQuery) -> Vec<String> {
+        let mut b = QueryBuilder::<Sqlite>::new("EXPLAIN QUERY PLAN SELECT f._id");
+        store.push_tail(&mut b, OrgId(1), q);
+        b.build()
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>(3).unwrap())
+            .collect()
+    }
+
+    /// Keyed reads (the tracing search's) seek their rows through the key indexes and by rowid;
+    /// the time index serves only reads without keys.
+    #[tokio::test]
+    async fn keyed_reads_seek_by_key_not_by_time() {
+        let store = SqliteStore::open(":memory:", 10_000).await.unwrap();
+        let w = TimeWindow::new(1_700_000_000, 1_700_000_600);
+        let keyed = Filter::Or(vec![
+            Filter::IntIn(Col::ReqTcpSeq, vec![1, 2]),
+            Filter::IntIn(Col::RespTcpSeq, vec![3]),
+            Filter::IntIn(Col::SyscallTraceIdRequest, vec![4]),
+            Filter::StrIn(Col::XRequestId0, vec!["r".into()]),
+            Filter::TraceIdIn(vec!["t".into()]),
+        ]);
+        for f in [keyed, Filter::ids([7, 8])] {
+            let p = plan(&store, &FlowQuery::new(f.clone()).window(w)).await;
+            assert!(
+                p.iter()
+                    .any(|l| l.contains("SEARCH f USING INTEGER PRIMARY KEY")),
+                "{f:?}: {p:?}"
+            );
+            assert!(!p.iter().any(|l| l.contains("l7_time")), "{f:?}: {p:?}");
+        }
+        let p = plan(
+            &store,
+            &FlowQuery::new(Filter::IntIn(Col::L7Protocol, vec![120])).window(w),
+        )
+        .await;
+        assert!(p.iter().any(|l| l.contains("l7_time")), "{p:?}");
     }
 }
