@@ -14,6 +14,7 @@ use super::{
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 use std::time::Duration;
@@ -192,6 +193,123 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Fill the names of `records` from the name tables (the embedded twin of ClickHouse's
+    /// `dictGet`s): one read per table for the distinct keys of all records, not one lookup
+    /// per row and name. Unknown keys give empty names (device type 0).
+    async fn resolve_names(&self, org: OrgId, records: &mut [FlowRecord]) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        type Pairs = HashMap<(i64, i64), Vec<String>>;
+        let distinct = |keys: &mut dyn Iterator<Item = (i64, i64)>| {
+            let set: HashSet<(i64, i64)> = keys.collect();
+            let keys: Vec<[i64; 2]> = set.into_iter().map(|(a, b)| [a, b]).collect();
+            serde_json::to_string(&keys).unwrap_or_default()
+        };
+        let ports = distinct(
+            &mut records
+                .iter()
+                .map(|r| (r.agent_id as i64, r.capture_nic as i64)),
+        );
+        let devices = distinct(&mut records.iter().flat_map(|r| {
+            [
+                (r.auto_instance_type_0 as i64, r.auto_instance_id_0 as i64),
+                (r.auto_instance_type_1 as i64, r.auto_instance_id_1 as i64),
+                (r.auto_service_type_0 as i64, r.auto_service_id_0 as i64),
+                (r.auto_service_type_1 as i64, r.auto_service_id_1 as i64),
+                (14, r.pod_node_id_0 as i64),
+                (14, r.pod_node_id_1 as i64),
+                (6, r.host_id_0 as i64),
+                (6, r.host_id_1 as i64),
+            ]
+        }));
+        let one = |f: &dyn Fn(&FlowRecord) -> [i64; 2]| {
+            distinct(&mut records.iter().flat_map(|r| f(r).map(|v| (v, 0))))
+        };
+        let subnets = one(&|r| [r.subnet_id_0 as i64, r.subnet_id_1 as i64]);
+        let gprocesses = one(&|r| [r.gprocess_id_0 as i64, r.gprocess_id_1 as i64]);
+        let pods = one(&|r| [r.pod_id_0 as i64, r.pod_id_1 as i64]);
+        let taps = one(&|r| [r.capture_network_type_id as i64; 2]);
+        // One read: every table's rows for the distinct keys, tagged by table.
+        let pair = "IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))";
+        let single = "IN (SELECT value ->> 0 FROM json_each(?))";
+        let sql = format!(
+            "SELECT 0, vtap_id, tap_port, name, device_type, device_name, host_name, pod_node_name \
+               FROM ch_vtap_port WHERE org_id = ?1 AND (vtap_id, tap_port) {}
+             UNION ALL SELECT 1, devicetype, deviceid, name, 0, '', '', '' FROM ch_device \
+               WHERE org_id = ?1 AND (devicetype, deviceid) {}
+             UNION ALL SELECT 2, id, 0, name, 0, '', '', '' FROM ch_subnet WHERE org_id = ?1 AND id {}
+             UNION ALL SELECT 3, id, 0, name, 0, '', '', '' FROM ch_gprocess WHERE org_id = ?1 AND id {}
+             UNION ALL SELECT 4, id, 0, name, 0, '', '', '' FROM ch_pod WHERE org_id = ?1 AND id {}
+             UNION ALL SELECT 5, value, 0, name, 0, '', '', '' FROM ch_tap_type WHERE org_id = ?1 AND value {}",
+            pair.replace('?', "?2"),
+            pair.replace('?', "?3"),
+            single.replace('?', "?4"),
+            single.replace('?', "?5"),
+            single.replace('?', "?6"),
+            single.replace('?', "?7"),
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org.0 as i64)
+            .bind(ports)
+            .bind(devices)
+            .bind(subnets)
+            .bind(gprocesses)
+            .bind(pods)
+            .bind(taps)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tables: [Pairs; 6] = Default::default();
+        for r in rows {
+            let t: i64 = r.try_get(0)?;
+            let key = (r.try_get::<i64, _>(1)?, r.try_get::<i64, _>(2)?);
+            let mut v = vec![
+                r.try_get::<String, _>(3)?,
+                r.try_get::<i64, _>(4)?.to_string(),
+            ];
+            for i in 5..8 {
+                v.push(r.try_get::<String, _>(i)?);
+            }
+            if let Some(m) = tables.get_mut(t as usize) {
+                m.insert(key, v);
+            }
+        }
+        let [ports, devices, subnets, gprocesses, pods, taps] = tables;
+        let name = |m: &Pairs, k: (i64, i64)| m.get(&k).map(|v| v[0].clone()).unwrap_or_default();
+        let device = |t: i64, id: i64| name(&devices, (t, id));
+        for r in records.iter_mut() {
+            if let Some(p) = ports.get(&(r.agent_id as i64, r.capture_nic as i64)) {
+                if matches!(r.capture_nic_type, 0..=2) {
+                    r.capture_nic_name = p[0].clone();
+                }
+                r.vtap_device_type = p[1].parse().unwrap_or(0);
+                r.vtap_device_name = p[2].clone();
+                r.vtap_host_name = p[3].clone();
+                r.vtap_pod_node_name = p[4].clone();
+            }
+            r.subnet_0 = name(&subnets, (r.subnet_id_0 as i64, 0));
+            r.subnet_1 = name(&subnets, (r.subnet_id_1 as i64, 0));
+            r.auto_instance_name_0 =
+                device(r.auto_instance_type_0 as i64, r.auto_instance_id_0 as i64);
+            r.auto_instance_name_1 =
+                device(r.auto_instance_type_1 as i64, r.auto_instance_id_1 as i64);
+            r.auto_service_name_0 =
+                device(r.auto_service_type_0 as i64, r.auto_service_id_0 as i64);
+            r.auto_service_name_1 =
+                device(r.auto_service_type_1 as i64, r.auto_service_id_1 as i64);
+            r.gprocess_0 = name(&gprocesses, (r.gprocess_id_0 as i64, 0));
+            r.gprocess_1 = name(&gprocesses, (r.gprocess_id_1 as i64, 0));
+            r.pod_0 = name(&pods, (r.pod_id_0 as i64, 0));
+            r.pod_1 = name(&pods, (r.pod_id_1 as i64, 0));
+            r.pod_node_0 = device(14, r.pod_node_id_0 as i64);
+            r.pod_node_1 = device(14, r.pod_node_id_1 as i64);
+            r.host_0 = device(6, r.host_id_0 as i64);
+            r.host_1 = device(6, r.host_id_1 as i64);
+            r.tap = name(&taps, (r.capture_network_type_id as i64, 0));
+        }
         Ok(())
     }
 
@@ -631,29 +749,27 @@ fn ip_string(row: &SqliteRow, side: u8) -> Result<String, sqlx::Error> {
     }
 }
 
-/// Name-resolving SELECT list of the full record (the embedded twin of the ClickHouse
-/// `dictGet` expressions).
-const RECORD_COLUMNS: &str = "f.*, \
-    CASE WHEN f.capture_nic_type IN (0,1,2) THEN COALESCE((SELECT name FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '') ELSE '' END AS capture_nic_name, \
-    COALESCE((SELECT device_type FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), 0) AS vtap_device_type, \
-    COALESCE((SELECT device_name FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '') AS vtap_device_name, \
-    COALESCE((SELECT host_name FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '') AS vtap_host_name, \
-    COALESCE((SELECT pod_node_name FROM ch_vtap_port v WHERE v.org_id = f.org_id AND v.vtap_id = f.agent_id AND v.tap_port = f.capture_nic), '') AS vtap_pod_node_name, \
-    COALESCE((SELECT name FROM ch_subnet s WHERE s.org_id = f.org_id AND s.id = f.subnet_id_0), '') AS subnet_0, \
-    COALESCE((SELECT name FROM ch_subnet s WHERE s.org_id = f.org_id AND s.id = f.subnet_id_1), '') AS subnet_1, \
-    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_instance_type_0 AND d.deviceid = f.auto_instance_id_0), '') AS auto_instance_name_0, \
-    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_instance_type_1 AND d.deviceid = f.auto_instance_id_1), '') AS auto_instance_name_1, \
-    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_service_type_0 AND d.deviceid = f.auto_service_id_0), '') AS auto_service_name_0, \
-    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = f.auto_service_type_1 AND d.deviceid = f.auto_service_id_1), '') AS auto_service_name_1, \
-    COALESCE((SELECT name FROM ch_gprocess g WHERE g.org_id = f.org_id AND g.id = f.gprocess_id_0), '') AS gprocess_0, \
-    COALESCE((SELECT name FROM ch_gprocess g WHERE g.org_id = f.org_id AND g.id = f.gprocess_id_1), '') AS gprocess_1, \
-    COALESCE((SELECT name FROM ch_pod p WHERE p.org_id = f.org_id AND p.id = f.pod_id_0), '') AS pod_0, \
-    COALESCE((SELECT name FROM ch_pod p WHERE p.org_id = f.org_id AND p.id = f.pod_id_1), '') AS pod_1, \
-    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = 14 AND d.deviceid = f.pod_node_id_0), '') AS pod_node_0, \
-    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = 14 AND d.deviceid = f.pod_node_id_1), '') AS pod_node_1, \
-    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = 6 AND d.deviceid = f.host_id_0), '') AS host_0, \
-    COALESCE((SELECT name FROM ch_device d WHERE d.org_id = f.org_id AND d.devicetype = 6 AND d.deviceid = f.host_id_1), '') AS host_1, \
-    COALESCE((SELECT name FROM ch_tap_type t WHERE t.org_id = f.org_id AND t.value = f.capture_network_type_id), '') AS tap";
+/// The SELECT list of a record: its own columns; the names are resolved after the read
+/// ([`SqliteStore::resolve_names`]).
+const RECORD_COLUMNS: &str = "\
+    f._id, f.time, f.signal_source, f.l7_protocol, f.biz_protocol, f.type, \
+    f.req_tcp_seq, f.resp_tcp_seq, f.agent_id, f.capture_nic, f.capture_nic_type, \
+    f.syscall_trace_id_request, f.syscall_trace_id_response, f.syscall_cap_seq_0, \
+    f.syscall_cap_seq_1, f.trace_id, f._trace_id_2, f.span_id, f.parent_span_id, \
+    f.x_request_id_0, f.x_request_id_1, f.flow_id, f.protocol, f.version, \
+    f.process_id_0, f.process_id_1, f.observation_point, f.client_port, \
+    f.server_port, f.subnet_id_0, f.subnet_id_1, f.auto_instance_type_0, \
+    f.auto_instance_type_1, f.auto_instance_id_0, f.auto_instance_id_1, \
+    f.auto_service_type_0, f.auto_service_type_1, f.auto_service_id_0, \
+    f.auto_service_id_1, f.process_kname_0, f.process_kname_1, f.gprocess_id_0, \
+    f.gprocess_id_1, f.pod_id_0, f.pod_id_1, f.pod_ns_id_0, f.pod_ns_id_1, \
+    f.pod_node_id_0, f.pod_node_id_1, f.host_id_0, f.host_id_1, f.app_service, \
+    f.app_instance, f.capture_network_type_id, f.is_tls, f.is_async, \
+    f.response_status, f.response_duration, f.biz_response_code, f.response_exception, \
+    f.response_result, f.request_type, f.request_domain, f.request_resource, \
+    f.request_id, f.http_proxy_client, f.endpoint, f.attribute_names, \
+    f.attribute_values, f.events, f.start_time, f.end_time, f.response_code, \
+    f.span_kind, f.is_ipv4, f.ip4_0, f.ip4_1, f.ip6_0, f.ip6_1";
 
 fn record_from_row(row: &SqliteRow) -> Result<FlowRecord, sqlx::Error> {
     Ok(FlowRecord {
@@ -670,11 +786,11 @@ fn record_from_row(row: &SqliteRow) -> Result<FlowRecord, sqlx::Error> {
         agent_id: num(row, "agent_id")?,
         capture_nic: num(row, "capture_nic")?,
         capture_nic_type: num(row, "capture_nic_type")?,
-        capture_nic_name: text(row, "capture_nic_name")?,
-        vtap_device_type: u64_of(row, "vtap_device_type")?,
-        vtap_device_name: text(row, "vtap_device_name")?,
-        vtap_host_name: text(row, "vtap_host_name")?,
-        vtap_pod_node_name: text(row, "vtap_pod_node_name")?,
+        capture_nic_name: String::new(),
+        vtap_device_type: 0,
+        vtap_device_name: String::new(),
+        vtap_host_name: String::new(),
+        vtap_pod_node_name: String::new(),
         syscall_trace_id_request: u64_of(row, "syscall_trace_id_request")?,
         syscall_trace_id_response: u64_of(row, "syscall_trace_id_response")?,
         syscall_cap_seq_0: num(row, "syscall_cap_seq_0")?,
@@ -698,44 +814,44 @@ fn record_from_row(row: &SqliteRow) -> Result<FlowRecord, sqlx::Error> {
         server_port: num(row, "server_port")?,
         subnet_id_0: num(row, "subnet_id_0")?,
         subnet_id_1: num(row, "subnet_id_1")?,
-        subnet_0: text(row, "subnet_0")?,
-        subnet_1: text(row, "subnet_1")?,
+        subnet_0: String::new(),
+        subnet_1: String::new(),
         auto_instance_type_0: num(row, "auto_instance_type_0")?,
         auto_instance_type_1: num(row, "auto_instance_type_1")?,
         auto_instance_id_0: num(row, "auto_instance_id_0")?,
         auto_instance_id_1: num(row, "auto_instance_id_1")?,
-        auto_instance_name_0: text(row, "auto_instance_name_0")?,
-        auto_instance_name_1: text(row, "auto_instance_name_1")?,
+        auto_instance_name_0: String::new(),
+        auto_instance_name_1: String::new(),
         auto_service_type_0: num(row, "auto_service_type_0")?,
         auto_service_type_1: num(row, "auto_service_type_1")?,
         auto_service_id_0: num(row, "auto_service_id_0")?,
         auto_service_id_1: num(row, "auto_service_id_1")?,
-        auto_service_name_0: text(row, "auto_service_name_0")?,
-        auto_service_name_1: text(row, "auto_service_name_1")?,
+        auto_service_name_0: String::new(),
+        auto_service_name_1: String::new(),
         process_kname_0: text(row, "process_kname_0")?,
         process_kname_1: text(row, "process_kname_1")?,
         gprocess_id_0: num(row, "gprocess_id_0")?,
         gprocess_id_1: num(row, "gprocess_id_1")?,
-        gprocess_0: text(row, "gprocess_0")?,
-        gprocess_1: text(row, "gprocess_1")?,
+        gprocess_0: String::new(),
+        gprocess_1: String::new(),
         pod_id_0: num(row, "pod_id_0")?,
         pod_id_1: num(row, "pod_id_1")?,
-        pod_0: text(row, "pod_0")?,
-        pod_1: text(row, "pod_1")?,
+        pod_0: String::new(),
+        pod_1: String::new(),
         pod_ns_id_0: num(row, "pod_ns_id_0")?,
         pod_ns_id_1: num(row, "pod_ns_id_1")?,
         pod_node_id_0: num(row, "pod_node_id_0")?,
         pod_node_id_1: num(row, "pod_node_id_1")?,
-        pod_node_0: text(row, "pod_node_0")?,
-        pod_node_1: text(row, "pod_node_1")?,
+        pod_node_0: String::new(),
+        pod_node_1: String::new(),
         host_id_0: num(row, "host_id_0")?,
         host_id_1: num(row, "host_id_1")?,
-        host_0: text(row, "host_0")?,
-        host_1: text(row, "host_1")?,
+        host_0: String::new(),
+        host_1: String::new(),
         app_service: text(row, "app_service")?,
         app_instance: text(row, "app_instance")?,
         capture_network_type_id: num(row, "capture_network_type_id")?,
-        tap: text(row, "tap")?,
+        tap: String::new(),
         is_tls: num(row, "is_tls")?,
         is_async: num(row, "is_async")?,
         response_status: num(row, "response_status")?,
@@ -945,9 +1061,13 @@ impl FlowStore for SqliteStore {
         let mut b = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS}"));
         self.push_tail(&mut b, org, q);
         let rows = b.build().fetch_all(&self.pool).await?;
-        rows.iter()
+        let mut records = rows
+            .iter()
             .map(|r| record_from_row(r).map_err(StoreError::from))
-            .collect()
+            .collect::<StoreResult<Vec<_>>>()?;
+        drop(rows);
+        self.resolve_names(org, &mut records).await?;
+        Ok(records)
     }
 
     async fn insert_rows(&self, org: OrgId, rows: &[L7FlowLogRow]) -> StoreResult<()> {
