@@ -360,18 +360,28 @@ impl TraceService {
             if probes.is_empty() {
                 break;
             }
+            // One read for every probe of the round; each probe then counts its own rows.
             let mut seeds = Vec::new();
-            for p in probes {
-                done.insert(p.server);
-                let Some(q) = probe_query(&p, limit) else {
-                    continue;
-                };
-                let t = Instant::now();
-                let rows = self.store.select_records(org, &q).await?;
-                timing.store_us += t.elapsed().as_micros() as u64;
-                timing.queries += 1;
-                let cut = rows.len() >= limit;
-                for id in infer::adopt(&p, &rows, &known, cut) {
+            let probes: Vec<_> = probes
+                .into_iter()
+                .filter_map(|p| {
+                    done.insert(p.server);
+                    ProbeRead::of(&p).map(|r| (p, r))
+                })
+                .collect();
+            let Some(q) = ProbeRead::query(probes.iter().map(|(_, r)| r), limit) else {
+                break;
+            };
+            let t = Instant::now();
+            let rows = self.store.select_records(org, &q).await?;
+            timing.store_us += t.elapsed().as_micros() as u64;
+            timing.queries += 1;
+            // The read's limit grows with its probes; reaching it, any probe may miss rows.
+            let all_cut = rows.len() as u64 >= q.limit.unwrap_or(u64::MAX);
+            for (p, read) in &probes {
+                let own: Vec<_> = rows.iter().filter(|r| read.holds(r)).cloned().collect();
+                let cut = all_cut || own.len() >= limit;
+                for id in infer::adopt(p, &own, &known, cut) {
                     adopted.push((id, p.server));
                     seeds.push(id);
                 }
@@ -465,31 +475,76 @@ impl TraceService {
 const INFER_MAX_PROBES: usize = 64;
 const INFER_ROUNDS: usize = 3;
 
-/// The store read of a probe: the process's eBPF rows on the agent whose interval may overlap
-/// the server span (`None` for a process key no column can hold).
-fn probe_query(p: &autotrace::infer::Probe, limit: usize) -> Option<FlowQuery> {
-    use autotrace::infer::ProcessKey;
-    let (c0, c1, v) = match p.process {
-        ProcessKey::Global(g) => (Col::GprocessId0, Col::GprocessId1, g as u64),
-        ProcessKey::Pid(pid) => (Col::ProcessId0, Col::ProcessId1, u64::try_from(pid).ok()?),
-    };
-    // Rows end after the server span starts (their `time` is their end second) and start
-    // before it ends; those that started over a minute earlier are not read.
-    let from_s = p.start_us.div_euclid(1_000_000);
-    let to_s = p.end_us.div_euclid(1_000_000) + 60;
-    Some(
-        FlowQuery::new(Filter::And(vec![
+/// The store read of a thread-hop probe: the eBPF rows of its process on its agent that may
+/// overlap its server span. Rows end after the server span starts (their `time` is their end
+/// second) and start before it ends; those that started over a minute earlier are not read.
+struct ProbeRead {
+    agent: u16,
+    process: autotrace::infer::ProcessKey,
+    /// `start_time` in `[from_us, to_us)`.
+    from_us: i64,
+    to_us: i64,
+    /// `time` in `[from_s, to_s]`.
+    from_s: i64,
+    to_s: i64,
+}
+
+impl ProbeRead {
+    fn of(p: &autotrace::infer::Probe) -> Option<ProbeRead> {
+        if let autotrace::infer::ProcessKey::Pid(pid) = p.process {
+            u64::try_from(pid).ok()?;
+        }
+        Some(ProbeRead {
+            agent: p.agent,
+            process: p.process,
+            from_us: p.start_us.saturating_sub(60_000_000),
+            to_us: p.end_us.saturating_add(1),
+            from_s: p.start_us.div_euclid(1_000_000),
+            to_s: p.end_us.div_euclid(1_000_000) + 60,
+        })
+    }
+
+    /// The read's filter; its `time` bounds go to the window of the read (the union of its
+    /// probes'), and [`ProbeRead::holds`] applies each probe's own.
+    fn filter(&self) -> Filter {
+        use autotrace::infer::ProcessKey;
+        let (c0, c1, v) = match self.process {
+            ProcessKey::Global(g) => (Col::GprocessId0, Col::GprocessId1, g as u64),
+            ProcessKey::Pid(pid) => (Col::ProcessId0, Col::ProcessId1, pid as u64),
+        };
+        Filter::And(vec![
             Filter::IntIn(Col::SignalSource, vec![3]),
-            Filter::IntIn(Col::AgentId, vec![p.agent as u64]),
+            Filter::IntIn(Col::AgentId, vec![self.agent as u64]),
             Filter::Or(vec![Filter::IntIn(c0, vec![v]), Filter::IntIn(c1, vec![v])]),
-            Filter::StartTimeIn(
-                p.start_us.saturating_sub(60_000_000),
-                p.end_us.saturating_add(1),
-            ),
-        ]))
-        .window(window(autotrace::TimeWindow::new(from_s, to_s)))
-        .limit(limit as u64),
-    )
+            Filter::StartTimeIn(self.from_us, self.to_us),
+        ])
+    }
+
+    /// Whether `r` is a row this probe reads.
+    fn holds(&self, r: &crate::store::model::FlowRecord) -> bool {
+        use autotrace::infer::ProcessKey;
+        let process = match self.process {
+            ProcessKey::Global(g) => r.gprocess_id_0 == g || r.gprocess_id_1 == g,
+            ProcessKey::Pid(pid) => r.process_id_0 == pid || r.process_id_1 == pid,
+        };
+        r.signal_source == crate::store::model::signal_source::EBPF
+            && r.agent_id == self.agent
+            && process
+            && (self.from_us..self.to_us).contains(&r.start_time_us)
+            && (self.from_s..=self.to_s).contains(&(r.time as i64))
+    }
+
+    /// One read for `reads` (`None` when there are none), up to `limit` rows per probe.
+    fn query<'a>(reads: impl Iterator<Item = &'a ProbeRead>, limit: usize) -> Option<FlowQuery> {
+        let reads: Vec<&ProbeRead> = reads.collect();
+        let from = reads.iter().map(|r| r.from_s).min()?;
+        let to = reads.iter().map(|r| r.to_s).max()?;
+        Some(
+            FlowQuery::new(Filter::Or(reads.iter().map(|r| r.filter()).collect()))
+                .window(window(autotrace::TimeWindow::new(from, to)))
+                .limit(limit.saturating_mul(reads.len()) as u64),
+        )
+    }
 }
 
 /// The root of an assembled trace as Grafana draws it: the earliest span without a parent.
