@@ -230,6 +230,13 @@ async fn embedded(traces: usize, runs: usize) -> (TraceSearches, f64, usize) {
     (searches, pct(&one, 0.5), n_rows)
 }
 
+/// The embedded store's part: 1,000 traces and 10 runs at full size.
+async fn embedded_report(full: bool) {
+    let (searches, one_p50, n_rows) =
+        embedded(if full { 1_000 } else { 20 }, if full { 10 } else { 2 }).await;
+    print_trace_searches(&format!("embedded ({n_rows} rows)"), &searches, one_p50);
+}
+
 const METRICS_QUERY: &str = "{} | rate() by (resource.service.name)";
 const METRICS_STEP_S: i64 = 60;
 
@@ -390,9 +397,7 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         if std::env::args().any(|a| a == "--embedded") {
-            let (searches, one_p50, n_rows) =
-                embedded(if full { 1_000 } else { 20 }, if full { 10 } else { 2 }).await;
-            print_trace_searches(&format!("embedded ({n_rows} rows)"), &searches, one_p50);
+            embedded_report(full).await;
             return;
         }
         let Some((store, org)) = common::clickhouse_store().await else {
@@ -548,9 +553,7 @@ fn main() {
             pct(&tag_values, 0.5),
             pct(&tag_values, 0.99)
         );
-        let (searches, one_p50, n_rows) =
-            embedded(if full { 1_000 } else { 20 }, if full { 10 } else { 2 }).await;
-        print_trace_searches(&format!("embedded ({n_rows} rows)"), &searches, one_p50);
+        embedded_report(full).await;
         println!("\n| TraceQL metrics, last hour, step 60 s | runs | service p50 ms | service p99 ms | hand-written SQL p50 ms | hand-written SQL p99 ms | p50 service / hand | series |");
         println!("|---|---|---|---|---|---|---|---|");
         println!(

@@ -32,7 +32,7 @@ fn run(name: &str, rows: Vec<FlowRecord>, entry: u64) -> TraceResult {
 /// inference stage changes in it against [`INFERENCE_CHANGES`].
 fn run_with(name: &str, rows: Vec<FlowRecord>, entry: u64, p: &TraceParams) -> TraceResult {
     let reference = assemble(rows.clone(), vec![], Some(entry), p);
-    let inferred = with_inference(rows, entry, p);
+    let inferred = with_inference(reference.clone(), &rows);
     let listed = INFERENCE_CHANGES
         .iter()
         .find(|(n, _)| *n == name)
@@ -69,14 +69,13 @@ fn run_with(name: &str, rows: Vec<FlowRecord>, entry: u64, p: &TraceParams) -> T
     reference
 }
 
-/// The inference stage over a fetch result, as the trace service runs it: thread-hop probes
-/// (answered from the same rows), then the rules, applied.
-fn with_inference(rows: Vec<FlowRecord>, entry: u64, p: &TraceParams) -> TraceResult {
-    let mut result = assemble(rows.clone(), vec![], Some(entry), p);
+/// The inference stage over `result`, assembled from the fetch result `rows`, as the trace
+/// service runs it: thread-hop probes (answered from the same rows), then the rules, applied.
+fn with_inference(mut result: TraceResult, rows: &[FlowRecord]) -> TraceResult {
     let known = rows.iter().map(|r| r._id).collect();
     let mut adopted = Vec::new();
     for probe in infer::probes(&result, &Default::default(), usize::MAX) {
-        let rows = infer::adopt(&probe, &rows, &known, false);
+        let rows = infer::adopt(&probe, rows, &known, false);
         adopted.extend(rows.into_iter().map(|id| (id, probe.server)));
     }
     assert_eq!(adopted, vec![], "every row is in the fetch result already");

@@ -197,24 +197,19 @@ impl SqliteStore {
     }
 
     /// Fill the names of `records` from the name tables (the embedded twin of ClickHouse's
-    /// `dictGet`s): one read per table for the distinct keys of all records, not one lookup
-    /// per row and name. Unknown keys give empty names (device type 0).
+    /// `dictGet`s): one read of all the tables for the distinct keys of all records, not one
+    /// lookup per row and name. Unknown keys give empty names (device type 0).
     async fn resolve_names(&self, org: OrgId, records: &mut [FlowRecord]) -> StoreResult<()> {
         if records.is_empty() {
             return Ok(());
         }
-        type Pairs = HashMap<(i64, i64), Vec<String>>;
-        let distinct = |keys: &mut dyn Iterator<Item = (i64, i64)>| {
-            let set: HashSet<(i64, i64)> = keys.collect();
+        type Key = (i64, i64);
+        let keys = |keys: &mut dyn Iterator<Item = Key>| {
+            let set: HashSet<Key> = keys.collect();
             let keys: Vec<[i64; 2]> = set.into_iter().map(|(a, b)| [a, b]).collect();
             serde_json::to_string(&keys).unwrap_or_default()
         };
-        let ports = distinct(
-            &mut records
-                .iter()
-                .map(|r| (r.agent_id as i64, r.capture_nic as i64)),
-        );
-        let devices = distinct(&mut records.iter().flat_map(|r| {
+        let devices_of = |r: &FlowRecord| {
             [
                 (r.auto_instance_type_0 as i64, r.auto_instance_id_0 as i64),
                 (r.auto_instance_type_1 as i64, r.auto_instance_id_1 as i64),
@@ -225,73 +220,77 @@ impl SqliteStore {
                 (6, r.host_id_0 as i64),
                 (6, r.host_id_1 as i64),
             ]
-        }));
-        let one = |f: &dyn Fn(&FlowRecord) -> [i64; 2]| {
-            distinct(&mut records.iter().flat_map(|r| f(r).map(|v| (v, 0))))
         };
-        let subnets = one(&|r| [r.subnet_id_0 as i64, r.subnet_id_1 as i64]);
-        let gprocesses = one(&|r| [r.gprocess_id_0 as i64, r.gprocess_id_1 as i64]);
-        let pods = one(&|r| [r.pod_id_0 as i64, r.pod_id_1 as i64]);
-        let taps = one(&|r| [r.capture_network_type_id as i64; 2]);
-        // One read: every table's rows for the distinct keys, tagged by table.
-        let pair = "IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))";
-        let single = "IN (SELECT value ->> 0 FROM json_each(?))";
-        let sql = format!(
-            "SELECT 0, vtap_id, tap_port, name, device_type, device_name, host_name, pod_node_name \
-               FROM ch_vtap_port WHERE org_id = ?1 AND (vtap_id, tap_port) {}
-             UNION ALL SELECT 1, devicetype, deviceid, name, 0, '', '', '' FROM ch_device \
-               WHERE org_id = ?1 AND (devicetype, deviceid) {}
-             UNION ALL SELECT 2, id, 0, name, 0, '', '', '' FROM ch_subnet WHERE org_id = ?1 AND id {}
-             UNION ALL SELECT 3, id, 0, name, 0, '', '', '' FROM ch_gprocess WHERE org_id = ?1 AND id {}
-             UNION ALL SELECT 4, id, 0, name, 0, '', '', '' FROM ch_pod WHERE org_id = ?1 AND id {}
-             UNION ALL SELECT 5, value, 0, name, 0, '', '', '' FROM ch_tap_type WHERE org_id = ?1 AND value {}",
-            pair.replace('?', "?2"),
-            pair.replace('?', "?3"),
-            single.replace('?', "?4"),
-            single.replace('?', "?5"),
-            single.replace('?', "?6"),
-            single.replace('?', "?7"),
-        );
-        let rows = sqlx::query(&sql)
+        let single = |f: fn(&FlowRecord) -> [i64; 2]| {
+            keys(&mut records.iter().flat_map(|r| f(r).map(|v| (v, 0))))
+        };
+        // One read: every table's rows for the distinct keys, tagged by table (0 capture
+        // ports, 1 devices, 2 subnets, 3 processes, 4 pods, 5 capture network types).
+        const SQL: &str = "\
+            SELECT 0, vtap_id, tap_port, name, device_type, device_name, host_name, pod_node_name \
+              FROM ch_vtap_port WHERE org_id = ?1 \
+              AND (vtap_id, tap_port) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?2)) \
+            UNION ALL SELECT 1, devicetype, deviceid, name, 0, '', '', '' FROM ch_device \
+              WHERE org_id = ?1 \
+              AND (devicetype, deviceid) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?3)) \
+            UNION ALL SELECT 2, id, 0, name, 0, '', '', '' FROM ch_subnet \
+              WHERE org_id = ?1 AND id IN (SELECT value ->> 0 FROM json_each(?4)) \
+            UNION ALL SELECT 3, id, 0, name, 0, '', '', '' FROM ch_gprocess \
+              WHERE org_id = ?1 AND id IN (SELECT value ->> 0 FROM json_each(?5)) \
+            UNION ALL SELECT 4, id, 0, name, 0, '', '', '' FROM ch_pod \
+              WHERE org_id = ?1 AND id IN (SELECT value ->> 0 FROM json_each(?6)) \
+            UNION ALL SELECT 5, value, 0, name, 0, '', '', '' FROM ch_tap_type \
+              WHERE org_id = ?1 AND value IN (SELECT value ->> 0 FROM json_each(?7))";
+        let rows = sqlx::query(SQL)
             .bind(org.0 as i64)
-            .bind(ports)
-            .bind(devices)
-            .bind(subnets)
-            .bind(gprocesses)
-            .bind(pods)
-            .bind(taps)
+            .bind(keys(
+                &mut records
+                    .iter()
+                    .map(|r| (r.agent_id as i64, r.capture_nic as i64)),
+            ))
+            .bind(keys(&mut records.iter().flat_map(devices_of)))
+            .bind(single(|r| [r.subnet_id_0 as i64, r.subnet_id_1 as i64]))
+            .bind(single(|r| [r.gprocess_id_0 as i64, r.gprocess_id_1 as i64]))
+            .bind(single(|r| [r.pod_id_0 as i64, r.pod_id_1 as i64]))
+            .bind(single(|r| [r.capture_network_type_id as i64; 2]))
             .fetch_all(&self.pool)
             .await?;
-        let mut tables: [Pairs; 6] = Default::default();
+        /// A capture port's names: name, device type, device, host, pod node.
+        type Port = (String, u64, String, String, String);
+        let mut ports: HashMap<Key, Port> = HashMap::new();
+        let mut names: [HashMap<Key, String>; 6] = Default::default();
         for r in rows {
-            let t: i64 = r.try_get(0)?;
+            let table: i64 = r.try_get(0)?;
             let key = (r.try_get::<i64, _>(1)?, r.try_get::<i64, _>(2)?);
-            let mut v = vec![
-                r.try_get::<String, _>(3)?,
-                r.try_get::<i64, _>(4)?.to_string(),
-            ];
-            for i in 5..8 {
-                v.push(r.try_get::<String, _>(i)?);
-            }
-            if let Some(m) = tables.get_mut(t as usize) {
-                m.insert(key, v);
+            let name: String = r.try_get(3)?;
+            if table == 0 {
+                let port = (
+                    name,
+                    r.try_get::<i64, _>(4)? as u64,
+                    r.try_get(5)?,
+                    r.try_get(6)?,
+                    r.try_get(7)?,
+                );
+                ports.insert(key, port);
+            } else if let Some(m) = names.get_mut(table as usize) {
+                m.insert(key, name);
             }
         }
-        let [ports, devices, subnets, gprocesses, pods, taps] = tables;
-        let name = |m: &Pairs, k: (i64, i64)| m.get(&k).map(|v| v[0].clone()).unwrap_or_default();
-        let device = |t: i64, id: i64| name(&devices, (t, id));
+        let [_, devices, subnets, gprocesses, pods, taps] = names;
+        let get = |m: &HashMap<Key, String>, k: i64| m.get(&(k, 0)).cloned().unwrap_or_default();
+        let device = |t: i64, id: i64| devices.get(&(t, id)).cloned().unwrap_or_default();
         for r in records.iter_mut() {
             if let Some(p) = ports.get(&(r.agent_id as i64, r.capture_nic as i64)) {
                 if matches!(r.capture_nic_type, 0..=2) {
-                    r.capture_nic_name = p[0].clone();
+                    r.capture_nic_name = p.0.clone();
                 }
-                r.vtap_device_type = p[1].parse().unwrap_or(0);
-                r.vtap_device_name = p[2].clone();
-                r.vtap_host_name = p[3].clone();
-                r.vtap_pod_node_name = p[4].clone();
+                r.vtap_device_type = p.1;
+                r.vtap_device_name = p.2.clone();
+                r.vtap_host_name = p.3.clone();
+                r.vtap_pod_node_name = p.4.clone();
             }
-            r.subnet_0 = name(&subnets, (r.subnet_id_0 as i64, 0));
-            r.subnet_1 = name(&subnets, (r.subnet_id_1 as i64, 0));
+            r.subnet_0 = get(&subnets, r.subnet_id_0 as i64);
+            r.subnet_1 = get(&subnets, r.subnet_id_1 as i64);
             r.auto_instance_name_0 =
                 device(r.auto_instance_type_0 as i64, r.auto_instance_id_0 as i64);
             r.auto_instance_name_1 =
@@ -300,15 +299,15 @@ impl SqliteStore {
                 device(r.auto_service_type_0 as i64, r.auto_service_id_0 as i64);
             r.auto_service_name_1 =
                 device(r.auto_service_type_1 as i64, r.auto_service_id_1 as i64);
-            r.gprocess_0 = name(&gprocesses, (r.gprocess_id_0 as i64, 0));
-            r.gprocess_1 = name(&gprocesses, (r.gprocess_id_1 as i64, 0));
-            r.pod_0 = name(&pods, (r.pod_id_0 as i64, 0));
-            r.pod_1 = name(&pods, (r.pod_id_1 as i64, 0));
+            r.gprocess_0 = get(&gprocesses, r.gprocess_id_0 as i64);
+            r.gprocess_1 = get(&gprocesses, r.gprocess_id_1 as i64);
+            r.pod_0 = get(&pods, r.pod_id_0 as i64);
+            r.pod_1 = get(&pods, r.pod_id_1 as i64);
             r.pod_node_0 = device(14, r.pod_node_id_0 as i64);
             r.pod_node_1 = device(14, r.pod_node_id_1 as i64);
             r.host_0 = device(6, r.host_id_0 as i64);
             r.host_1 = device(6, r.host_id_1 as i64);
-            r.tap = name(&taps, (r.capture_network_type_id as i64, 0));
+            r.tap = get(&taps, r.capture_network_type_id as i64);
         }
         Ok(())
     }
