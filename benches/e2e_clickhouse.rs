@@ -15,6 +15,10 @@
 //! argument) it runs a small smoke version. Uses `CLICKHOUSE_URL` or starts its own front.
 //! `cargo bench --bench e2e_clickhouse -- --embedded` runs only the embedded store's part.
 
+/// The server binary's allocator (src/main.rs), so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

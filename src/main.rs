@@ -12,6 +12,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: tracing allocates many small, short-lived
+/// strings and vectors on several threads at once (store rows decoded on one, freed on another).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "deepflow-tempo", version, about = "Grafana Tempo's query API over DeepFlow's auto-tracing", after_long_help = config_help())]
 struct Cli {

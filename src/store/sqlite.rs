@@ -12,6 +12,7 @@ use super::{
     StoreResult,
 };
 use async_trait::async_trait;
+use futures::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use std::collections::{HashMap, HashSet};
@@ -45,10 +46,6 @@ impl From<sqlx::Error> for StoreError {
         }
     }
 }
-
-const META_COLUMNS: &str = "_id, type, signal_source, req_tcp_seq, resp_tcp_seq, start_time, end_time, \
-    agent_id, protocol, syscall_trace_id_request, syscall_trace_id_response, span_id, parent_span_id, \
-    request_id, l7_protocol, trace_id, _trace_id_2, x_request_id_0, x_request_id_1, observation_point, time";
 
 /// How a process opens the embedded file.
 ///
@@ -688,189 +685,299 @@ fn push_str_in(b: &mut QueryBuilder<'_, Sqlite>, col: Col, vals: &[String]) {
     b.push("))");
 }
 
-fn u64_of(row: &SqliteRow, col: &str) -> Result<u64, sqlx::Error> {
-    Ok(row.try_get::<i64, _>(col)? as u64)
+/// A value of a JSON row in the range of its field's type.
+fn fit<T: TryFrom<i64>>(v: i64, col: &str) -> StoreResult<T> {
+    T::try_from(v).map_err(|_| StoreError::Query(format!("column {col}: value {v} out of range")))
 }
 
-fn opt_u64_of(row: &SqliteRow, col: &str) -> Result<Option<u64>, sqlx::Error> {
-    Ok(row.try_get::<Option<i64>, _>(col)?.map(|v| v as u64))
+/// Declares how a read's rows cross from SQLite: each row is one value, the JSON array of its
+/// columns in field order (`json_array(f.a, f.b, …)`), decoded by serde into the struct. One
+/// value per row instead of one per column is what makes wide reads cheap: the driver copies
+/// and hands over every value it returns one by one.
+macro_rules! json_row {
+    ($(#[$m:meta])* struct $name:ident { $($col:ident : $ty:ty,)* }) => {
+        $(#[$m])*
+        #[derive(serde::Deserialize)]
+        struct $name {
+            $($col: $ty,)*
+        }
+
+        impl $name {
+            /// The SELECT list: `json_array(f."a", f."b", …)`.
+            fn select() -> &'static str {
+                static SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+                    let cols = [$(stringify!($col).trim_start_matches("r#")),*];
+                    let cols: Vec<String> = cols.iter().map(|c| format!("f.\"{c}\"")).collect();
+                    format!("json_array({})", cols.join(", "))
+                });
+                &SELECT
+                }
+
+            fn decode(row: &SqliteRow) -> StoreResult<$name> {
+                let text: &str = row.try_get(0)?;
+                serde_json::from_str(text)
+                    .map_err(|e| StoreError::Query(format!("embedded row: {e}")))
+            }
+        }
+    };
 }
 
-fn num<T: TryFrom<i64>>(row: &SqliteRow, col: &str) -> Result<T, sqlx::Error> {
-    let v: i64 = row.try_get(col)?;
-    T::try_from(v)
-        .map_err(|_| sqlx::Error::Decode(format!("column {col}: value {v} out of range").into()))
-}
-
-fn text(row: &SqliteRow, col: &str) -> Result<String, sqlx::Error> {
-    row.try_get::<String, _>(col)
-}
-
-fn json_list(row: &SqliteRow, col: &str) -> Result<Vec<String>, sqlx::Error> {
-    let s: String = row.try_get(col)?;
-    serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(format!("column {col}: {e}").into()))
-}
-
-fn meta_from_row(row: &SqliteRow) -> Result<FlowMeta, sqlx::Error> {
-    Ok(FlowMeta {
-        _id: u64_of(row, "_id")?,
-        r#type: num(row, "type")?,
-        signal_source: num(row, "signal_source")?,
-        req_tcp_seq: num(row, "req_tcp_seq")?,
-        resp_tcp_seq: num(row, "resp_tcp_seq")?,
-        start_time_us: row.try_get("start_time")?,
-        end_time_us: row.try_get("end_time")?,
-        agent_id: num(row, "agent_id")?,
-        protocol: num(row, "protocol")?,
-        syscall_trace_id_request: u64_of(row, "syscall_trace_id_request")?,
-        syscall_trace_id_response: u64_of(row, "syscall_trace_id_response")?,
-        span_id: text(row, "span_id")?,
-        parent_span_id: text(row, "parent_span_id")?,
-        request_id: opt_u64_of(row, "request_id")?,
-        l7_protocol: num(row, "l7_protocol")?,
-        trace_id: text(row, "trace_id")?,
-        _trace_id_2: text(row, "_trace_id_2")?,
-        x_request_id_0: text(row, "x_request_id_0")?,
-        x_request_id_1: text(row, "x_request_id_1")?,
-        observation_point: text(row, "observation_point")?,
-        time: num(row, "time")?,
-    })
-}
-
-fn ip_string(row: &SqliteRow, side: u8) -> Result<String, sqlx::Error> {
-    let v4: i64 = row.try_get(if side == 0 { "ip4_0" } else { "ip4_1" })?;
-    let is_v4: i64 = row.try_get("is_ipv4")?;
-    if is_v4 == 1 {
-        Ok(Ipv4Addr::from(v4 as u32).to_string())
-    } else {
-        let v6: String = row.try_get(if side == 0 { "ip6_0" } else { "ip6_1" })?;
-        Ok(v6.parse::<Ipv6Addr>().map(|a| a.to_string()).unwrap_or(v6))
+json_row! {
+    /// The search-phase columns of a row ([`FlowMeta`]).
+    struct MetaRow {
+        _id: i64,
+        r#type: i64,
+        signal_source: i64,
+        req_tcp_seq: i64,
+        resp_tcp_seq: i64,
+        start_time: i64,
+        end_time: i64,
+        agent_id: i64,
+        protocol: i64,
+        syscall_trace_id_request: i64,
+        syscall_trace_id_response: i64,
+        span_id: String,
+        parent_span_id: String,
+        request_id: Option<i64>,
+        l7_protocol: i64,
+        trace_id: String,
+        _trace_id_2: String,
+        x_request_id_0: String,
+        x_request_id_1: String,
+        observation_point: String,
+        time: i64,
     }
 }
 
-/// The SELECT list of a record: its own columns; the names are resolved after the read
-/// ([`SqliteStore::resolve_names`]).
-const RECORD_COLUMNS: &str = "\
-    f._id, f.time, f.signal_source, f.l7_protocol, f.biz_protocol, f.type, \
-    f.req_tcp_seq, f.resp_tcp_seq, f.agent_id, f.capture_nic, f.capture_nic_type, \
-    f.syscall_trace_id_request, f.syscall_trace_id_response, f.syscall_cap_seq_0, \
-    f.syscall_cap_seq_1, f.trace_id, f._trace_id_2, f.span_id, f.parent_span_id, \
-    f.x_request_id_0, f.x_request_id_1, f.flow_id, f.protocol, f.version, \
-    f.process_id_0, f.process_id_1, f.observation_point, f.client_port, \
-    f.server_port, f.subnet_id_0, f.subnet_id_1, f.auto_instance_type_0, \
-    f.auto_instance_type_1, f.auto_instance_id_0, f.auto_instance_id_1, \
-    f.auto_service_type_0, f.auto_service_type_1, f.auto_service_id_0, \
-    f.auto_service_id_1, f.process_kname_0, f.process_kname_1, f.gprocess_id_0, \
-    f.gprocess_id_1, f.pod_id_0, f.pod_id_1, f.pod_ns_id_0, f.pod_ns_id_1, \
-    f.pod_node_id_0, f.pod_node_id_1, f.host_id_0, f.host_id_1, f.app_service, \
-    f.app_instance, f.capture_network_type_id, f.is_tls, f.is_async, \
-    f.response_status, f.response_duration, f.biz_response_code, f.response_exception, \
-    f.response_result, f.request_type, f.request_domain, f.request_resource, \
-    f.request_id, f.http_proxy_client, f.endpoint, f.attribute_names, \
-    f.attribute_values, f.events, f.start_time, f.end_time, f.response_code, \
-    f.span_kind, f.is_ipv4, f.ip4_0, f.ip4_1, f.ip6_0, f.ip6_1";
+impl MetaRow {
+    fn into_meta(self) -> StoreResult<FlowMeta> {
+        Ok(FlowMeta {
+            _id: self._id as u64,
+            r#type: fit(self.r#type, "type")?,
+            signal_source: fit(self.signal_source, "signal_source")?,
+            req_tcp_seq: fit(self.req_tcp_seq, "req_tcp_seq")?,
+            resp_tcp_seq: fit(self.resp_tcp_seq, "resp_tcp_seq")?,
+            start_time_us: self.start_time,
+            end_time_us: self.end_time,
+            agent_id: fit(self.agent_id, "agent_id")?,
+            protocol: fit(self.protocol, "protocol")?,
+            syscall_trace_id_request: self.syscall_trace_id_request as u64,
+            syscall_trace_id_response: self.syscall_trace_id_response as u64,
+            span_id: self.span_id,
+            parent_span_id: self.parent_span_id,
+            request_id: self.request_id.map(|v| v as u64),
+            l7_protocol: fit(self.l7_protocol, "l7_protocol")?,
+            trace_id: self.trace_id,
+            _trace_id_2: self._trace_id_2,
+            x_request_id_0: self.x_request_id_0,
+            x_request_id_1: self.x_request_id_1,
+            observation_point: self.observation_point,
+            time: fit(self.time, "time")?,
+        })
+    }
+}
 
-fn record_from_row(row: &SqliteRow) -> Result<FlowRecord, sqlx::Error> {
-    Ok(FlowRecord {
-        _id: u64_of(row, "_id")?,
-        time: num(row, "time")?,
-        signal_source: num(row, "signal_source")?,
-        l7_protocol: num(row, "l7_protocol")?,
-        biz_protocol: text(row, "biz_protocol")?,
-        r#type: num(row, "type")?,
-        req_tcp_seq: num(row, "req_tcp_seq")?,
-        resp_tcp_seq: num(row, "resp_tcp_seq")?,
-        start_time_us: row.try_get("start_time")?,
-        end_time_us: row.try_get("end_time")?,
-        agent_id: num(row, "agent_id")?,
-        capture_nic: num(row, "capture_nic")?,
-        capture_nic_type: num(row, "capture_nic_type")?,
-        capture_nic_name: String::new(),
-        vtap_device_type: 0,
-        vtap_device_name: String::new(),
-        vtap_host_name: String::new(),
-        vtap_pod_node_name: String::new(),
-        syscall_trace_id_request: u64_of(row, "syscall_trace_id_request")?,
-        syscall_trace_id_response: u64_of(row, "syscall_trace_id_response")?,
-        syscall_cap_seq_0: num(row, "syscall_cap_seq_0")?,
-        syscall_cap_seq_1: num(row, "syscall_cap_seq_1")?,
-        trace_id: text(row, "trace_id")?,
-        _trace_id_2: text(row, "_trace_id_2")?,
-        span_id: text(row, "span_id")?,
-        parent_span_id: text(row, "parent_span_id")?,
-        span_kind: row.try_get::<Option<i64>, _>("span_kind")?.map(|v| v as u8),
-        x_request_id_0: text(row, "x_request_id_0")?,
-        x_request_id_1: text(row, "x_request_id_1")?,
-        flow_id: u64_of(row, "flow_id")?,
-        protocol: num(row, "protocol")?,
-        version: text(row, "version")?,
-        process_id_0: num(row, "process_id_0")?,
-        process_id_1: num(row, "process_id_1")?,
-        observation_point: text(row, "observation_point")?,
-        ip_0: ip_string(row, 0)?,
-        ip_1: ip_string(row, 1)?,
-        client_port: num(row, "client_port")?,
-        server_port: num(row, "server_port")?,
-        subnet_id_0: num(row, "subnet_id_0")?,
-        subnet_id_1: num(row, "subnet_id_1")?,
-        subnet_0: String::new(),
-        subnet_1: String::new(),
-        auto_instance_type_0: num(row, "auto_instance_type_0")?,
-        auto_instance_type_1: num(row, "auto_instance_type_1")?,
-        auto_instance_id_0: num(row, "auto_instance_id_0")?,
-        auto_instance_id_1: num(row, "auto_instance_id_1")?,
-        auto_instance_name_0: String::new(),
-        auto_instance_name_1: String::new(),
-        auto_service_type_0: num(row, "auto_service_type_0")?,
-        auto_service_type_1: num(row, "auto_service_type_1")?,
-        auto_service_id_0: num(row, "auto_service_id_0")?,
-        auto_service_id_1: num(row, "auto_service_id_1")?,
-        auto_service_name_0: String::new(),
-        auto_service_name_1: String::new(),
-        process_kname_0: text(row, "process_kname_0")?,
-        process_kname_1: text(row, "process_kname_1")?,
-        gprocess_id_0: num(row, "gprocess_id_0")?,
-        gprocess_id_1: num(row, "gprocess_id_1")?,
-        gprocess_0: String::new(),
-        gprocess_1: String::new(),
-        pod_id_0: num(row, "pod_id_0")?,
-        pod_id_1: num(row, "pod_id_1")?,
-        pod_0: String::new(),
-        pod_1: String::new(),
-        pod_ns_id_0: num(row, "pod_ns_id_0")?,
-        pod_ns_id_1: num(row, "pod_ns_id_1")?,
-        pod_node_id_0: num(row, "pod_node_id_0")?,
-        pod_node_id_1: num(row, "pod_node_id_1")?,
-        pod_node_0: String::new(),
-        pod_node_1: String::new(),
-        host_id_0: num(row, "host_id_0")?,
-        host_id_1: num(row, "host_id_1")?,
-        host_0: String::new(),
-        host_1: String::new(),
-        app_service: text(row, "app_service")?,
-        app_instance: text(row, "app_instance")?,
-        capture_network_type_id: num(row, "capture_network_type_id")?,
-        tap: String::new(),
-        is_tls: num(row, "is_tls")?,
-        is_async: num(row, "is_async")?,
-        response_status: num(row, "response_status")?,
-        response_duration: u64_of(row, "response_duration")?,
-        biz_response_code: text(row, "biz_response_code")?,
-        response_code: row
-            .try_get::<Option<i64>, _>("response_code")?
-            .map(|v| v as i32),
-        response_exception: text(row, "response_exception")?,
-        response_result: text(row, "response_result")?,
-        request_type: text(row, "request_type")?,
-        request_domain: text(row, "request_domain")?,
-        request_resource: text(row, "request_resource")?,
-        request_id: opt_u64_of(row, "request_id")?,
-        http_proxy_client: text(row, "http_proxy_client")?,
-        endpoint: text(row, "endpoint")?,
-        attribute_names: json_list(row, "attribute_names")?,
-        attribute_values: json_list(row, "attribute_values")?,
-        events: text(row, "events")?,
-    })
+/// An address as DeepFlow's querier renders it, from the stored IPv4 integer or IPv6 text.
+fn ip_string(is_ipv4: i64, v4: i64, v6: String) -> String {
+    if is_ipv4 == 1 {
+        Ipv4Addr::from(v4 as u32).to_string()
+    } else {
+        v6.parse::<Ipv6Addr>().map(|a| a.to_string()).unwrap_or(v6)
+    }
+}
+
+fn json_list(text: &str, col: &str) -> StoreResult<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Query(format!("column {col}: {e}")))
+}
+
+json_row! {
+    /// A record's own columns; its names are resolved after the read
+    /// ([`SqliteStore::resolve_names`]).
+    struct RecordRow {
+        _id: i64,
+        time: i64,
+        signal_source: i64,
+        l7_protocol: i64,
+        biz_protocol: String,
+        r#type: i64,
+        req_tcp_seq: i64,
+        resp_tcp_seq: i64,
+        agent_id: i64,
+        capture_nic: i64,
+        capture_nic_type: i64,
+        syscall_trace_id_request: i64,
+        syscall_trace_id_response: i64,
+        syscall_cap_seq_0: i64,
+        syscall_cap_seq_1: i64,
+        trace_id: String,
+        _trace_id_2: String,
+        span_id: String,
+        parent_span_id: String,
+        x_request_id_0: String,
+        x_request_id_1: String,
+        flow_id: i64,
+        protocol: i64,
+        version: String,
+        process_id_0: i64,
+        process_id_1: i64,
+        observation_point: String,
+        client_port: i64,
+        server_port: i64,
+        subnet_id_0: i64,
+        subnet_id_1: i64,
+        auto_instance_type_0: i64,
+        auto_instance_type_1: i64,
+        auto_instance_id_0: i64,
+        auto_instance_id_1: i64,
+        auto_service_type_0: i64,
+        auto_service_type_1: i64,
+        auto_service_id_0: i64,
+        auto_service_id_1: i64,
+        process_kname_0: String,
+        process_kname_1: String,
+        gprocess_id_0: i64,
+        gprocess_id_1: i64,
+        pod_id_0: i64,
+        pod_id_1: i64,
+        pod_ns_id_0: i64,
+        pod_ns_id_1: i64,
+        pod_node_id_0: i64,
+        pod_node_id_1: i64,
+        host_id_0: i64,
+        host_id_1: i64,
+        app_service: String,
+        app_instance: String,
+        capture_network_type_id: i64,
+        is_tls: i64,
+        is_async: i64,
+        response_status: i64,
+        response_duration: i64,
+        biz_response_code: String,
+        response_exception: String,
+        response_result: String,
+        request_type: String,
+        request_domain: String,
+        request_resource: String,
+        request_id: Option<i64>,
+        http_proxy_client: String,
+        endpoint: String,
+        attribute_names: String,
+        attribute_values: String,
+        events: String,
+        start_time: i64,
+        end_time: i64,
+        response_code: Option<i64>,
+        span_kind: Option<i64>,
+        is_ipv4: i64,
+        ip4_0: i64,
+        ip4_1: i64,
+        ip6_0: String,
+        ip6_1: String,
+    }
+}
+
+impl RecordRow {
+    fn into_record(self) -> StoreResult<FlowRecord> {
+        let r = self;
+        Ok(FlowRecord {
+            _id: r._id as u64,
+            time: fit(r.time, "time")?,
+            signal_source: fit(r.signal_source, "signal_source")?,
+            l7_protocol: fit(r.l7_protocol, "l7_protocol")?,
+            biz_protocol: r.biz_protocol,
+            r#type: fit(r.r#type, "type")?,
+            req_tcp_seq: fit(r.req_tcp_seq, "req_tcp_seq")?,
+            resp_tcp_seq: fit(r.resp_tcp_seq, "resp_tcp_seq")?,
+            start_time_us: r.start_time,
+            end_time_us: r.end_time,
+            agent_id: fit(r.agent_id, "agent_id")?,
+            capture_nic: fit(r.capture_nic, "capture_nic")?,
+            capture_nic_type: fit(r.capture_nic_type, "capture_nic_type")?,
+            capture_nic_name: String::new(),
+            vtap_device_type: 0,
+            vtap_device_name: String::new(),
+            vtap_host_name: String::new(),
+            vtap_pod_node_name: String::new(),
+            syscall_trace_id_request: r.syscall_trace_id_request as u64,
+            syscall_trace_id_response: r.syscall_trace_id_response as u64,
+            syscall_cap_seq_0: fit(r.syscall_cap_seq_0, "syscall_cap_seq_0")?,
+            syscall_cap_seq_1: fit(r.syscall_cap_seq_1, "syscall_cap_seq_1")?,
+            trace_id: r.trace_id,
+            _trace_id_2: r._trace_id_2,
+            span_id: r.span_id,
+            parent_span_id: r.parent_span_id,
+            span_kind: r.span_kind.map(|v| v as u8),
+            x_request_id_0: r.x_request_id_0,
+            x_request_id_1: r.x_request_id_1,
+            flow_id: r.flow_id as u64,
+            protocol: fit(r.protocol, "protocol")?,
+            version: r.version,
+            process_id_0: fit(r.process_id_0, "process_id_0")?,
+            process_id_1: fit(r.process_id_1, "process_id_1")?,
+            observation_point: r.observation_point,
+            ip_0: ip_string(r.is_ipv4, r.ip4_0, r.ip6_0),
+            ip_1: ip_string(r.is_ipv4, r.ip4_1, r.ip6_1),
+            client_port: fit(r.client_port, "client_port")?,
+            server_port: fit(r.server_port, "server_port")?,
+            subnet_id_0: fit(r.subnet_id_0, "subnet_id_0")?,
+            subnet_id_1: fit(r.subnet_id_1, "subnet_id_1")?,
+            subnet_0: String::new(),
+            subnet_1: String::new(),
+            auto_instance_type_0: fit(r.auto_instance_type_0, "auto_instance_type_0")?,
+            auto_instance_type_1: fit(r.auto_instance_type_1, "auto_instance_type_1")?,
+            auto_instance_id_0: fit(r.auto_instance_id_0, "auto_instance_id_0")?,
+            auto_instance_id_1: fit(r.auto_instance_id_1, "auto_instance_id_1")?,
+            auto_instance_name_0: String::new(),
+            auto_instance_name_1: String::new(),
+            auto_service_type_0: fit(r.auto_service_type_0, "auto_service_type_0")?,
+            auto_service_type_1: fit(r.auto_service_type_1, "auto_service_type_1")?,
+            auto_service_id_0: fit(r.auto_service_id_0, "auto_service_id_0")?,
+            auto_service_id_1: fit(r.auto_service_id_1, "auto_service_id_1")?,
+            auto_service_name_0: String::new(),
+            auto_service_name_1: String::new(),
+            process_kname_0: r.process_kname_0,
+            process_kname_1: r.process_kname_1,
+            gprocess_id_0: fit(r.gprocess_id_0, "gprocess_id_0")?,
+            gprocess_id_1: fit(r.gprocess_id_1, "gprocess_id_1")?,
+            gprocess_0: String::new(),
+            gprocess_1: String::new(),
+            pod_id_0: fit(r.pod_id_0, "pod_id_0")?,
+            pod_id_1: fit(r.pod_id_1, "pod_id_1")?,
+            pod_0: String::new(),
+            pod_1: String::new(),
+            pod_ns_id_0: fit(r.pod_ns_id_0, "pod_ns_id_0")?,
+            pod_ns_id_1: fit(r.pod_ns_id_1, "pod_ns_id_1")?,
+            pod_node_id_0: fit(r.pod_node_id_0, "pod_node_id_0")?,
+            pod_node_id_1: fit(r.pod_node_id_1, "pod_node_id_1")?,
+            pod_node_0: String::new(),
+            pod_node_1: String::new(),
+            host_id_0: fit(r.host_id_0, "host_id_0")?,
+            host_id_1: fit(r.host_id_1, "host_id_1")?,
+            host_0: String::new(),
+            host_1: String::new(),
+            app_service: r.app_service,
+            app_instance: r.app_instance,
+            capture_network_type_id: fit(r.capture_network_type_id, "capture_network_type_id")?,
+            tap: String::new(),
+            is_tls: fit(r.is_tls, "is_tls")?,
+            is_async: fit(r.is_async, "is_async")?,
+            response_status: fit(r.response_status, "response_status")?,
+            response_duration: r.response_duration as u64,
+            biz_response_code: r.biz_response_code,
+            response_code: r.response_code.map(|v| v as i32),
+            response_exception: r.response_exception,
+            response_result: r.response_result,
+            request_type: r.request_type,
+            request_domain: r.request_domain,
+            request_resource: r.request_resource,
+            request_id: r.request_id.map(|v| v as u64),
+            http_proxy_client: r.http_proxy_client,
+            endpoint: r.endpoint,
+            attribute_names: json_list(&r.attribute_names, "attribute_names")?,
+            attribute_values: json_list(&r.attribute_values, "attribute_values")?,
+            events: r.events,
+        })
+    }
 }
 
 /// Bind one `L7FlowLogRow` in `SQLITE_L7_COLUMNS` order.
@@ -1048,22 +1155,25 @@ impl FlowStore for SqliteStore {
     }
 
     async fn select_meta(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowMeta>> {
-        let mut b = QueryBuilder::<Sqlite>::new(format!("SELECT {META_COLUMNS}"));
+        let mut b = QueryBuilder::<Sqlite>::new(format!("SELECT {}", MetaRow::select()));
         self.push_tail(&mut b, org, q);
-        let rows = b.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| meta_from_row(r).map_err(StoreError::from))
-            .collect()
+        let mut rows = b.build().fetch(&self.pool);
+        let mut out = Vec::new();
+        // Each row is decoded as it arrives, while SQLite's thread produces the next.
+        while let Some(row) = rows.try_next().await? {
+            out.push(MetaRow::decode(&row)?.into_meta()?);
+        }
+        Ok(out)
     }
 
     async fn select_records(&self, org: OrgId, q: &FlowQuery) -> StoreResult<Vec<FlowRecord>> {
-        let mut b = QueryBuilder::<Sqlite>::new(format!("SELECT {RECORD_COLUMNS}"));
+        let mut b = QueryBuilder::<Sqlite>::new(format!("SELECT {}", RecordRow::select()));
         self.push_tail(&mut b, org, q);
-        let rows = b.build().fetch_all(&self.pool).await?;
-        let mut records = rows
-            .iter()
-            .map(|r| record_from_row(r).map_err(StoreError::from))
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut rows = b.build().fetch(&self.pool);
+        let mut records = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            records.push(RecordRow::decode(&row)?.into_record()?);
+        }
         drop(rows);
         self.resolve_names(org, &mut records).await?;
         Ok(records)
