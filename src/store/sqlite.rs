@@ -711,7 +711,7 @@ macro_rules! json_row {
                     format!("json_array({})", cols.join(", "))
                 });
                 &SELECT
-                }
+            }
 
             fn decode(row: &SqliteRow) -> StoreResult<$name> {
                 let text: &str = row.try_get(0)?;
