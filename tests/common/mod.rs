@@ -116,10 +116,39 @@ pub fn clickhouse_url() -> Option<String> {
 
 /// A fresh organisation number per test: each test gets its own databases
 /// (`NNNN_flow_log`, `NNNN_flow_tag`), so tests run in parallel against one engine.
+///
+/// Test processes share one ClickHouse front, so a number is claimed for the front by creating
+/// a directory named after it (atomic across processes): two test binaries never write to one
+/// organisation, whose rows (same `_id`s, other traces) would show up in each other's answers.
 pub fn fresh_org() -> OrgId {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    // Test processes share one ClickHouse front: spread them over the organisations 2..=9901.
-    static BASE: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    static NEXT: AtomicU16 = AtomicU16::new(2);
+    static CLAIMS: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let claims = CLAIMS.get_or_init(|| {
+        let front: String = clickhouse_url()?
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let dir = std::env::temp_dir()
+            .join("deepflow-tempo-test-orgs")
+            .join(front);
+        std::fs::create_dir_all(&dir).ok()?;
+        Some(dir)
+    });
+    if let Some(dir) = claims {
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            // Organisations above 9901 stay free (a test needs one without databases).
+            if n > 9901 {
+                break;
+            }
+            if std::fs::create_dir(dir.join(n.to_string())).is_ok() {
+                return OrgId(n);
+            }
+        }
+    }
+    // Every number claimed (or no front): spread this process over the organisations 2..=9901.
+    static FALLBACK: AtomicU16 = AtomicU16::new(0);
+    static BASE: OnceLock<u16> = OnceLock::new();
     let base = *BASE.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -127,7 +156,7 @@ pub fn fresh_org() -> OrgId {
             .unwrap_or(0);
         2 + ((std::process::id() ^ nanos) % 99) as u16 * 100
     });
-    OrgId(base + NEXT.fetch_add(1, Ordering::Relaxed) % 100)
+    OrgId(base + FALLBACK.fetch_add(1, Ordering::Relaxed) % 100)
 }
 
 pub fn clickhouse_settings(url: &str) -> ClickHouseSettings {
