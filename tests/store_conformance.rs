@@ -912,8 +912,29 @@ async fn service_names_and_facets(store: SharedStore, org: OrgId) {
     net.auto_service_type_0 = 255;
     net.ip4_0 = Ip4(Ipv4Addr::new(10, 0, 0, 7));
     net.pod_node_id_0 = 21;
+    // A process talking to an address DeepFlow knows no service for: named by the address.
+    let mut ebpf_ip = row(4);
+    ebpf_ip.signal_source = 3;
+    ebpf_ip.observation_point = "c-p".into();
+    ebpf_ip.auto_service_type_0 = 255;
+    ebpf_ip.ip4_0 = Ip4(Ipv4Addr::new(10, 0, 0, 9));
+    // A process without service or name.
+    let mut ebpf_unknown = row(5);
+    ebpf_unknown.signal_source = 3;
+    ebpf_unknown.observation_point = "s-p".into();
+    ebpf_unknown.auto_service_type_1 = 130;
+    ebpf_unknown.auto_service_id_1 = 699;
     store
-        .insert_rows(org, &[app.clone(), ebpf.clone(), net.clone()])
+        .insert_rows(
+            org,
+            &[
+                app.clone(),
+                ebpf.clone(),
+                net.clone(),
+                ebpf_ip.clone(),
+                ebpf_unknown.clone(),
+            ],
+        )
         .await
         .unwrap();
     store
@@ -957,20 +978,46 @@ async fn service_names_and_facets(store: SharedStore, org: OrgId) {
         .await
         .unwrap();
     // The span model's names: a network span is named after where it was observed.
-    assert_eq!(services, vec!["Client NIC @ node-1", "ratings", "reviews"]);
+    assert_eq!(
+        services,
+        vec![
+            "10.0.0.9",
+            "Client NIC @ node-1",
+            "ratings",
+            "reviews",
+            "unknown process"
+        ]
+    );
+    let every = [app._id, ebpf._id, net._id, ebpf_ip._id, ebpf_unknown._id];
     for (name, want) in [
         ("reviews", app._id),
         ("ratings", ebpf._id),
         ("Client NIC @ node-1", net._id),
+        ("10.0.0.9", ebpf_ip._id),
+        ("unknown process", ebpf_unknown._id),
     ] {
-        let got = store
-            .select_meta(
-                org,
-                &FlowQuery::new(Filter::ServiceIn(vec![name.into()])).window(w),
-            )
-            .await
-            .unwrap();
-        assert_eq!(ids(&got), vec![want], "{name}");
+        let by_name = |f: Filter| {
+            let store = store.clone();
+            async move {
+                let got = store
+                    .select_meta(org, &FlowQuery::new(f).window(w))
+                    .await
+                    .unwrap();
+                ids(&got)
+            }
+        };
+        let only = Filter::ServiceIn(vec![name.into()]);
+        assert_eq!(by_name(only.clone()).await, vec![want], "{name}");
+        let mut others: Vec<u64> = every.iter().copied().filter(|&i| i != want).collect();
+        others.sort();
+        assert_eq!(
+            by_name(Filter::Not(Box::new(only))).await,
+            others,
+            "not {name}"
+        );
+        // With a name no row has, and with another row's name.
+        let pair = Filter::ServiceIn(vec![name.into(), "nobody".into()]);
+        assert_eq!(by_name(pair).await, vec![want], "{name} or nobody");
     }
     assert_eq!(
         store.distinct_values(org, &all, &Facet::Pod).await.unwrap(),
@@ -994,7 +1041,7 @@ async fn service_names_and_facets(store: SharedStore, org: OrgId) {
         .distinct_values(org, &all, &Facet::Column(Col::ObservationPoint))
         .await
         .unwrap();
-    assert_eq!(ops, vec!["c", "s-app", "s-p"]);
+    assert_eq!(ops, vec!["c", "c-p", "s-app", "s-p"]);
 }
 
 /// A minute of the demo (application, eBPF and network spans of every kind, with names)

@@ -528,12 +528,17 @@ fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, f: &Filter) {
             if names.is_empty() {
                 b.push("0");
             } else {
+                let json = serde_json::to_string(names).unwrap_or_default();
+                b.push("(");
+                if push_service_superset(b, org, names, &json) {
+                    b.push(" AND ");
+                }
                 b.push(format!(
                     "{} IN (SELECT value FROM json_each(",
                     service_expr()
                 ));
-                b.push_bind(serde_json::to_string(names).unwrap_or_default());
-                b.push("))");
+                b.push_bind(json);
+                b.push(")))");
             }
         }
         Filter::True => {
@@ -583,6 +588,63 @@ fn push_filter(b: &mut QueryBuilder<'_, Sqlite>, org: OrgId, f: &Filter) {
             b.push(")");
         }
     }
+}
+
+/// A cheap superset of the rows whose service (`service_expr`) is one of `names`, pushed
+/// before the exact expression so that SQLite computes the service, with its correlated name
+/// lookups, only for rows that can match: the names are resolved to the ids they stand for
+/// once per read (devices, processes), and the rows are compared by id. Pushes nothing and
+/// answers `false` when no cheap superset exists (a name the fallbacks produce).
+fn push_service_superset(
+    b: &mut QueryBuilder<'_, Sqlite>,
+    org: OrgId,
+    names: &[String],
+    json: &str,
+) -> bool {
+    if names
+        .iter()
+        .any(|n| n == "unknown app service" || n == "unknown process")
+    {
+        return false;
+    }
+    let in_names = |b: &mut QueryBuilder<'_, Sqlite>, expr: &str| {
+        b.push(format!("{expr} IN (SELECT value FROM json_each("));
+        b.push_bind(json.to_string());
+        b.push("))");
+    };
+    b.push("(");
+    in_names(b, "f.app_service");
+    for side in 0..2 {
+        b.push(" OR ");
+        in_names(b, &format!("f.process_kname_{side}"));
+        b.push(format!(
+            " OR (f.auto_service_type_{side}, f.auto_service_id_{side}) IN \
+             (SELECT devicetype, deviceid FROM ch_device WHERE org_id = "
+        ));
+        b.push_bind(org.0 as i64);
+        b.push(" AND ");
+        in_names(b, "name");
+        b.push(format!(
+            ") OR f.gprocess_id_{side} IN (SELECT id FROM ch_gprocess WHERE org_id = "
+        ));
+        b.push_bind(org.0 as i64);
+        b.push(" AND ");
+        in_names(b, "name");
+        b.push(")");
+    }
+    // An IP-like service is named by its address.
+    if names
+        .iter()
+        .any(|n| n.parse::<Ipv4Addr>().is_ok() || n.contains(':'))
+    {
+        b.push(" OR f.auto_service_type_0 IN (0, 255) OR f.auto_service_type_1 IN (0, 255)");
+    }
+    // A network span is named `<observation point> @ <node or host>`.
+    if names.iter().any(|n| n.contains(" @ ")) {
+        b.push(" OR f.signal_source NOT IN (3, 4)");
+    }
+    b.push(")");
+    true
 }
 
 /// Key columns with an index `(org_id, column)` (partial: the column is not 0 or '').
