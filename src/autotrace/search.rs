@@ -70,7 +70,9 @@ pub enum SearchQuery {
         window: TimeWindow,
         limit: usize,
     },
-    /// Q4: full records of `ids` in `window`, ordered by start time.
+    /// Q4: full records of `ids` in `window`, in any order: the search orders them by start
+    /// time, ties by `_id` (the order of the reference's `ORDER BY start_time`, which this
+    /// store schema resolves by `_id`), so a store need not sort, and can stream, them.
     Fetch { ids: Vec<u64>, window: TimeWindow },
     /// Batched Q1 ([`super::BatchSearch`] only): the rows whose `_id` is one of `ids`
     /// (`AND signal_source = 4` when `otel_only`), at most `limit` rows.
@@ -724,6 +726,8 @@ impl Search {
             State::AwaitFetch => {
                 let mut seen = HashSet::new();
                 self.records = rows.into_iter().filter(|r| seen.insert(r._id)).collect();
+                self.records
+                    .sort_unstable_by_key(|r| (r.start_time_us, r._id));
                 self.state = State::Done;
                 Ok(())
             }

@@ -182,10 +182,10 @@ pub fn to_flow_query(q: &SearchQuery) -> (FlowQuery, bool) {
                 .order(Order::StartTimeAsc),
             false,
         ),
+        // Unordered: the engine orders the records itself, and an ordered read would make
+        // the store produce every row before the first (no decoding while it reads).
         SearchQuery::Fetch { ids, window: w } => (
-            FlowQuery::new(Filter::ids(ids.iter().copied()))
-                .window(window(*w))
-                .order(Order::StartTimeAsc),
+            FlowQuery::new(Filter::ids(ids.iter().copied())).window(window(*w)),
             true,
         ),
     }
@@ -253,7 +253,6 @@ impl TraceService {
                             timing.queries += 1;
                         }
                         timing.queries -= 1;
-                        rows.sort_by_key(|r| (r.start_time_us, r._id));
                         rows
                     }
                     _ => self.store.select_records(org, &fq).await?,

@@ -317,7 +317,9 @@ impl Evaluator {
             .filter(|r| window.contains(Self::time(r)) && ids.contains(&r._id))
             .cloned()
             .collect();
-        v.sort_by_key(|r| r.start_time_us);
+        // A store returns a fetch in any order (the search orders it): newest `_id` first
+        // here, the opposite of the order the search wants.
+        v.sort_by_key(|r| std::cmp::Reverse(r._id));
         v
     }
 }
