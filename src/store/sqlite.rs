@@ -65,8 +65,8 @@ pub enum Access {
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bumped when the embedded schema changes; stored as SQLite's `user_version`, so a process
-/// that finds it current opens without taking the write lock.
-const SCHEMA_VERSION: i64 = 1;
+/// that finds it current opens without taking the write lock. 2: the time index holds `_id`.
+const SCHEMA_VERSION: i64 = 2;
 
 impl SqliteStore {
     /// Open (creating if missing) the database at `path` (`:memory:` for a private in-memory
@@ -106,7 +106,10 @@ impl SqliteStore {
                 .read_only(access == Access::ReadOnly)
                 .synchronous(SqliteSynchronous::Normal)
         }
-        .busy_timeout(BUSY_TIMEOUT);
+        .busy_timeout(BUSY_TIMEOUT)
+        // Rows cross from the connection's thread through a bounded channel: a deep one lets
+        // SQLite run ahead of the decoding instead of both waking each other for every row.
+        .row_buffer_size(ROW_BUFFER);
         // An in-memory database lives as long as its one connection.
         let pool = SqlitePoolOptions::new()
             .max_connections(if memory { 1 } else { 4 })
@@ -747,15 +750,22 @@ fn push_str_in(b: &mut QueryBuilder<'_, Sqlite>, col: Col, vals: &[String]) {
     b.push("))");
 }
 
-/// A value of a JSON row in the range of its field's type.
-fn fit<T: TryFrom<i64>>(v: i64, col: &str) -> StoreResult<T> {
-    T::try_from(v).map_err(|_| StoreError::Query(format!("column {col}: value {v} out of range")))
+/// Rows one read may buffer between SQLite's thread and the decoding.
+const ROW_BUFFER: usize = 1024;
+
+/// A value of a JSON row in the range of its field's type; `col` names the field for the
+/// error (a raw identifier's `r#` is dropped there, not on every call).
+fn fit<T: TryFrom<i64>>(v: i64, col: &'static str) -> StoreResult<T> {
+    T::try_from(v).map_err(|_| {
+        let col = col.trim_start_matches("r#");
+        StoreError::Query(format!("column {col}: value {v} out of range"))
+    })
 }
 
 /// `fit!(row.column)`: [`fit`] naming the column after the field.
 macro_rules! fit {
     ($row:ident . $col:ident) => {
-        fit($row.$col, stringify!($col).trim_start_matches("r#"))?
+        fit($row.$col, stringify!($col))?
     };
 }
 
@@ -1481,5 +1491,60 @@ mod tests {
         )
         .await;
         assert!(p.iter().any(|l| l.contains("l7_time")), "{p:?}");
+    }
+
+    /// A most-recent-first page (search candidates) walks the time index in its order and
+    /// stops at its limit: no sort of the whole window.
+    #[tokio::test]
+    async fn recent_first_pages_read_the_time_index_in_order() {
+        let store = SqliteStore::open(":memory:", 10_000).await.unwrap();
+        let w = TimeWindow::new(1_700_000_000, 1_700_000_600);
+        for f in [
+            Filter::True,
+            Filter::ServiceIn(vec!["svc".into()]),
+            Filter::IntIn(Col::ResponseStatus, vec![3]),
+        ] {
+            let q = FlowQuery::new(f.clone())
+                .window(w)
+                .order(Order::TimeDesc)
+                .limit(2_000);
+            let p = plan(&store, &q).await;
+            assert!(p.iter().any(|l| l.contains("l7_time_id")), "{f:?}: {p:?}");
+            assert!(!p.iter().any(|l| l.contains("TEMP B-TREE")), "{f:?}: {p:?}");
+        }
+    }
+
+    /// A file of an older schema (version 1: the time index without `_id`) is brought up to
+    /// date when opened: the new index replaces the old one.
+    #[tokio::test]
+    async fn an_older_file_gets_the_current_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let path = path.to_str().unwrap();
+        {
+            let store = SqliteStore::open(path, 10_000).await.unwrap();
+            for sql in [
+                "DROP INDEX l7_time_id",
+                "CREATE INDEX l7_time ON l7_flow_log (org_id, time)",
+                "PRAGMA user_version = 1",
+            ] {
+                sqlx::query(sql).execute(&store.pool).await.unwrap();
+            }
+            store.pool.close().await;
+        }
+        let store = SqliteStore::open(path, 10_000).await.unwrap();
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'l7_flow_log'",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        assert!(indexes.iter().any(|i| i == "l7_time_id"), "{indexes:?}");
+        assert!(!indexes.iter().any(|i| i == "l7_time"), "{indexes:?}");
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 }
