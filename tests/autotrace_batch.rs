@@ -340,6 +340,76 @@ fn batched_equals_one_by_one_over_generated_traces() {
     }
 }
 
+/// A search given its entry row (a search candidate) skips the entry read and otherwise reads,
+/// finds and assembles what the search by `_id` does: alone, and in a batch.
+#[test]
+fn a_search_given_its_entry_row_equals_the_search_by_id() {
+    let (rows, _) = generated(3, 12, true);
+    let ev = Evaluator {
+        rows: rows.iter().map(record_of).collect(),
+    };
+    let ids: Vec<u64> = rows.iter().step_by(4).map(|r| r._id).collect();
+    let entry = |id: u64| {
+        let q = SearchQuery::EntryById {
+            id,
+            otel_only: false,
+            limit: 1,
+        };
+        ev.meta(&q).pop().expect("the row exists")
+    };
+    let window = |id: u64| {
+        let t = (id >> 32) as i64;
+        TimeWindow::new(t - 30, t + 30)
+    };
+    let mut variants = param_variants();
+    variants.push(TraceParams {
+        otel_only: true,
+        ..TraceParams::default()
+    });
+    for (k, p) in variants.iter().enumerate() {
+        for &id in &ids {
+            let (reads_by_id, by_id) = drive(Search::by_id(id, window(id), p), &ev);
+            let (reads_by_row, by_row) = drive(Search::by_entry_row(entry(id), window(id), p), &ev);
+            assert_eq!(reads_by_row + 1, reads_by_id, "params {k}, seed {id}");
+            assert_eq!(by_row.ids, by_id.ids, "params {k}, seed {id}");
+            assert_eq!(by_row.entry_id, by_id.entry_id);
+            assert_eq!(by_row.stop_reason, by_id.stop_reason);
+            assert_eq!(by_row.hit_limit, by_id.hit_limit);
+            assert_eq!(by_row.iterations, by_id.iterations);
+            assert_eq!(
+                by_row.assemble(p),
+                by_id.assemble(p),
+                "params {k}, seed {id}"
+            );
+        }
+        let batch = |given: bool| {
+            let searches = ids
+                .iter()
+                .map(|&id| {
+                    if given {
+                        Search::by_entry_row(entry(id), window(id), p)
+                    } else {
+                        Search::by_id(id, window(id), p)
+                    }
+                })
+                .collect();
+            drive_batch(BatchSearch::new(searches, p), &ev)
+        };
+        let (by_row, by_id) = (batch(true), batch(false));
+        assert_eq!(by_row.reads + 1, by_id.reads, "params {k}");
+        assert_eq!(by_row.seed_trace, by_id.seed_trace, "params {k}");
+        assert_eq!(by_row.seed_ids, by_id.seed_ids, "params {k}");
+        assert_eq!(by_row.dropped, by_id.dropped, "params {k}");
+        let traces = |o: &BatchOutcome| {
+            o.traces
+                .iter()
+                .map(|t| (t.seeds.clone(), t.outcome.ids.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(traces(&by_row), traces(&by_id), "params {k}");
+    }
+}
+
 #[test]
 fn batched_equals_one_by_one_over_colliding_keys() {
     let (mut cut, mut own_limit) = (0, 0);

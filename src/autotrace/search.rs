@@ -267,6 +267,27 @@ impl Search {
         s
     }
 
+    /// [`Search::by_id`] for a caller that already holds the entry row, read with the columns
+    /// Q1 reads (a search candidate): Q1 is answered with it, so the search starts at its
+    /// first association step and reads one query less. With `otel_only`, a row that is not
+    /// an OTel span answers Q1 with nothing, as the store would.
+    pub fn by_entry_row(row: FlowMeta, window: TimeWindow, params: &TraceParams) -> Self {
+        let mut s = Search::by_id(row._id, window, params);
+        let asked = s.next();
+        debug_assert!(
+            matches!(asked, Ok(Some(SearchQuery::EntryById { .. }))),
+            "{asked:?}"
+        );
+        let rows = if params.otel_only && row.signal_source != 4 {
+            Vec::new()
+        } else {
+            vec![row]
+        };
+        // Cannot fail: the search awaits exactly this answer.
+        let _ = s.feed_meta(rows);
+        s
+    }
+
     /// The Tempo path: every row carrying `trace_id` seeds the search; the first becomes the
     /// pruning anchor, and `trace_id` is the initial allowed trace id.
     pub fn by_trace_id(trace_id: &str, window: TimeWindow, params: &TraceParams) -> Self {

@@ -647,12 +647,14 @@ async fn assemble_batch(
     timing: &mut TraceTiming,
 ) -> Result<Vec<FoundTrace>, SearchError> {
     let params = TraceService::search_params(&tracer.params);
+    // The seeds are candidate rows read with the entry read's columns: their searches start
+    // past it (one store read less per batch).
     let searches: Vec<Search> = seeds
         .iter()
         .map(|m| {
             let t = m.time as i64;
-            Search::by_id(
-                m._id,
+            Search::by_entry_row(
+                m.clone(),
                 autotrace::TimeWindow::new(t - seed_window_s, t + seed_window_s),
                 &params,
             )
