@@ -51,7 +51,7 @@ impl Server {
         tokio::spawn(srv);
         Server {
             base: format!("http://{}", addrs[0]),
-            client: reqwest::Client::new(),
+            client: common::http_client(),
             org,
         }
     }

@@ -36,7 +36,7 @@ async fn start(auth: AuthConfig) -> Srv {
     tokio::spawn(srv);
     Srv {
         base: format!("http://{}", addrs[0]),
-        http: reqwest::Client::new(),
+        http: common::http_client(),
     }
 }
 

@@ -54,7 +54,7 @@ async fn start_on(store: SharedStore, cfg: Config) -> Srv {
     tokio::spawn(srv);
     Srv {
         base: format!("http://{}", addrs[0]),
-        http: reqwest::Client::new(),
+        http: common::http_client(),
     }
 }
 

@@ -57,7 +57,7 @@ impl Client {
         tokio::spawn(srv);
         Client {
             base: format!("http://{}", addrs[0]),
-            http: reqwest::Client::new(),
+            http: common::http_client(),
         }
     }
 

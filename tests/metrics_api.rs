@@ -96,7 +96,7 @@ impl Fixture {
         Fixture {
             base: format!("http://{}", addrs[0]),
             org,
-            client: reqwest::Client::new(),
+            client: common::http_client(),
             rows,
             start_us,
         }

@@ -59,7 +59,7 @@ async fn fixture(store: SharedStore, org: OrgId) -> Fixture {
     Fixture {
         base,
         small_pages,
-        client: reqwest::Client::new(),
+        client: common::http_client(),
         org,
         start: end_us / 1_000_000 - 3 * 60,
         end: end_us / 1_000_000 + 60,

@@ -221,7 +221,7 @@ impl Fixture {
         Fixture {
             base: format!("http://{}", addrs[0]),
             org,
-            client: reqwest::Client::new(),
+            client: common::http_client(),
             store,
             strings,
             rows: rows.len(),

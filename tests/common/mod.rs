@@ -89,6 +89,17 @@ impl Front {
 static SHARED: OnceLock<Option<String>> = OnceLock::new();
 static KEEP: Mutex<Vec<Front>> = Mutex::new(Vec::new());
 
+/// An HTTP client for a test server with the default `limits.keep_alive` (5 s): it drops a
+/// pooled connection after 2 s idle, so it never sends a request on a connection the server
+/// is closing at that moment (the request then fails with "connection closed before message
+/// completed", seen under load when a test paused between requests).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// The ClickHouse URL for this test binary, or `None` (skip) outside CI.
 pub fn clickhouse_url() -> Option<String> {
     SHARED
