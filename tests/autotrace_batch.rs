@@ -410,6 +410,59 @@ fn a_search_given_its_entry_row_equals_the_search_by_id() {
     }
 }
 
+/// While the fetch is in flight, `fetch_groups` names the traces the batch will make; a
+/// caller that reads the records of only some of them gets exactly those traces assembled.
+#[test]
+fn fetch_groups_are_the_traces_and_a_partial_fetch_keeps_only_them() {
+    let (rows, _) = generated(3, 12, true);
+    let ev = Evaluator {
+        rows: rows.iter().map(record_of).collect(),
+    };
+    let p = TraceParams::default();
+    let seeds: Vec<Seed> = rows.iter().step_by(7).map(|r| Seed::by_id(r._id)).collect();
+    for keep_every in [1usize, 2, 3] {
+        let mut b = BatchSearch::new(seeds.iter().map(|s| s.search(&p)).collect(), &p);
+        let mut groups = Vec::new();
+        while let Some(q) = b.next().unwrap() {
+            match &q {
+                SearchQuery::Fetch { ids, window } => {
+                    groups = b.fetch_groups();
+                    let mut all: Vec<u64> = groups.iter().flatten().copied().collect();
+                    all.sort_unstable();
+                    assert_eq!(&all, ids, "the groups hold the fetch's ids");
+                    let kept: Vec<u64> = groups
+                        .iter()
+                        .step_by(keep_every)
+                        .flatten()
+                        .copied()
+                        .collect();
+                    let part = SearchQuery::Fetch {
+                        ids: kept,
+                        window: *window,
+                    };
+                    b.feed_records(ev.fetch(&part)).unwrap();
+                }
+                _ => b.feed_meta(ev.meta(&q)).unwrap(),
+            }
+        }
+        assert!(groups.len() > 1, "{} groups", groups.len());
+        let out = b.finish();
+        let mut traces: Vec<Vec<u64>> = out.traces.iter().map(|t| t.outcome.ids.clone()).collect();
+        traces.sort();
+        let mut want = groups.clone();
+        want.sort();
+        assert_eq!(traces, want, "fetch groups are the traces");
+        for t in &out.traces {
+            let wanted = groups
+                .iter()
+                .step_by(keep_every)
+                .any(|g| *g == t.outcome.ids);
+            let fetched: Vec<u64> = t.outcome.records.iter().map(|r| r._id).collect();
+            assert_eq!(!fetched.is_empty(), wanted, "keep every {keep_every}");
+        }
+    }
+}
+
 #[test]
 fn batched_equals_one_by_one_over_colliding_keys() {
     let (mut cut, mut own_limit) = (0, 0);

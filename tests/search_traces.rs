@@ -208,6 +208,19 @@ async fn spansets_of_one_request_join(f: Fixture) {
         .search(r#"{ resource.service.name = "fortio-loadgen" } && { resource.service.name = "no-such-service" }"#)
         .await;
     assert!(none.is_empty());
+    // Only some requests fail: the traces of the others are left out before their records
+    // are read, and the answer is that of the one filter alone.
+    let some = f
+        .search(r#"{ resource.service.name = "fortio-loadgen" } && { status = error }"#)
+        .await;
+    let alone = f.search("{ status = error }").await;
+    assert!(
+        !alone.is_empty() && alone.len() < f.all_ids().len(),
+        "{} of {}",
+        alone.len(),
+        f.all_ids().len()
+    );
+    assert_eq!(Fixture::ids(&some), Fixture::ids(&alone));
     let either = f
         .search(r#"{ resource.service.name = "details-v1" } || { resource.service.name = "no-such-service" }"#)
         .await;

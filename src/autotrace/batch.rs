@@ -551,6 +551,59 @@ impl BatchSearch {
         Ok(Some(query))
     }
 
+    /// While the batch's fetch is in flight (`next()` returned it and no records were fed):
+    /// the row ids of each trace the batch will make, grouped as `finish` groups them
+    /// (searches whose ids intersect are one trace), each sorted, in the order of their first
+    /// search. A caller may read the records of only the traces it wants: the others end with
+    /// no records. Empty when no fetch is in flight.
+    pub fn fetch_groups(&self) -> Vec<Vec<u64>> {
+        let Some(fl) = self.inflight.as_ref().filter(|f| f.shape == Shape::Fetch) else {
+            return Vec::new();
+        };
+        let sets: Vec<Vec<u64>> = fl
+            .parts
+            .iter()
+            .filter_map(|p| self.slots[p.slot].search.as_ref())
+            .map(|s| s.collected_ids_from(0).collect())
+            .collect();
+        let mut parent: Vec<usize> = (0..sets.len()).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        let mut owner: HashMap<u64, usize> = HashMap::new();
+        for (i, ids) in sets.iter().enumerate() {
+            for &id in ids {
+                let first = *owner.entry(id).or_insert(i);
+                let (a, b) = (root(&mut parent, first), root(&mut parent, i));
+                if a != b {
+                    parent[a.max(b)] = a.min(b);
+                }
+            }
+        }
+        let mut group_of_root: HashMap<usize, usize> = HashMap::new();
+        let mut groups: Vec<Vec<u64>> = Vec::new();
+        for (i, ids) in sets.into_iter().enumerate() {
+            if ids.is_empty() {
+                continue;
+            }
+            let r = root(&mut parent, i);
+            let g = *group_of_root.entry(r).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].extend(ids);
+        }
+        for g in &mut groups {
+            g.sort_unstable();
+            g.dedup();
+        }
+        groups
+    }
+
     /// Split rows among the participants (see the module doc).
     fn split<T>(
         fl: &InFlight,

@@ -1299,6 +1299,7 @@ fn traced_walk(t: &Tracing<'_>, filters: &[&crate::traceql::SpansetFilter], grid
         first_seeds_per_trace: 4,
         deadline: t.deadline,
         seed_window_s: t.seed_window_s,
+        required: Vec::new(),
     }
 }
 

@@ -416,6 +416,7 @@ async fn run(
         first_seeds_per_trace: 4 * filters.len().clamp(1, 2),
         deadline: req.deadline,
         seed_window_s,
+        required: crate::traceql::plan::required_filters(stages),
     };
     let stats = walk_traces(tracer, org, &walk, cfg, timing, |f| {
         if hits.len() >= req.limit {
@@ -459,6 +460,10 @@ pub struct Walk {
     pub deadline: Option<Instant>,
     /// Seconds around a seed row its trace is searched in.
     pub seed_window_s: i64,
+    /// Predicates a wanted trace holds a row of each (`traceql::plan::required_filters`): a
+    /// batch's traces without are left out before their records are read (they are
+    /// inspected, never visited). Empty: every trace is visited.
+    pub required: Vec<Filter>,
 }
 
 /// What a walk did.
@@ -494,6 +499,8 @@ pub async fn walk_traces(
     let mut covered: HashSet<u64> = HashSet::new();
     let mut seen_traces: HashSet<TraceId> = HashSet::new();
     let (mut rows_read, mut inspected_spans, mut pages) = (0u64, 0u64, 0u32);
+    // Traces left out before their fetch (they lack a row a match needs).
+    let mut pruned_traces = 0usize;
     // Seeds used per accepted trace so far: sizes the next batch of seeds.
     let (mut consumed, mut accepted) = (0usize, 0usize);
     let out_of_budget = |rows_read: u64, traces: usize| {
@@ -505,7 +512,9 @@ pub async fn walk_traces(
     let mut pending: std::collections::VecDeque<FlowMeta> = Default::default();
     let mut stopped = false;
     loop {
-        if walk.want.is_some_and(|w| accepted >= w) || out_of_budget(rows_read, seen_traces.len()) {
+        if walk.want.is_some_and(|w| accepted >= w)
+            || out_of_budget(rows_read, seen_traces.len() + pruned_traces)
+        {
             stopped = true;
             break;
         }
@@ -541,7 +550,17 @@ pub async fn walk_traces(
         }
         let batch = take_seeds(&mut pending, target);
         consumed += batch.len();
-        let found = assemble_batch(tracer, org, &batch, walk.seed_window_s, timing).await?;
+        let (found, pruned) = assemble_batch(
+            tracer,
+            org,
+            &batch,
+            walk.seed_window_s,
+            &walk.required,
+            timing,
+        )
+        .await?;
+        pruned_traces += pruned.traces;
+        covered.extend(pruned.ids);
         for f in found {
             covered.extend(f.result.spans.iter().flat_map(|s| s.ids.iter().copied()));
             if !seen_traces.insert(f.id) {
@@ -554,7 +573,7 @@ pub async fn walk_traces(
         }
     }
     Ok(WalkStats {
-        traces: seen_traces.len(),
+        traces: seen_traces.len() + pruned_traces,
         spans: inspected_spans,
         pages,
         exhausted: candidates.exhausted,
@@ -644,8 +663,9 @@ async fn assemble_batch(
     org: OrgId,
     seeds: &[FlowMeta],
     seed_window_s: i64,
+    required: &[Filter],
     timing: &mut TraceTiming,
-) -> Result<Vec<FoundTrace>, SearchError> {
+) -> Result<(Vec<FoundTrace>, super::trace::Pruned), SearchError> {
     let params = TraceService::search_params(&tracer.params);
     // The seeds are candidate rows read with the entry read's columns: their searches start
     // past it (one store read less per batch).
@@ -662,7 +682,7 @@ async fn assemble_batch(
         .collect();
     let batch = autotrace::BatchSearch::new(searches, &params)
         .max_rows(tracer.store.max_rows().min(usize::MAX as u64) as usize);
-    let (outcome, traced) = tracer.run_batch(org, batch).await?;
+    let (outcome, traced, pruned) = tracer.run_batch_requiring(org, batch, required).await?;
     timing.store_us += traced.store_us;
     timing.queries += traced.queries;
     let reads_per_trace = traced.queries / (outcome.traces.len().max(1) as u32);
@@ -712,7 +732,7 @@ async fn assemble_batch(
         out.push(FoundTrace { id, ctx, result });
     }
     timing.assemble_us += t.elapsed().as_micros() as u64;
-    Ok(out)
+    Ok((out, pruned))
 }
 
 #[cfg(test)]

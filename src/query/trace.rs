@@ -72,6 +72,15 @@ fn otel(filter: Filter, otel_only: bool) -> Filter {
     }
 }
 
+/// The traces a batch left out before its fetch ([`TraceService::run_batch_requiring`]).
+#[derive(Debug, Clone, Default)]
+pub struct Pruned {
+    /// How many traces.
+    pub traces: usize,
+    /// Their row ids.
+    pub ids: Vec<u64>,
+}
+
 /// The store read for one engine query; `true` when it wants full records.
 pub fn to_flow_query(q: &SearchQuery) -> (FlowQuery, bool) {
     match q {
@@ -231,11 +240,55 @@ impl TraceService {
     pub async fn run_batch(
         &self,
         org: OrgId,
-        mut batch: BatchSearch,
+        batch: BatchSearch,
     ) -> Result<(BatchOutcome, TraceTiming), ServiceError> {
+        let (outcome, timing, _) = self.run_batch_requiring(org, batch, &[]).await?;
+        Ok((outcome, timing))
+    }
+
+    /// [`run_batch`](Self::run_batch) for a caller that only wants traces holding at least
+    /// one row of each of `required` (a search's `{A} && {B}`): before the fetch, one read per
+    /// predicate over the ids of the batch's traces, and only the traces that hold a row of
+    /// each are fetched; the others end with no records. With fewer than two predicates (one
+    /// is what the seeds themselves match) nothing is read. Also answers the ids of the traces
+    /// left out, and how many they were.
+    pub async fn run_batch_requiring(
+        &self,
+        org: OrgId,
+        mut batch: BatchSearch,
+        required: &[Filter],
+    ) -> Result<(BatchOutcome, TraceTiming, Pruned), ServiceError> {
         let mut timing = TraceTiming::default();
+        let mut pruned = Pruned::default();
         let started = Instant::now();
-        while let Some(q) = batch.next()? {
+        while let Some(mut q) = batch.next()? {
+            if let SearchQuery::Fetch { ids, window } = &mut q {
+                if required.len() >= 2 && ids.len() as u64 <= self.store.max_rows() {
+                    let t = Instant::now();
+                    let groups = batch.fetch_groups();
+                    let mut holds: Vec<std::collections::HashSet<u64>> = Vec::new();
+                    for f in required {
+                        let fq = FlowQuery::new(Filter::ids(ids.iter().copied()).and(f.clone()))
+                            .window(self::window(*window))
+                            .limit(ids.len() as u64);
+                        let rows = self.store.select_meta(org, &fq).await?;
+                        timing.queries += 1;
+                        holds.push(rows.into_iter().map(|m| m._id).collect());
+                    }
+                    timing.store_us += t.elapsed().as_micros() as u64;
+                    let mut kept = Vec::with_capacity(ids.len());
+                    for g in groups {
+                        if holds.iter().all(|h| g.iter().any(|id| h.contains(id))) {
+                            kept.extend(g);
+                        } else {
+                            pruned.traces += 1;
+                            pruned.ids.extend(g);
+                        }
+                    }
+                    kept.sort_unstable();
+                    *ids = kept;
+                }
+            }
             let (fq, records) = to_flow_query(&q);
             let t = Instant::now();
             let rows = if records {
@@ -279,7 +332,7 @@ impl TraceService {
             dropped = outcome.dropped,
             "batch finished"
         );
-        Ok((outcome, timing))
+        Ok((outcome, timing, pruned))
     }
 
     async fn run(

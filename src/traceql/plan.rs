@@ -19,6 +19,42 @@ pub fn plan_filters(filters: &[&SpansetFilter]) -> Filter {
     }
 }
 
+/// Predicates of which every trace matching a pipeline holds at least one row each: the
+/// superset of each spanset filter whose spans a match needs — both sides of `&&` and of the
+/// structural operators (and of their union forms), the right side of their negations,
+/// neither side of `||`. Only the first stage counts (later stages narrow its spansets).
+/// `True` parts and repeats are left out.
+pub fn required_filters(stages: &[Stage]) -> Vec<Filter> {
+    fn walk(e: &SpansetExpr, out: &mut Vec<Filter>) {
+        match e {
+            SpansetExpr::Filter(f) => out.push(plan_expr(&f.expr)),
+            SpansetExpr::Op { op, lhs, rhs } => match op {
+                SpansetOp::Union => {}
+                SpansetOp::NotChild
+                | SpansetOp::NotParent
+                | SpansetOp::NotDescendant
+                | SpansetOp::NotAncestor
+                | SpansetOp::NotSibling => walk(rhs, out),
+                _ => {
+                    walk(lhs, out);
+                    walk(rhs, out);
+                }
+            },
+        }
+    }
+    let mut all = Vec::new();
+    if let Some(Stage::Spanset(e)) = stages.first() {
+        walk(e, &mut all);
+    }
+    let mut out: Vec<Filter> = Vec::new();
+    for f in all {
+        if f != Filter::True && !out.contains(&f) {
+            out.push(f);
+        }
+    }
+    out
+}
+
 /// A superset predicate for one field expression (booleans only; anything else is `True`).
 pub fn plan_expr(e: &FieldExpr) -> Filter {
     match e {
@@ -295,6 +331,39 @@ mod tests {
     fn plan(q: &str) -> Filter {
         let query = crate::traceql::parse(q).unwrap();
         plan_filters(&query.spanset_filters())
+    }
+
+    fn required(q: &str) -> Vec<Filter> {
+        let query = crate::traceql::parse(q).unwrap();
+        let stages = crate::query::pipeline::stages(&query).unwrap();
+        required_filters(stages)
+    }
+
+    /// What a matching trace must hold a row of: each side a match needs, nothing of `||`,
+    /// the right side of a negated structural operator, the first stage only.
+    #[test]
+    fn required_filters_follow_what_a_match_needs() {
+        let svc = |n: &str| Filter::ServiceIn(vec![n.into()]);
+        let (a, b) = (
+            r#"{ resource.service.name = "a" }"#,
+            r#"{ resource.service.name = "b" }"#,
+        );
+        for (q, want) in [
+            (format!("{a} && {b}"), vec![svc("a"), svc("b")]),
+            (format!("{a} >> {b}"), vec![svc("a"), svc("b")]),
+            (format!("{a} &> {b}"), vec![svc("a"), svc("b")]),
+            (format!("{a} ~ {b}"), vec![svc("a"), svc("b")]),
+            (format!("{a} !>> {b}"), vec![svc("b")]),
+            (format!("{a} || {b}"), vec![]),
+            (format!("({a} || {b}) && {a}"), vec![svc("a")]),
+            (format!("{a} && {a}"), vec![svc("a")]),
+            (format!("{a} && {{ }}"), vec![svc("a")]),
+            (format!("{a} | count() > 2"), vec![svc("a")]),
+            (format!("{{ }} | {b}"), vec![]),
+            ("{ }".to_string(), vec![]),
+        ] {
+            assert_eq!(required(&q), want, "{q}");
+        }
     }
 
     #[test]
