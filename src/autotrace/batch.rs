@@ -566,31 +566,14 @@ impl BatchSearch {
             .filter_map(|p| self.slots[p.slot].search.as_ref())
             .map(|s| s.collected_ids_from(0).collect())
             .collect();
-        let mut parent: Vec<usize> = (0..sets.len()).collect();
-        fn root(parent: &mut [usize], mut i: usize) -> usize {
-            while parent[i] != i {
-                parent[i] = parent[parent[i]];
-                i = parent[i];
-            }
-            i
-        }
-        let mut owner: HashMap<u64, usize> = HashMap::new();
-        for (i, ids) in sets.iter().enumerate() {
-            for &id in ids {
-                let first = *owner.entry(id).or_insert(i);
-                let (a, b) = (root(&mut parent, first), root(&mut parent, i));
-                if a != b {
-                    parent[a.max(b)] = a.min(b);
-                }
-            }
-        }
+        let roots = id_components(sets.iter().map(|ids| Some(ids.as_slice())));
         let mut group_of_root: HashMap<usize, usize> = HashMap::new();
         let mut groups: Vec<Vec<u64>> = Vec::new();
         for (i, ids) in sets.into_iter().enumerate() {
             if ids.is_empty() {
                 continue;
             }
-            let r = root(&mut parent, i);
+            let r = roots[i];
             let g = *group_of_root.entry(r).or_insert_with(|| {
                 groups.push(Vec::new());
                 groups.len() - 1
@@ -764,27 +747,11 @@ impl BatchSearch {
             .map(|o| o.as_ref().map(|o| o.ids.clone()).unwrap_or_default())
             .collect();
         // Connected components of the surviving searches by shared ids.
-        let mut parent: Vec<usize> = (0..n).collect();
-        fn root(parent: &mut [usize], mut i: usize) -> usize {
-            while parent[i] != i {
-                parent[i] = parent[parent[i]];
-                i = parent[i];
-            }
-            i
-        }
-        let mut owner: HashMap<u64, usize> = HashMap::new();
-        for (i, o) in outcomes.iter().enumerate() {
-            let Some(o) = o else { continue };
-            for &id in &o.ids {
-                let first = *owner.entry(id).or_insert(i);
-                let (a, b) = (root(&mut parent, first), root(&mut parent, i));
-                if a != b {
-                    // The lower index stays the root.
-                    let (lo, hi) = (a.min(b), a.max(b));
-                    parent[hi] = lo;
-                }
-            }
-        }
+        let roots = id_components(
+            outcomes
+                .iter()
+                .map(|o| o.as_ref().map(|o| o.ids.as_slice())),
+        );
         let mut seed_trace: Vec<Option<usize>> = vec![None; n];
         let mut trace_of_root: HashMap<usize, usize> = HashMap::new();
         let mut members: Vec<Vec<usize>> = Vec::new();
@@ -793,7 +760,7 @@ impl BatchSearch {
             if o.ids.is_empty() && o.external.is_empty() {
                 continue;
             }
-            let r = root(&mut parent, i);
+            let r = roots[i];
             let t = *trace_of_root.entry(r).or_insert_with(|| {
                 members.push(Vec::new());
                 members.len() - 1
@@ -835,6 +802,32 @@ impl BatchSearch {
             dropped: self.dropped,
         }
     }
+}
+
+/// Connected components of id sets (sets sharing an id are one component; `None` is a set
+/// of its own): each set's component, named by its lowest index.
+fn id_components<'a>(sets: impl Iterator<Item = Option<&'a [u64]>>) -> Vec<usize> {
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut parent: Vec<usize> = Vec::new();
+    let mut owner: HashMap<u64, usize> = HashMap::new();
+    for (i, ids) in sets.enumerate() {
+        parent.push(i);
+        for &id in ids.unwrap_or_default() {
+            let first = *owner.entry(id).or_insert(i);
+            let (a, b) = (root(&mut parent, first), root(&mut parent, i));
+            if a != b {
+                // The lower index stays the root.
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    (0..parent.len()).map(|i| root(&mut parent, i)).collect()
 }
 
 /// The outcome of a component, members in seed order.
