@@ -418,6 +418,15 @@ fn render_tree(result: &TraceResult) -> String {
     out
 }
 
+/// The URL a client on this machine reaches a bound address at.
+fn base_url(a: &std::net::SocketAddr) -> String {
+    if a.ip().is_unspecified() {
+        format!("http://localhost:{}", a.port())
+    } else {
+        format!("http://{a}")
+    }
+}
+
 async fn serve(cfg: Config) -> Result<(), String> {
     let store = server::open_store(&cfg).await.map_err(|e| e.to_string())?;
     let draining = server::Draining::default();
@@ -428,6 +437,11 @@ async fn serve(cfg: Config) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     tracing::info!(store = %store.kind(), addrs = ?addrs, "deepflow-tempo serving");
+    // One line on stdout says where (with `--listen host:0` the port is only known here).
+    if let Some(url) = addrs.first().map(base_url) {
+        println!("serving the Tempo API on {url}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
     server::serve_until_signal(
         srv,
         draining,
@@ -487,17 +501,7 @@ async fn demo_command(
         draining.clone(),
     )
     .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    let url = addrs
-        .first()
-        .map(|a| {
-            let host = if a.ip().is_unspecified() {
-                "localhost".to_string()
-            } else {
-                a.ip().to_string()
-            };
-            format!("http://{host}:{}", a.port())
-        })
-        .unwrap_or_default();
+    let url = addrs.first().map(base_url).unwrap_or_default();
     println!();
     println!("serving the Tempo API on {url}");
     println!(

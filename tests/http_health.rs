@@ -160,44 +160,18 @@ fn invalid_configuration_exits_2_naming_the_key() {
 
 #[test]
 fn the_binary_serves_health_on_the_embedded_store() {
-    let bin = env!("CARGO_BIN_EXE_deepflow-tempo");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sub/dft.db");
-    let mut child = std::process::Command::new(bin)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log",
-            "warn",
-            "serve",
-        ])
-        .env("DFT_EMBEDDED__PATH", &db)
-        .spawn()
-        .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut answered = false;
-    for _ in 0..100 {
-        let r = rt.block_on(async {
-            reqwest::Client::new()
-                .get(format!("http://127.0.0.1:{port}/ready"))
-                .send()
-                .await
-        });
-        if let Ok(r) = r {
-            assert_eq!(r.status().as_u16(), 200);
-            answered = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(answered, "the server did not answer");
+    // `--listen 127.0.0.1:0`: the fixture reads the URL the binary prints and waits for a
+    // 200 from `/ready`.
+    let p = common::ServeProcess::start(&[], &[("DFT_EMBEDDED__PATH", db.to_str().unwrap())]);
+    assert!(p.base.starts_with("http://127.0.0.1:"), "{}", p.base);
+    assert!(
+        !p.base.ends_with(":0"),
+        "the bound port is printed: {}",
+        p.base
+    );
+    drop(p);
     assert!(
         db.exists(),
         "the embedded store file is created with its directory"

@@ -859,30 +859,50 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     /// Start `serve` with `args` (global flags such as `--embedded-path`, `--config`) and
-    /// `env`, and wait (at most 30 s) until it answers `/api/echo`.
+    /// `env` on a port it picks itself (`--listen 127.0.0.1:0`), read the address it prints,
+    /// and wait (at most 30 s) until it answers `/ready`. A port picked here and handed over
+    /// could be taken by another process of the run in between.
     pub fn start(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> ServeProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_deepflow-tempo"));
-        cmd.args(["--log", "warn", "--listen", &format!("127.0.0.1:{port}")])
+        cmd.args(["--log", "warn", "--listen", "127.0.0.1:0"])
             .args(args)
             .arg("serve")
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start deepflow-tempo serve");
+        let mut child = cmd.spawn().expect("start deepflow-tempo serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the announced URL, then keeps draining stdout so the process never blocks.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix("serving the Tempo API on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.trim().to_string());
+                    }
+                }
+            }
+        });
         let mut p = ServeProcess {
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
             child,
         };
         let t = std::time::Instant::now();
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(url) => {
+                    p.base = url;
+                    break;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = p.child.wait();
+                    panic!("serve exited during startup: {status:?}");
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("serve exited during startup: {status}");
@@ -890,6 +910,13 @@ impl ServeProcess {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
                 "serve did not listen within 30 s"
+            );
+        }
+        let port = p.base.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        while !ready_once(port) {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "serve did not answer /ready within 30 s"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -911,6 +938,22 @@ impl Drop for ServeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One blocking `GET /ready` on its own connection: true on `200`.
+fn ready_once(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    if c.write_all(b"GET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    c.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
 /// `kill -<signal> <pid>`.
