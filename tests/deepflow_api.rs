@@ -525,10 +525,11 @@ fn clickhouse_at(url: &str, timeout_s: u64) -> SharedStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_failures_are_enveloped_503_and_504() {
-    // Nothing listens on the port: unavailable.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Nothing listens on the port: unavailable. The socket holds the port (bound, never
+    // listening) so no other process of the run can take it meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = closed.local_addr().unwrap().port();
-    drop(closed);
     let srv = Server::start(
         clickhouse_at(&format!("http://127.0.0.1:{port}"), 5),
         OrgId::DEFAULT,
