@@ -1296,7 +1296,7 @@ fn traced_walk(t: &Tracing<'_>, filters: &[&crate::traceql::SpansetFilter], grid
         start_s: grid.start_us.div_euclid(1_000_000),
         end_s: (end_us + 999_999).div_euclid(1_000_000),
         want: None,
-        first_seeds_per_trace: 4,
+        first_seeds_per_trace: 4.0,
         deadline: t.deadline,
         seed_window_s: t.seed_window_s,
         required: Vec::new(),

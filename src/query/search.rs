@@ -411,9 +411,7 @@ async fn run(
         start_s: req.start_s,
         end_s: req.end_s,
         want: Some(req.limit),
-        // A trace matches a query of several spanset filters (`{A} && {B}`) less often than
-        // it holds a candidate row of one of them: start with more seeds per wanted trace.
-        first_seeds_per_trace: 4 * filters.len().clamp(1, 2),
+        first_seeds_per_trace: first_seeds_per_trace(stages, filters.len()),
         deadline: req.deadline,
         seed_window_s,
         required: crate::traceql::plan::required_filters(stages),
@@ -445,6 +443,25 @@ async fn run(
     })
 }
 
+/// Seeds per wanted trace in a search's first batch. A query of one spanset filter and no
+/// stage that drops spansets (`{ status = error }`, `{} | select(…)`) matches the trace of
+/// nearly every candidate row (its candidates are the filter pushed down): one seed per trace,
+/// and a quarter more for traces that hold two groups of candidates or a row the pushed-down
+/// filter let through. A trace matches a query of several spanset filters (`{A} && {B}`) or a
+/// scalar filter (`| count() > 2`) less often than it holds a candidate row: four seeds per
+/// wanted trace, eight with two filters or more. Later batches size themselves from the seeds
+/// an accepted trace took.
+fn first_seeds_per_trace(stages: &[Stage], filters: usize) -> f64 {
+    let plain = filters <= 1
+        && matches!(stages.first(), Some(Stage::Spanset(SpansetExpr::Filter(_))))
+        && !stages.iter().any(|s| matches!(s, Stage::ScalarFilter(_)));
+    if plain {
+        1.25
+    } else {
+        4.0 * filters.clamp(1, 2) as f64
+    }
+}
+
 /// A walk over the assembled traces of a range (see [`walk_traces`]).
 pub struct Walk {
     /// The candidate rows: a superset of the rows of the traces wanted.
@@ -455,7 +472,7 @@ pub struct Walk {
     pub want: Option<usize>,
     /// Seeds per wanted trace in the first batch (later batches size themselves from the
     /// seeds an accepted trace took).
-    pub first_seeds_per_trace: usize,
+    pub first_seeds_per_trace: f64,
     /// Stop looking for more traces at this instant.
     pub deadline: Option<Instant>,
     /// Seconds around a seed row its trace is searched in.
@@ -525,7 +542,7 @@ pub async fn walk_traces(
         let target = match walk.want {
             None => MAX_BATCH,
             Some(w) if seen_traces.is_empty() => {
-                (w - accepted).saturating_mul(walk.first_seeds_per_trace.max(1))
+                ((w - accepted) as f64 * walk.first_seeds_per_trace.max(1.0)).ceil() as usize
             }
             Some(w) => {
                 let seeds_per_hit = consumed as f64 / accepted.max(1) as f64;
@@ -581,8 +598,8 @@ pub async fn walk_traces(
     })
 }
 
-/// Take up to `n` seeds from the candidates, newest first, one per group of candidates that
-/// surely belong to one trace: rows sharing a TCP request (both sequences), a syscall trace id,
+/// Take up to `n` seeds from the candidates, newest group first, one per group of candidates that
+/// surely belong to one trace (its earliest-starting row): rows sharing a TCP request (both sequences), a syscall trace id,
 /// an X-Request-ID or an application trace id. The other rows of a group stay candidates: the
 /// trace assembled from the group's seed covers them, or they seed a later batch.
 fn take_seeds(pending: &mut std::collections::VecDeque<FlowMeta>, n: usize) -> Vec<FlowMeta> {
@@ -634,12 +651,26 @@ fn take_seeds(pending: &mut std::collections::VecDeque<FlowMeta>, n: usize) -> V
                 }
             }
         }
+        // A group's seed is its earliest-starting row, the likeliest to be near the trace's
+        // root: a search from the root reaches every call going down, one from a leaf goes
+        // up and then down the other branches (on 100-flow traces, 18 batched reads instead
+        // of 10 from the newest row).
+        let mut earliest: std::collections::HashMap<usize, usize> = Default::default();
+        for i in 0..pending.len() {
+            let root = find(&mut parent, i);
+            let e = earliest.entry(root).or_insert(i);
+            let key = |m: &FlowMeta| (m.start_time_us, m._id);
+            if key(&pending[i]) < key(&pending[*e]) {
+                *e = i;
+            }
+        }
         for i in 0..pending.len() {
             if chosen.len() >= n {
                 break;
             }
-            if seeded_roots.insert(find(&mut parent, i)) {
-                chosen.push(i);
+            let root = find(&mut parent, i);
+            if seeded_roots.insert(root) {
+                chosen.push(earliest[&root]);
             }
         }
     }
@@ -745,6 +776,56 @@ mod tests {
             time,
             ..FlowMeta::default()
         }
+    }
+
+    #[test]
+    fn a_group_of_candidates_seeds_from_its_earliest_row_newest_group_first() {
+        let row = |id: u64, start_us: i64, seq: u32, syscall: u64| FlowMeta {
+            _id: id,
+            time: 100,
+            start_time_us: start_us,
+            req_tcp_seq: seq,
+            resp_tcp_seq: seq + 1,
+            syscall_trace_id_request: syscall,
+            ..FlowMeta::default()
+        };
+        // Newest first: a leaf call (seq 10) joined to its parent's server row (syscall 7),
+        // which shares seq 20 with the root's client row; then a lone row of another trace.
+        let mut pending: std::collections::VecDeque<FlowMeta> = [
+            row(1, 500, 10, 0),
+            row(2, 400, 10, 7),
+            row(3, 300, 20, 7),
+            row(4, 100, 20, 0),
+            row(5, 50, 30, 0),
+        ]
+        .into_iter()
+        .collect();
+        let seeds = take_seeds(&mut pending, 1);
+        assert_eq!(seeds.iter().map(|m| m._id).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(
+            pending.iter().map(|m| m._id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 5]
+        );
+        let seeds = take_seeds(&mut pending, 5);
+        assert_eq!(seeds.iter().map(|m| m._id).collect::<Vec<_>>(), vec![3, 5]);
+    }
+
+    #[test]
+    fn the_first_batch_takes_one_seed_and_a_quarter_per_trace_for_one_plain_filter() {
+        let per_trace = |q: &str| {
+            let q = crate::traceql::parse(q).unwrap();
+            let stages = crate::query::pipeline::stages(&q).unwrap();
+            first_seeds_per_trace(stages, q.spanset_filters().len())
+        };
+        assert_eq!(per_trace("{}"), 1.25);
+        assert_eq!(per_trace("{ status = error }"), 1.25);
+        assert_eq!(
+            per_trace("{ status = error } | select(span.http.url)"),
+            1.25
+        );
+        assert_eq!(per_trace("{ status = error } | count() > 2"), 4.0);
+        assert_eq!(per_trace("{ .a = 1 } && { .b = 2 }"), 8.0);
+        assert_eq!(per_trace("{ .a = 1 } >> { .b = 2 }"), 8.0);
     }
 
     /// Pages over a store of rows (time-ordered reads as the stores do them): every row of the

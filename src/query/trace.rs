@@ -974,15 +974,16 @@ mod tests {
         assert!(ProbeRead::query(std::iter::empty(), 100).is_none());
         // The superset also brings rows of one probe's agent with another's process, or in
         // another's range: neither probe holds them.
-        let row = |agent: u16, pid: i32, gprocess: u32, start_us: i64| crate::store::model::FlowRecord {
-            signal_source: crate::store::model::signal_source::EBPF,
-            agent_id: agent,
-            process_id_1: pid,
-            gprocess_id_1: gprocess,
-            start_time_us: start_us,
-            time: 30,
-            ..Default::default()
-        };
+        let row =
+            |agent: u16, pid: i32, gprocess: u32, start_us: i64| crate::store::model::FlowRecord {
+                signal_source: crate::store::model::signal_source::EBPF,
+                agent_id: agent,
+                process_id_1: pid,
+                gprocess_id_1: gprocess,
+                start_time_us: start_us,
+                time: 30,
+                ..Default::default()
+            };
         let rows = [
             row(1, 10, 0, 1_500),
             row(2, 0, 7, 6_000),
