@@ -567,24 +567,18 @@ impl BatchSearch {
             .map(|s| s.collected_ids_from(0).collect())
             .collect();
         let roots = id_components(sets.iter().map(|ids| Some(ids.as_slice())));
-        let mut group_of_root: HashMap<usize, usize> = HashMap::new();
-        let mut groups: Vec<Vec<u64>> = Vec::new();
-        for (i, ids) in sets.into_iter().enumerate() {
-            if ids.is_empty() {
-                continue;
-            }
-            let r = roots[i];
-            let g = *group_of_root.entry(r).or_insert_with(|| {
-                groups.push(Vec::new());
-                groups.len() - 1
-            });
-            groups[g].extend(ids);
-        }
-        for g in &mut groups {
-            g.sort_unstable();
-            g.dedup();
-        }
-        groups
+        components(&roots, |i| !sets[i].is_empty())
+            .into_iter()
+            .map(|members| {
+                let mut g: Vec<u64> = members
+                    .iter()
+                    .flat_map(|&i| sets[i].iter().copied())
+                    .collect();
+                g.sort_unstable();
+                g.dedup();
+                g
+            })
+            .collect()
     }
 
     /// Split rows among the participants (see the module doc).
@@ -752,21 +746,16 @@ impl BatchSearch {
                 .iter()
                 .map(|o| o.as_ref().map(|o| o.ids.as_slice())),
         );
+        let members = components(&roots, |i| {
+            outcomes[i]
+                .as_ref()
+                .is_some_and(|o| !o.ids.is_empty() || !o.external.is_empty())
+        });
         let mut seed_trace: Vec<Option<usize>> = vec![None; n];
-        let mut trace_of_root: HashMap<usize, usize> = HashMap::new();
-        let mut members: Vec<Vec<usize>> = Vec::new();
-        for i in 0..n {
-            let Some(o) = &outcomes[i] else { continue };
-            if o.ids.is_empty() && o.external.is_empty() {
-                continue;
+        for (t, m) in members.iter().enumerate() {
+            for &i in m {
+                seed_trace[i] = Some(t);
             }
-            let r = roots[i];
-            let t = *trace_of_root.entry(r).or_insert_with(|| {
-                members.push(Vec::new());
-                members.len() - 1
-            });
-            members[t].push(i);
-            seed_trace[i] = Some(t);
         }
         for i in 0..n {
             let mut j = i;
@@ -828,6 +817,24 @@ fn id_components<'a>(sets: impl Iterator<Item = Option<&'a [u64]>>) -> Vec<usize
         }
     }
     (0..parent.len()).map(|i| root(&mut parent, i)).collect()
+}
+
+/// The members of each component (`roots` as [`id_components`] gives them) among the indices
+/// `keep` accepts, in index order, components ordered by their first member.
+fn components(roots: &[usize], keep: impl Fn(usize) -> bool) -> Vec<Vec<usize>> {
+    let mut of_root: HashMap<usize, usize> = HashMap::new();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (i, &r) in roots.iter().enumerate() {
+        if !keep(i) {
+            continue;
+        }
+        let c = *of_root.entry(r).or_insert_with(|| {
+            out.push(Vec::new());
+            out.len() - 1
+        });
+        out[c].push(i);
+    }
+    out
 }
 
 /// The outcome of a component, members in seed order.
