@@ -6,7 +6,8 @@
 //!   hour and a tag-values call (`resource.service.name`): p50/p99;
 //! - trace-level searches `{}`, `{ status = error }` (one trace in ten fails) and an `&&` of two
 //!   services, `limit=20`: p50/p99 and the ratio of their p50 to opening one uncached trace,
-//!   on ClickHouse and, over 1,000 traces of the same shape, on the embedded store;
+//!   on ClickHouse and, over 1,000 traces of the same shape, on the embedded store, where one
+//!   read of the twenty newest traces' rows (no search) is timed too: a search's floor;
 //! - TraceQL metrics `{} | rate() by (resource.service.name)` over one hour at a 60 s step
 //!   through the metrics service, against the same aggregation written by hand in SQL and read
 //!   with the `clickhouse` crate (runs interleaved): p50/p99 of both and the ratio of the p50s.
@@ -159,9 +160,14 @@ fn print_trace_searches(store: &str, searches: &TraceSearches, one_p50: f64) {
     }
 }
 
+/// The embedded store's figures: the searches, one uncached trace's p50 (ms), the rows, and
+/// the times (µs, sorted) of reading the newest twenty traces' rows once.
+type EmbeddedFigures = (TraceSearches, f64, usize, Vec<u64>);
+
 /// The same comparison on the embedded store (SQLite in memory), over `traces` generated
-/// traces of the same shape in the last hour: uncached trace by ID p50, and the searches.
-async fn embedded(traces: usize, runs: usize) -> (TraceSearches, f64, usize) {
+/// traces of the same shape in the last hour: uncached trace by ID p50, the searches, and one
+/// read of the newest twenty traces' rows.
+async fn embedded(traces: usize, runs: usize) -> EmbeddedFigures {
     let (store, org) = common::sqlite_store().await;
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -195,6 +201,15 @@ async fn embedded(traces: usize, runs: usize) -> (TraceSearches, f64, usize) {
         rows.extend(trace_rows);
     }
     let n_rows = rows.len();
+    // The rows of the twenty newest traces: what a `{}` search with limit 20 must read at least.
+    let newest: Vec<u64> = rows
+        .iter()
+        .filter(|r| {
+            r.time as i64
+                >= (t0 + (traces as i64 - 20) * (2_900_000_000 / traces as i64)) / 1_000_000
+        })
+        .map(|r| r._id)
+        .collect();
     for chunk in rows.chunks(20_000) {
         store.insert_rows(org, chunk).await.unwrap();
     }
@@ -218,7 +233,7 @@ async fn embedded(traces: usize, runs: usize) -> (TraceSearches, f64, usize) {
         .unwrap();
     let tracer = TraceService::new(store.clone(), TraceParams::default());
     let tempo = TempoService::new(
-        TraceService::new(store, TraceParams::default()),
+        TraceService::new(store.clone(), TraceParams::default()),
         TempoConfig::default(),
         CacheConfig {
             max_entries: 0,
@@ -245,14 +260,35 @@ async fn embedded(traces: usize, runs: usize) -> (TraceSearches, f64, usize) {
     }
     one.sort_unstable();
     let searches = trace_level_searches(&tracer, org, now_us / 1_000_000, runs).await;
-    (searches, pct(&one, 0.5), n_rows)
+    // One read of those rows, whole, as a search's fetch reads them (names included).
+    let now_s = (now_us / 1_000_000) as u32;
+    let read = FlowQuery::new(Filter::ids(newest.iter().copied()))
+        .window(TimeWindow::new(now_s - 3700, now_s));
+    let mut floor = Vec::new();
+    for k in 0..=runs {
+        let t = Instant::now();
+        let got = store.select_records(org, &read).await.unwrap();
+        assert_eq!(got.len(), newest.len());
+        if k > 0 {
+            floor.push(t.elapsed().as_micros() as u64);
+        }
+    }
+    floor.sort_unstable();
+    (searches, pct(&one, 0.5), n_rows, floor)
 }
 
 /// The embedded store's part: 1,000 traces and 10 runs at full size.
 async fn embedded_report(full: bool) {
-    let (searches, one_p50, n_rows) =
+    let (searches, one_p50, n_rows, floor) =
         embedded(if full { 1_000 } else { 20 }, if full { 10 } else { 2 }).await;
     print_trace_searches(&format!("embedded ({n_rows} rows)"), &searches, one_p50);
+    println!(
+        "| embedded ({n_rows} rows): one read of the twenty newest traces' rows, whole (no search) | {} | {:.1} | {:.1} | p50 = {:.2} × one uncached trace ({one_p50:.1} ms) |",
+        floor.len(),
+        pct(&floor, 0.5),
+        pct(&floor, 0.99),
+        pct(&floor, 0.5) / one_p50
+    );
 }
 
 const METRICS_QUERY: &str = "{} | rate() by (resource.service.name)";
