@@ -8,7 +8,7 @@ use crate::autotrace::{
     self, BatchOutcome, BatchSearch, ExternalAppSpan, Search, SearchOutcome, SearchQuery,
     TraceParams, TraceResult,
 };
-use crate::store::model::OrgId;
+use crate::store::model::{signal_source, OrgId};
 use crate::store::{Col, Filter, FlowQuery, Order, SharedStore, StoreError, TimeWindow};
 use std::time::Instant;
 
@@ -563,7 +563,7 @@ impl ProbeRead {
             ProcessKey::Global(g) => r.gprocess_id_0 == g || r.gprocess_id_1 == g,
             ProcessKey::Pid(pid) => r.process_id_0 == pid || r.process_id_1 == pid,
         };
-        r.signal_source == crate::store::model::signal_source::EBPF
+        r.signal_source == signal_source::EBPF
             && r.agent_id == self.agent
             && process
             && (self.from_us..self.to_us).contains(&r.start_time_us)
@@ -594,11 +594,10 @@ impl ProbeRead {
             }
         }
         let mut processes = Vec::new();
-        for (ids, c0, c1) in [
+        for (mut ids, c0, c1) in [
             (global, Col::GprocessId0, Col::GprocessId1),
             (pids, Col::ProcessId0, Col::ProcessId1),
         ] {
-            let mut ids = ids;
             ids.sort_unstable();
             ids.dedup();
             if !ids.is_empty() {
@@ -607,7 +606,7 @@ impl ProbeRead {
             }
         }
         let filter = Filter::And(vec![
-            Filter::IntIn(Col::SignalSource, vec![3]),
+            Filter::IntIn(Col::SignalSource, vec![signal_source::EBPF as u64]),
             Filter::IntIn(Col::AgentId, agents),
             Filter::Or(processes),
             Filter::StartTimeIn(from_us, to_us),
